@@ -1,0 +1,60 @@
+"""The one customisation point of a project (STYLE.md 5): ``MCP_CONSENT["ADAPTER"]``."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
+from oauth2_provider.settings import oauth2_settings
+
+from .app_settings import app_settings
+
+if TYPE_CHECKING:
+    from .flows import UpstreamGrant
+    from .models import MCPClient
+
+
+class DefaultConsentAdapter:
+    """Default behaviour; subclass and point ``MCP_CONSENT["ADAPTER"]`` at the subclass."""
+
+    def scope_descriptions(self, scopes: list[str]) -> list[dict[str, Any]]:
+        """CD-11: each MCP scope with a human description and the upstream scopes it maps to."""
+        descriptions = oauth2_settings.SCOPES
+        upstream = app_settings.UPSTREAM
+        return [
+            {
+                "name": scope,
+                "description": descriptions.get(scope, scope),
+                "upstream_scopes": upstream.scope_map.get(scope, []),
+            }
+            for scope in scopes
+        ]
+
+    def username_for(self, grant: UpstreamGrant) -> str:
+        """A local username for a new upstream identity: ``<login>@upstream``, unique."""
+        base = re.sub(r"[^\w.@+-]", "", grant.login or grant.subject)[:100] or "user"
+        User = get_user_model()
+        candidate, n = f"{base}@upstream", 1
+        while User._default_manager.filter(username=candidate).exists():
+            n += 1
+            candidate = f"{base}@upstream-{n}"
+        return candidate
+
+    def create_user(self, grant: UpstreamGrant) -> AbstractBaseUser:
+        """Create the local user for a first-seen upstream identity (no usable password)."""
+        User = get_user_model()
+        user = User(username=self.username_for(grant))
+        if hasattr(user, "email"):
+            user.email = grant.email[:254]
+        user.set_unusable_password()
+        user.save()
+        return user
+
+    def update_user(self, user: AbstractBaseUser, grant: UpstreamGrant) -> None:
+        """Refresh local profile fields from the upstream identity at each sign-in."""
+
+    def consent_lifetime(self, client: MCPClient, user: AbstractBaseUser) -> int:
+        """Seconds a consent stays valid."""
+        return app_settings.CONSENT_MAX_AGE

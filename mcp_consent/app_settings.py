@@ -1,0 +1,157 @@
+"""Typed, live-read access to the one ``MCP_CONSENT`` settings dict.
+
+Every key has a property with its default and a one-line docstring. Values are read on each
+access, so ``override_settings`` works in tests. Nothing here writes to ``django.conf.settings``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+
+def canonical_resource(uri: str) -> str | None:
+    """Canonical form of an RFC 8707 resource indicator, or None when it is not acceptable.
+
+    AS-31: absolute http(s) URI with a host and no fragment (RFC 8707 §2 MUST) and no query
+    (SHOULD NOT). AS-32: scheme and host are case-insensitive, the default port and a
+    trailing slash are dropped, so ``HTTPS://PROXY.EXAMPLE.COM:443/mcp/`` and
+    ``https://proxy.example.com/mcp`` name the same resource.
+    """
+    if not isinstance(uri, str) or not uri or len(uri) > 2048:
+        return None
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in uri):
+        return None
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in {"https", "http"} or not parts.hostname:
+        return None
+    if parts.fragment or "#" in uri or parts.query or parts.username or parts.password:
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default_port = {"https": 443, "http": 80}[scheme]
+    netloc = host if port in (None, default_port) else f"{host}:{port}"
+    path = parts.path.rstrip("/")
+    return f"{scheme}://{netloc}{path}"
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """The third-party OAuth provider that knows the proxy by one static client ID."""
+
+    name: str = "the upstream provider"
+    authorize_url: str = ""
+    token_url: str = ""
+    userinfo_url: str = ""
+    revocation_url: str = ""
+    issuer: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    scopes: list[str] = field(default_factory=list)
+    scope_map: dict[str, list[str]] = field(default_factory=dict)
+    pkce: bool = True
+    subject_field: str = "id"
+    username_field: str = "login"
+    email_field: str = "email"
+    name_field: str = "name"
+    timeout: float = 10.0
+
+    def upstream_scopes_for(self, mcp_scopes: list[str]) -> list[str]:
+        """SM-07 / UP-05: exactly the base scopes plus the mapping of the approved MCP scopes."""
+        wanted: list[str] = list(self.scopes)
+        for scope in mcp_scopes:
+            for upstream_scope in self.scope_map.get(scope, []):
+                if upstream_scope not in wanted:
+                    wanted.append(upstream_scope)
+        return wanted
+
+
+class AppSettings:
+    """The ``MCP_CONSENT`` settings, one typed property per key."""
+
+    @property
+    def _raw(self) -> dict[str, Any]:
+        return getattr(settings, "MCP_CONSENT", {}) or {}
+
+    def _get(self, key: str, default: Any) -> Any:
+        return self._raw.get(key, default)
+
+    @property
+    def RESOURCES(self) -> list[str]:
+        """Canonical URIs of the MCP servers (RFC 8707 resources) tokens may be minted for."""
+        return [canonical_resource(r) or r for r in self._get("RESOURCES", [])]
+
+    @property
+    def ISSUER(self) -> str:
+        """The issuer identifier: DOT's OIDC_ISS_ENDPOINT, exact, without a trailing slash."""
+        from oauth2_provider.settings import oauth2_settings
+
+        return str(self._get("ISSUER", oauth2_settings.OIDC_ISS_ENDPOINT or "")).rstrip("/")
+
+    @property
+    def UPSTREAM(self) -> UpstreamConfig:
+        """The upstream provider: URLs, static client credentials, scopes and scope map."""
+        raw = dict(self._get("UPSTREAM", {}))
+        kwargs = {key.lower(): value for key, value in raw.items()}
+        known = set(UpstreamConfig.__dataclass_fields__)
+        return UpstreamConfig(**{k: v for k, v in kwargs.items() if k in known})
+
+    @property
+    def ENCRYPTION_KEYS(self) -> list[str]:
+        """Fernet keys for the upstream-token vault, newest first (MultiFernet rotation)."""
+        return list(self._get("ENCRYPTION_KEYS", []))
+
+    @property
+    def REMEMBER_CONSENT(self) -> bool:
+        """Opt-in: skip the consent page for a remembered, identical, same-site approval."""
+        return bool(self._get("REMEMBER_CONSENT", False))
+
+    @property
+    def CONSENT_MAX_AGE(self) -> int:
+        """Seconds a recorded consent stays valid (for remembering and for its upstream token)."""
+        return int(self._get("CONSENT_MAX_AGE", 60 * 60 * 24 * 90))
+
+    @property
+    def TRANSACTION_TTL(self) -> int:
+        """Seconds between the approval and the upstream callback (CD-46: 10 minutes)."""
+        return int(self._get("TRANSACTION_TTL", 600))
+
+    @property
+    def CLIENT_NAME_MAX_LENGTH(self) -> int:
+        """Longest client_name accepted at registration and shown on the consent page (DCR-19)."""
+        return int(self._get("CLIENT_NAME_MAX_LENGTH", 80))
+
+    @property
+    def MAX_REDIRECT_URIS(self) -> int:
+        """How many redirect URIs one client may register."""
+        return int(self._get("MAX_REDIRECT_URIS", 10))
+
+    @property
+    def TRANSACTION_COOKIE_NAME(self) -> str:
+        """Browser-binding cookie of the upstream leg (CD-20: must start with __Host-)."""
+        return str(self._get("TRANSACTION_COOKIE_NAME", "__Host-mcp_consent_tx"))
+
+    @property
+    def ADAPTER(self) -> Any:
+        """The project's customisation point: an instance of the configured adapter class."""
+        return import_string(self._get("ADAPTER", "mcp_consent.adapter.DefaultConsentAdapter"))()
+
+    def resource_allowed(self, uri: str) -> str | None:
+        """The canonical form of ``uri`` if it names a configured MCP resource (AS-31), else None."""
+        canonical = canonical_resource(uri)
+        if canonical is None:
+            return None
+        return canonical if canonical in self.RESOURCES else None
+
+
+app_settings = AppSettings()

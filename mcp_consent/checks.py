@@ -1,0 +1,154 @@
+"""System checks (STYLE.md 9): unsafe settings are errors, production posture under --deploy.
+
+Each check has a fixed ID, message and hint; tests compare whole CheckMessage objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+from oauth2_provider.settings import oauth2_settings
+
+from .app_settings import app_settings, canonical_resource
+
+
+def E001() -> Error:
+    return Error(
+        "MCP_CONSENT['RESOURCES'] is empty or holds a value that is not an absolute http(s) URI without query or fragment.",
+        hint="List the canonical URI of each MCP endpoint, e.g. ['https://proxy.example.com/mcp'].",
+        id="mcp_consent.E001",
+    )
+
+
+E002 = Error(
+    "MCP_CONSENT['ENCRYPTION_KEYS'] is empty: upstream tokens are encrypted with a key derived from SECRET_KEY.",
+    hint="Generate a key with `python manage.py mcp_consent_generate_key` and set MCP_CONSENT['ENCRYPTION_KEYS'].",
+    id="mcp_consent.E002",
+)
+E003 = Error(
+    "The issuer (OAUTH2_PROVIDER['OIDC_ISS_ENDPOINT']) is not an https origin.",
+    hint="Set OIDC_ISS_ENDPOINT to the public https origin without a trailing slash (AS-02, AS-13, URL-01).",
+    id="mcp_consent.E003",
+)
+E004 = Error(
+    "PKCE is not required or 'plain' is allowed (OAUTH2_PROVIDER PKCE_REQUIRED / COMPLIANT_BCP_RFC9700_PKCE_METHOD).",
+    hint="Set PKCE_REQUIRED=True and COMPLIANT_BCP_RFC9700_PKCE_METHOD=True (AS-20, AS-21).",
+    id="mcp_consent.E004",
+)
+E005 = Error(
+    "OAUTH2_PROVIDER['OAUTH2_SERVER_CLASS'] or ['OAUTH2_VALIDATOR_CLASS'] is not mcp_consent's (or a subclass).",
+    hint="Use mcp_consent.oauth.MCPAuthorizationServer and mcp_consent.oauth.MCPOAuth2Validator: they enforce "
+    "the resource allowlist, S256-only PKCE and the client registry.",
+    id="mcp_consent.E005",
+)
+E006 = Error(
+    "Refresh tokens are not rotated with reuse detection.",
+    hint="Set ROTATE_REFRESH_TOKEN=True, REFRESH_TOKEN_REUSE_PROTECTION=True, REFRESH_TOKEN_GRACE_PERIOD_SECONDS=0 (AS-44).",
+    id="mcp_consent.E006",
+)
+E007 = Error(
+    "MCP_CONSENT['UPSTREAM'] lacks one of AUTHORIZE_URL, TOKEN_URL, USERINFO_URL, CLIENT_ID.",
+    hint="Configure the upstream provider the proxy signs in with (see the settings reference).",
+    id="mcp_consent.E007",
+)
+E008 = Error(
+    "An MCP_CONSENT['UPSTREAM'] URL is not https.",
+    hint="Upstream calls carry the client secret and tokens: use https (UP-10).",
+    id="mcp_consent.E008",
+)
+E009 = Error(
+    "MCP_CONSENT['TRANSACTION_COOKIE_NAME'] does not start with '__Host-'.",
+    hint="The browser-binding cookie must be a __Host- cookie (CD-20).",
+    id="mcp_consent.E009",
+)
+E010 = Error(
+    "Session or CSRF cookies are not Secure, or allow cross-site sending.",
+    hint="Set SESSION_COOKIE_SECURE, CSRF_COOKIE_SECURE = True and SameSite 'Lax' or 'Strict' (CD-13, CD-21).",
+    id="mcp_consent.E010",
+)
+E011 = Error(
+    "The implicit or password grant is not switched off (COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT / _PASSWORD_GRANT).",
+    hint="Set both gates to True (BCP-06, BCP-07).",
+    id="mcp_consent.E011",
+)
+W001 = Warning(
+    "MCP_CONSENT['REMEMBER_CONSENT'] is on: remembered approvals skip the consent page for same-site navigations.",
+    hint="A user-started navigation redirected by another site keeps Sec-Fetch-Site: none (GHSA-6x8h-498w-gv8c). "
+    "Keep it off unless you accept that residual risk.",
+    id="mcp_consent.W001",
+)
+W002 = Warning(
+    "MCP_CONSENT['UPSTREAM'] has PKCE off.",
+    hint="Use PKCE S256 towards the upstream when it supports it (UP-01).",
+    id="mcp_consent.W002",
+)
+W003 = Warning(
+    "Access tokens or codes are stored in clear (COMPLIANT_BCP_RFC9700_TOKEN_STORAGE is off).",
+    hint="Set COMPLIANT_BCP_RFC9700_TOKEN_STORAGE=True (AS-47).",
+    id="mcp_consent.W003",
+)
+
+
+def _is_subclass(value: Any, dotted: str) -> bool:
+    from django.utils.module_loading import import_string
+
+    try:
+        return isinstance(value, type) and issubclass(value, import_string(dotted))
+    except ImportError:
+        return False
+
+
+@register(Tags.security)
+def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    messages: list[Any] = []
+    raw = getattr(settings, "MCP_CONSENT", {}).get("RESOURCES", [])
+    if not raw or any(canonical_resource(r) is None for r in raw):
+        messages.append(E001())
+    if not (oauth2_settings.PKCE_REQUIRED is True and oauth2_settings.COMPLIANT_BCP_RFC9700_PKCE_METHOD):
+        messages.append(E004)
+    if not (
+        _is_subclass(oauth2_settings.OAUTH2_SERVER_CLASS, "mcp_consent.oauth.MCPAuthorizationServer")
+        and _is_subclass(oauth2_settings.OAUTH2_VALIDATOR_CLASS, "mcp_consent.oauth.MCPOAuth2Validator")
+    ):
+        messages.append(E005)
+    if not (
+        oauth2_settings.ROTATE_REFRESH_TOKEN
+        and oauth2_settings.REFRESH_TOKEN_REUSE_PROTECTION
+        and not oauth2_settings.REFRESH_TOKEN_GRACE_PERIOD_SECONDS
+    ):
+        messages.append(E006)
+    if not (oauth2_settings.COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT and oauth2_settings.COMPLIANT_BCP_RFC9700_PASSWORD_GRANT):
+        messages.append(E011)
+    upstream = app_settings.UPSTREAM
+    if not all([upstream.authorize_url, upstream.token_url, upstream.userinfo_url, upstream.client_id]):
+        messages.append(E007)
+    if not app_settings.TRANSACTION_COOKIE_NAME.startswith("__Host-"):
+        messages.append(E009)
+    if not (settings.SESSION_COOKIE_SECURE and settings.CSRF_COOKIE_SECURE) or not (
+        settings.SESSION_COOKIE_SAMESITE in {"Lax", "Strict"} and settings.CSRF_COOKIE_SAMESITE in {"Lax", "Strict"}
+    ):
+        messages.append(E010)
+    if app_settings.REMEMBER_CONSENT:
+        messages.append(W001)
+    if not upstream.pkce:
+        messages.append(W002)
+    return messages
+
+
+@register(Tags.security, deploy=True)
+def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    messages: list[Any] = []
+    if not app_settings.ENCRYPTION_KEYS:
+        messages.append(E002)
+    if urlsplit(oauth2_settings.OIDC_ISS_ENDPOINT or "").scheme != "https":
+        messages.append(E003)
+    upstream = app_settings.UPSTREAM
+    urls = [upstream.authorize_url, upstream.token_url, upstream.userinfo_url, upstream.revocation_url]
+    if any(url and urlsplit(url).scheme != "https" for url in urls):
+        messages.append(E008)
+    if not oauth2_settings.COMPLIANT_BCP_RFC9700_TOKEN_STORAGE:
+        messages.append(W003)
+    return messages

@@ -1,0 +1,138 @@
+"""django-oauth-toolkit, closed where it leaves MCP-relevant gaps (DOT-NOTES "Gaps").
+
+``MCPAuthorizationServer`` is DOT's ``OAUTH2_SERVER_CLASS``: the oauthlib server with only
+the code and refresh grants, PKCE S256 only (checked before any page is shown, AS-21), the
+RFC 8707 ``resource`` allowlist at /authorize and /token (AS-30..35). ``MCPOAuth2Validator``
+is DOT's ``OAUTH2_VALIDATOR_CLASS``: clients must be registered through mcp_consent and not
+disabled, codes are stored hashed (AS-47), and a second redemption of a code revokes the
+tokens the first one produced (AS-41).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from django.utils import timezone
+from oauth2_provider.models import get_refresh_token_model
+from oauth2_provider.oauth2_validators import OAuth2Validator
+from oauthlib.common import Request
+from oauthlib.oauth2 import Server
+from oauthlib.oauth2.rfc6749 import errors
+from oauthlib.oauth2.rfc6749.grant_types.authorization_code import code_challenge_method_s256
+
+from .app_settings import app_settings
+
+log = logging.getLogger(__name__)
+
+CODE_CHALLENGE_RE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+
+
+def code_hash(code: str) -> str:
+    """SHA-256 of an authorization code: what the Grant row and the transaction store."""
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
+def _invalid_target(description: str, request: Request) -> errors.CustomOAuth2Error:
+    return errors.CustomOAuth2Error(error="invalid_target", description=description, request=request)
+
+
+def _allowed_resources(values: list[str], request: Request) -> list[str]:
+    canonical: list[str] = []
+    for value in values:
+        allowed = app_settings.resource_allowed(value)
+        if allowed is None:
+            # AS-31: only configured MCP servers are valid audiences.
+            raise _invalid_target("The requested resource is not an MCP server of this authorization server.", request)
+        if allowed not in canonical:
+            canonical.append(allowed)
+    return canonical
+
+
+def validate_authorization_extras(request: Request) -> dict[str, Any]:
+    """pre_auth validator: runs after client and redirect URI passed, so errors redirect."""
+    if request.code_challenge is not None and not CODE_CHALLENGE_RE.fullmatch(request.code_challenge):
+        # AS-22: RFC 7636 §4.2 code_challenge = 43*128unreserved.
+        raise errors.InvalidRequestError(description="code_challenge must be 43-128 unreserved characters.", request=request)
+    # oauthlib keeps only the last of repeated parameters; RFC 8707 allows several.
+    values = [v for k, v in parse_qsl(urlsplit(request.uri).query, keep_blank_values=True) if k == "resource"]
+    if values:
+        return {"resource": _allowed_resources(values, request)}
+    configured = app_settings.RESOURCES
+    if len(configured) == 1:
+        # AS-35: a request without `resource` means the one MCP server we protect.
+        return {"resource": list(configured)}
+    raise _invalid_target("The resource parameter is required: name the MCP server to access.", request)
+
+
+def validate_token_resource(request: Request) -> None:
+    """pre_token validator of the code and refresh grants (AS-31, AS-34)."""
+    values = [v for k, v in (request.decoded_body or []) if k == "resource"]
+    if values:
+        # DOT then checks that these are within the grant's (or refresh token's) resources.
+        request.resource = _allowed_resources(values, request)
+    if request.grant_type == "authorization_code" and request.code:
+        # AS-47: Grant rows hold the SHA-256 of the code; every DOT lookup below uses it.
+        request.code = code_hash(request.code)
+
+
+class MCPAuthorizationServer(Server):
+    """oauthlib's Server with only what an MCP authorization server may offer."""
+
+    def __init__(self, request_validator: OAuth2Validator, **kwargs: Any) -> None:
+        super().__init__(request_validator, **kwargs)
+        # AS-21: S256 only, so `plain` and an omitted method fail at validation, before
+        # the consent page and the upstream login (DOT only refuses them at code creation).
+        self.auth_grant._code_challenge_methods = {"S256": code_challenge_method_s256}
+        self.auth_grant.custom_validators.pre_auth.append(validate_authorization_extras)
+        self.auth_grant.custom_validators.pre_token.append(validate_token_resource)
+        self.refresh_grant.custom_validators.pre_token.append(validate_token_resource)
+        # AS-48 / BCP-06 / BCP-07: response_type=token is unsupported_response_type and the
+        # password, client-credentials and device grants are unsupported_grant_type.
+        self._response_types = {"code": self.auth_grant}
+        self._grant_types = {"authorization_code": self.auth_grant, "refresh_token": self.refresh_grant}
+
+
+class MCPOAuth2Validator(OAuth2Validator):
+    """DOT's validator with mcp_consent's client registry and code handling."""
+
+    def _load_application(self, client_id: str, request: Request) -> Any:
+        from . import flows
+
+        client = super()._load_application(client_id, request)
+        if client is None:
+            return None
+        mcp_client = flows.client_record_for(client)
+        if mcp_client is None or mcp_client.is_disabled:
+            # Fail closed: a client that did not pass our registration policy, or that an
+            # operator disabled, is unknown to the OAuth flow (error page, no redirect).
+            request.client = None
+            return None
+        return client
+
+    def _create_authorization_code(self, request: Request, code: dict[str, Any], expires: Any = None) -> Any:
+        return super()._create_authorization_code(request, {**code, "code": code_hash(code["code"])}, expires)
+
+    def validate_code(self, client_id: str, code: str, client: Any, request: Request, *args: Any, **kwargs: Any) -> bool:
+        if super().validate_code(client_id, code, client, request, *args, **kwargs):
+            return True
+        from . import flows
+
+        # AS-41 / BCP-10: a redeemed code presented again means it leaked; revoke what it bought.
+        flows.revoke_tokens_of_reused_code(code, client)
+        return False
+
+    def save_bearer_token(self, token: dict[str, Any], request: Request, *args: Any, **kwargs: Any) -> Any:
+        result = super().save_bearer_token(token, request, *args, **kwargs)
+        if request.grant_type == "authorization_code" and token.get("refresh_token"):
+            from . import flows
+
+            checksum = hashlib.sha256(token["refresh_token"].encode()).hexdigest()
+            family = (
+                get_refresh_token_model().objects.filter(token_checksum=checksum).values_list("token_family", flat=True).first()
+            )
+            flows.record_code_redemption(request.code, family, when=timezone.now())
+        return result

@@ -1,0 +1,292 @@
+"""Client-metadata policy shared by every way a client comes to exist: DCR, CIMD, the admin.
+
+DOT validates syntax; this module adds the rules DOT leaves open (DOT-NOTES "Gaps"):
+``http`` only on loopback (DCR-11, BCP-14), no dangerous schemes (URL-02, DCR-13), no
+wildcards or port patterns (DCR-14, CD-32), absolute URIs without fragments (DCR-12), only
+the code and refresh grants (DCR-15), consistent auth methods (DCR-16, CIMD-06),
+length-limited self-asserted names (DCR-19). The clean result is what gets registered and
+what the registration response echoes (DCR-04, DCR-05).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from oauth2_provider.cimd import CIMDError, SafeMetadataFetcher
+from oauth2_provider.settings import oauth2_settings
+
+from .app_settings import app_settings
+from .models import RegistrationSource
+
+DANGEROUS_SCHEMES = {"javascript", "data", "file", "vbscript", "blob", "about", "filesystem"}
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+SUPPORTED_GRANT_TYPES = {"authorization_code", "refresh_token"}
+SUPPORTED_AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
+MAX_URI_LENGTH = 2048
+
+
+class RegistrationError(Exception):
+    """A registration request that RFC 7591 §3.2.2 answers with a 400 error."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+    def as_dict(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.description}
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    host = host.lower()
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _printable(value: str) -> bool:
+    """No control or format characters (also blocks bidi overrides that spoof names)."""
+    return not any(unicodedata.category(c) in {"Cc", "Cf"} for c in value)
+
+
+def validate_redirect_uri(uri: Any) -> str:
+    """Return ``uri`` unchanged if it may be registered, else raise invalid_redirect_uri."""
+
+    def refuse(reason: str) -> RegistrationError:
+        return RegistrationError("invalid_redirect_uri", f"redirect URI {uri!r} {reason}")
+
+    if not isinstance(uri, str) or not uri:
+        raise RegistrationError("invalid_redirect_uri", "each redirect URI must be a non-empty string")
+    if len(uri) > MAX_URI_LENGTH:
+        raise RegistrationError("invalid_redirect_uri", "redirect URI is too long")
+    if not uri.isascii() or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in uri):
+        raise refuse("contains whitespace, control or non-ASCII characters")
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if not scheme:
+        raise refuse("is not an absolute URI (DCR-12)")
+    if scheme in DANGEROUS_SCHEMES:
+        raise refuse(f"uses the forbidden scheme {scheme!r} (URL-02)")
+    if scheme not in {"https", "http"}:
+        raise refuse("must use https, or http on a loopback address for native apps (DCR-11)")
+    if "#" in uri:
+        raise refuse("must not contain a fragment (DCR-12)")
+    if "*" in uri:
+        raise refuse("must not contain wildcards (DCR-14)")
+    if parts.username is not None or parts.password is not None:
+        raise refuse("must not contain user information")
+    if not parts.hostname:
+        raise refuse("must contain a host")
+    try:
+        parts.port  # noqa: B018 - a non-numeric port (e.g. ':*') raises here
+    except ValueError:
+        raise refuse("has an invalid port (DCR-14)") from None
+    if scheme == "http" and not is_loopback_host(parts.hostname):
+        # BCP-14 / RFC 9700 §2.6: http redirect URIs only for native apps on loopback.
+        raise refuse("uses http off loopback; use https (DCR-11)")
+    if any(segment in {".", ".."} for segment in parts.path.split("/")):
+        raise refuse("must not contain dot path segments")
+    return uri
+
+
+def _optional_str(data: dict[str, Any], key: str, max_length: int = 255) -> str:
+    value = data.get(key, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RegistrationError("invalid_client_metadata", f"{key} must be a string")
+    value = value.strip()
+    if len(value) > max_length or not _printable(value):
+        raise RegistrationError("invalid_client_metadata", f"{key} is too long or has control characters")
+    return value
+
+
+def _optional_https_uri(data: dict[str, Any], key: str) -> str:
+    value = _optional_str(data, key, MAX_URI_LENGTH)
+    if value:
+        parts = urlsplit(value)
+        if parts.scheme.lower() != "https" or not parts.hostname or "#" in value:
+            raise RegistrationError("invalid_client_metadata", f"{key} must be an https URL")
+    return value
+
+
+def _str_list(data: dict[str, Any], key: str, default: list[str]) -> list[str]:
+    value = data.get(key, default)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise RegistrationError("invalid_client_metadata", f"{key} must be an array of strings")
+    return value
+
+
+@dataclass
+class ClientMetadata:
+    """Client metadata that passed the policy: exactly what gets registered and echoed."""
+
+    redirect_uris: list[str]
+    token_endpoint_auth_method: str = "none"
+    grant_types: list[str] = field(default_factory=lambda: ["authorization_code", "refresh_token"])
+    response_types: list[str] = field(default_factory=lambda: ["code"])
+    client_name: str = ""
+    client_uri: str = ""
+    logo_uri: str = ""
+    tos_uri: str = ""
+    policy_uri: str = ""
+    contacts: list[str] = field(default_factory=list)
+    scope: str = ""
+    software_id: str = ""
+    software_version: str = ""
+    application_type: str = "native"
+
+    @property
+    def is_public(self) -> bool:
+        return self.token_endpoint_auth_method == "none"
+
+    def as_registered(self) -> dict[str, Any]:
+        """The registered metadata for RFC 7591 §3.2.1 responses (empty values omitted)."""
+        data: dict[str, Any] = {
+            "redirect_uris": self.redirect_uris,
+            "token_endpoint_auth_method": self.token_endpoint_auth_method,
+            "grant_types": self.grant_types,
+            "response_types": self.response_types,
+            "application_type": self.application_type,
+        }
+        for key in ("client_name", "client_uri", "logo_uri", "tos_uri", "policy_uri", "scope",
+                    "software_id", "software_version"):
+            if getattr(self, key):
+                data[key] = getattr(self, key)
+        if self.contacts:
+            data["contacts"] = self.contacts
+        return data
+
+    @property
+    def displayed(self) -> tuple[Any, ...]:
+        """What the consent page shows of a client; a change here invalidates consents."""
+        return (self.client_name, tuple(self.redirect_uris), self.client_uri, self.logo_uri)
+
+
+def clean_client_metadata(data: Any, source: str) -> ClientMetadata:
+    """Validate RFC 7591 metadata for ``source`` (DCR, CIMD, admin) or raise RegistrationError."""
+    if not isinstance(data, dict):
+        raise RegistrationError("invalid_client_metadata", "client metadata must be a JSON object")
+
+    redirect_uris = data.get("redirect_uris")
+    if redirect_uris is None or redirect_uris == []:
+        # DCR-10: every client here uses the code grant, which needs registered redirect URIs.
+        raise RegistrationError("invalid_redirect_uri", "redirect_uris is required for the authorization_code grant")
+    if not isinstance(redirect_uris, list):
+        raise RegistrationError("invalid_redirect_uri", "redirect_uris must be an array")
+    if len(redirect_uris) > app_settings.MAX_REDIRECT_URIS:
+        raise RegistrationError("invalid_redirect_uri", f"at most {app_settings.MAX_REDIRECT_URIS} redirect URIs")
+    uris = list(dict.fromkeys(validate_redirect_uri(uri) for uri in redirect_uris))
+
+    application_type = data.get("application_type")
+    if application_type is None:
+        application_type = "native" if all(is_loopback_host(urlsplit(u).hostname) for u in uris) else "web"
+    if application_type not in {"native", "web"}:
+        raise RegistrationError("invalid_client_metadata", "application_type must be 'native' or 'web'")
+    if application_type == "web" and any(is_loopback_host(urlsplit(u).hostname) for u in uris):
+        # AS-62: say why instead of silently defaulting and failing later.
+        raise RegistrationError(
+            "invalid_redirect_uri",
+            "application_type 'web' requires https redirect URIs off loopback; "
+            "register loopback redirect URIs with application_type 'native'",
+        )
+
+    default_method = "none" if source == RegistrationSource.CIMD else "client_secret_basic"
+    method = data.get("token_endpoint_auth_method", default_method)
+    if method not in SUPPORTED_AUTH_METHODS:
+        raise RegistrationError(
+            "invalid_client_metadata",
+            f"unsupported token_endpoint_auth_method; supported: {', '.join(SUPPORTED_AUTH_METHODS)}",
+        )
+    if source == RegistrationSource.CIMD and (
+        method != "none" or "client_secret" in data or "client_secret_expires_at" in data
+    ):
+        # CIMD-06: a document anyone can read cannot carry a shared secret.
+        raise RegistrationError("invalid_client_metadata", "CIMD clients must be public (token_endpoint_auth_method 'none')")
+    if "jwks" in data and "jwks_uri" in data:
+        raise RegistrationError("invalid_client_metadata", "jwks and jwks_uri must not both be present (DCR-17)")
+
+    grant_types = _str_list(data, "grant_types", ["authorization_code"])
+    unsupported = [g for g in grant_types if g not in SUPPORTED_GRANT_TYPES]
+    if unsupported or "authorization_code" not in grant_types:
+        # DCR-15: OAuth 2.1 has no implicit grant; RFC 9700 §2.4 forbids the password grant.
+        raise RegistrationError(
+            "invalid_client_metadata",
+            "grant_types must be authorization_code (with optional refresh_token); "
+            f"unsupported: {', '.join(unsupported) or 'none'}",
+        )
+    response_types = _str_list(data, "response_types", ["code"])
+    if response_types != ["code"]:
+        raise RegistrationError("invalid_client_metadata", "response_types must be ['code']")
+
+    name = _optional_str(data, "client_name", app_settings.CLIENT_NAME_MAX_LENGTH)
+    scope_value = data.get("scope", "")
+    if not isinstance(scope_value, str):
+        raise RegistrationError("invalid_client_metadata", "scope must be a space-separated string")
+    known = set(oauth2_settings.SCOPES)
+    # DCR-18: narrow to the scopes this server has; the response shows the narrowed value.
+    scope = " ".join(s for s in dict.fromkeys(scope_value.split()) if s in known)
+
+    contacts = _str_list(data, "contacts", [])
+    if len(contacts) > 10 or any(len(c) > 255 or not _printable(c) for c in contacts):
+        raise RegistrationError("invalid_client_metadata", "contacts must be at most 10 short strings")
+
+    return ClientMetadata(
+        redirect_uris=uris,
+        token_endpoint_auth_method=method,
+        grant_types=["authorization_code", "refresh_token"],
+        response_types=["code"],
+        client_name=name,
+        client_uri=_optional_https_uri(data, "client_uri"),
+        logo_uri=_optional_https_uri(data, "logo_uri"),
+        tos_uri=_optional_https_uri(data, "tos_uri"),
+        policy_uri=_optional_https_uri(data, "policy_uri"),
+        contacts=contacts,
+        scope=scope,
+        software_id=_optional_str(data, "software_id"),
+        software_version=_optional_str(data, "software_version"),
+        application_type=application_type,
+    )
+
+
+# The CIMD document cleaned by the fetcher, handed to the flow that records the client once
+# DOT has upserted its Application (same request, same thread).
+fetched_cimd_metadata: contextvars.ContextVar[dict[str, ClientMetadata] | None] = contextvars.ContextVar(
+    "fetched_cimd_metadata", default=None
+)
+
+
+class CIMDMetadataFetcher(SafeMetadataFetcher):
+    """DOT's SSRF-hardened fetcher (CIMD-07..10, SSRF-01..04) plus our metadata policy.
+
+    A document that violates the policy is a fetch failure for DOT (CIMDError), so the
+    client stays unknown and the authorization request fails before any page is shown.
+    """
+
+    def fetch(self, client_id: str) -> tuple[dict[str, Any], int]:
+        document, max_age = super().fetch(client_id)
+        if not isinstance(document.get("client_name"), str) or not document.get("client_name", "").strip():
+            raise CIMDError("CIMD-04: client_name is required")
+        try:
+            metadata = clean_client_metadata(document, RegistrationSource.CIMD)
+        except RegistrationError as exc:
+            raise CIMDError(f"client metadata refused: {exc.description}") from exc
+        store = dict(fetched_cimd_metadata.get() or {})
+        store[client_id] = metadata
+        fetched_cimd_metadata.set(store)
+        # DOT builds the Application from the document: give it the cleaned values.
+        cleaned = dict(document)
+        cleaned["redirect_uris"] = metadata.redirect_uris
+        cleaned["client_name"] = metadata.client_name
+        cleaned["grant_types"] = ["authorization_code", "refresh_token"]
+        return cleaned, max_age

@@ -1,0 +1,150 @@
+"""The proxy as an OAuth client of the upstream provider (UP-01..10).
+
+The only module that opens sockets (besides DOT's CIMD fetcher). Every URL comes from
+configuration, never from request data (UP-03, UP-10); TLS certificates are verified
+(requests' default, never turned off); every call has a timeout; only idempotent calls
+are retried.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import requests
+from django.urls import reverse
+from django.utils import timezone
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from .app_settings import app_settings
+
+log = logging.getLogger(__name__)
+
+_session: requests.Session | None = None
+
+
+class UpstreamError(Exception):
+    """The upstream failed or answered something we cannot use. ``reason`` is safe to log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def http_session() -> requests.Session:
+    """The process-wide session to the upstream: pooled, GET retried on connect errors."""
+    global _session
+    if _session is None:
+        session = requests.Session()
+        retry = Retry(total=2, connect=2, read=0, status=0, allowed_methods={"GET"}, backoff_factor=0.2)
+        session.mount("https://", HTTPAdapter(max_retries=retry))
+        session.mount("http://", HTTPAdapter(max_retries=retry))
+        session.headers["User-Agent"] = "mcp-consent"
+        _session = session
+    return _session
+
+
+def callback_url() -> str:
+    """UP-03: the one fixed callback registered at the upstream, from the issuer."""
+    return app_settings.ISSUER + reverse("mcp_consent:upstream-callback")
+
+
+def pkce_challenge(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def authorization_url(*, state: str, scopes: list[str], code_verifier: str | None) -> str:
+    """Where the approved browser goes: the upstream authorize URL with the static client."""
+    upstream = app_settings.UPSTREAM
+    params = {
+        "response_type": "code",
+        "client_id": upstream.client_id,
+        "redirect_uri": callback_url(),
+        "scope": " ".join(scopes),  # UP-05: exactly what the consent page showed
+        "state": state,
+    }
+    if code_verifier:
+        params["code_challenge"] = pkce_challenge(code_verifier)  # UP-01
+        params["code_challenge_method"] = "S256"
+    separator = "&" if "?" in upstream.authorize_url else "?"
+    return upstream.authorize_url + separator + urlencode(params)
+
+
+def _json(response: requests.Response, what: str) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        raise UpstreamError(f"{what}: response is not JSON (HTTP {response.status_code})") from None
+    if not isinstance(data, dict):
+        raise UpstreamError(f"{what}: response is not a JSON object")
+    return data
+
+
+def _expiry(seconds: Any) -> Any:
+    try:
+        value = int(seconds)
+    except (TypeError, ValueError):
+        return None
+    return timezone.now() + timedelta(seconds=value) if value > 0 else None
+
+
+def exchange_code(code: str, code_verifier: str | None) -> dict[str, Any]:
+    """Redeem the upstream authorization code; returns the token response with expiries."""
+    upstream = app_settings.UPSTREAM
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": callback_url()}
+    if code_verifier:
+        data["code_verifier"] = code_verifier
+    try:
+        response = http_session().post(
+            upstream.token_url,
+            data=data,
+            auth=(upstream.client_id, upstream.client_secret),
+            headers={"Accept": "application/json"},
+            timeout=upstream.timeout,
+            allow_redirects=False,
+        )
+    except requests.RequestException as exc:
+        raise UpstreamError(f"token endpoint unreachable: {type(exc).__name__}") from None
+    body = _json(response, "token endpoint")
+    if response.status_code != 200 or "error" in body:
+        error = str(body.get("error", "unknown"))[:64]
+        raise UpstreamError(f"token endpoint refused the code: HTTP {response.status_code} {error}")
+    access_token = body.get("access_token")
+    if not isinstance(access_token, str) or not access_token:
+        raise UpstreamError("token endpoint: no access_token in the response")
+    refresh_token = body.get("refresh_token") or ""
+    return {
+        "access_token": access_token,
+        "refresh_token": refresh_token if isinstance(refresh_token, str) else "",
+        "token_type": str(body.get("token_type", "bearer"))[:32],
+        "scope": str(body.get("scope", ""))[:1024],
+        "expires_at": _expiry(body.get("expires_in")),
+        "refresh_expires_at": _expiry(body.get("refresh_token_expires_in")),
+    }
+
+
+def fetch_identity(access_token: str) -> dict[str, Any]:
+    """GET the upstream user info with the new token; returns the JSON object."""
+    upstream = app_settings.UPSTREAM
+    try:
+        response = http_session().get(
+            upstream.userinfo_url,
+            headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
+            timeout=upstream.timeout,
+            allow_redirects=False,
+        )
+    except requests.RequestException as exc:
+        raise UpstreamError(f"user info endpoint unreachable: {type(exc).__name__}") from None
+    if response.status_code != 200:
+        raise UpstreamError(f"user info endpoint answered HTTP {response.status_code}")
+    body = _json(response, "user info endpoint")
+    subject = body.get(upstream.subject_field)
+    if subject in (None, "") or isinstance(subject, (dict, list, bool)):
+        raise UpstreamError(f"user info has no {upstream.subject_field!r}")
+    return body

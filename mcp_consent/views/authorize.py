@@ -1,0 +1,238 @@
+"""The authorization endpoint: validation, OUR consent page, then the upstream hop.
+
+Top to bottom, for every GET and POST of /authorize/:
+1. validate the authorization request with DOT (client, exact redirect URI, PKCE S256,
+   resource allowlist, scopes); a bad client or redirect URI gets an error page, anything
+   else an error redirect with ``state`` and ``iss`` (AS-50, AS-51, MU-01);
+2. GET: show the consent page -- always, unless the opt-in remembered-consent rule holds;
+3. POST (CSRF-protected): Deny redirects ``access_denied``; Approve records the pending
+   upstream hop and sends the browser to the upstream with the static client ID (CD-02,
+   CD-41). Nothing reaches the upstream before an approval.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.shortcuts import render
+from django.utils.crypto import salted_hmac
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.csrf import csrf_protect
+from oauth2_provider.compat import login_not_required
+from oauth2_provider.exceptions import FatalClientError, OAuthToolkitError
+from oauth2_provider.views import AuthorizationView
+
+from .. import flows, upstream
+from ..app_settings import app_settings
+from ..models import Consent, MCPClient, RegistrationSource
+from ..registration import is_loopback_host
+from .common import as_authorization_request, error_page, protect_page, redirect_to_client
+
+log = logging.getLogger(__name__)
+
+BINDING_SALT = "mcp_consent.upstream-binding"
+
+
+@dataclass
+class AuthorizationRequest:
+    """A validated authorization request: what the consent page shows and approves."""
+
+    client: MCPClient
+    scopes: list[str]
+    credentials: dict[str, Any]
+    query: str
+
+    @property
+    def redirect_uri(self) -> str:
+        return str(self.credentials["redirect_uri"])
+
+    @property
+    def state(self) -> str | None:
+        return self.credentials.get("state")
+
+    @property
+    def resource(self) -> str:
+        return " ".join(self.credentials.get("resource") or [])
+
+    def fingerprint(self) -> str:
+        """What the user saw, bound into the form: a changed client or request re-asks."""
+        seen = "\n".join(
+            [
+                self.client.application.client_id,
+                str(self.client.metadata_version),
+                self.redirect_uri,
+                " ".join(sorted(self.scopes)),
+                self.resource,
+                self.query,
+            ]
+        )
+        return salted_hmac("mcp_consent.consent-form", seen, algorithm="sha256").hexdigest()
+
+
+def fatal_error(request: HttpRequest, error: FatalClientError) -> HttpResponse:
+    """AS-50 / CD-30: unknown client or unregistered redirect URI: tell the person, never redirect."""
+    description = getattr(error.oauthlib_error, "description", "") or "invalid request"
+    return error_page(
+        request,
+        "This sign-in request is not valid",
+        "The application that sent you here made a request this server cannot accept "
+        f"({description}). You have not been sent anywhere. Close this page and contact "
+        "the application's developer if the problem persists.",
+    )
+
+
+@method_decorator(login_not_required, name="dispatch")
+@method_decorator(protect_page, name="dispatch")
+class AuthorizeView(AuthorizationView):
+    """DOT's AuthorizationView with consent before login and before any upstream hop."""
+
+    template_name = "mcp_consent/consent.html"
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        # Skip DOT's LoginRequiredMixin: the person signs in at the upstream, after consent.
+        # That also drops DOT's client-controllable approval_prompt and skip_authorization,
+        # which must not decide consent here.
+        self.oauth2_data = {}
+        if request.method == "GET":
+            return self.show(request)
+        if request.method == "POST":
+            return csrf_protect(self.decide)(request)  # CD-13
+        return HttpResponseNotAllowed(["GET", "POST"])
+
+    # --- 1. validation ---------------------------------------------------------------------
+
+    def validate(self, request: HttpRequest) -> AuthorizationRequest | HttpResponse:
+        query = request.META.get("QUERY_STRING", "")
+        try:
+            scopes, credentials = self.validate_authorization_request(as_authorization_request(request, query))
+        except FatalClientError as error:
+            return fatal_error(request, error)
+        except OAuthToolkitError as error:
+            oauthlib_error = error.oauthlib_error
+            return redirect_to_client(
+                oauthlib_error.redirect_uri,
+                dict(oauthlib_error.twotuples),
+                post=request.method == "POST",
+            )
+        client = credentials["request"].client.mcp_client
+        return AuthorizationRequest(client=client, scopes=list(scopes), credentials=credentials, query=query)
+
+    # --- 2. the consent page ---------------------------------------------------------------
+
+    def show(self, request: HttpRequest) -> HttpResponse:
+        ar = self.validate(request)
+        if isinstance(ar, HttpResponse):
+            return ar
+        if "none" in request.GET.get("prompt", "").split():
+            # OIDC prompt=none: we never decide silently.
+            error = "consent_required" if request.user.is_authenticated else "login_required"
+            return redirect_to_client(ar.redirect_uri, {"error": error, "state": ar.state}, post=False)
+        if self.remembered(request, ar):
+            return self.approve(request, ar)
+        return self.consent_page(request, ar)
+
+    def remembered(self, request: HttpRequest, ar: AuthorizationRequest) -> bool:
+        """Opt-in (REMEMBER_CONSENT): skip the page only for an identical, same-site request.
+
+        Never on a cross-site navigation, never without fetch metadata: a link on another
+        site must always land on the page (CD-00). Residual risk (documented): a
+        user-started navigation that another site redirects keeps Sec-Fetch-Site: none,
+        so an authorization server in the middle (GHSA-6x8h-498w-gv8c) looks direct.
+        """
+        if not app_settings.REMEMBER_CONSENT or not request.user.is_authenticated:
+            return False
+        if request.headers.get("Sec-Fetch-Site") not in {"none", "same-origin"}:
+            return False
+        candidates = Consent.objects.filter(
+            user=request.user,
+            client=ar.client,
+            redirect_uri=ar.redirect_uri,
+            resource=ar.resource,
+            client_metadata_version=ar.client.metadata_version,
+            revoked_at__isnull=True,
+            expires_at__gt=flows.timezone.now(),
+        ).values_list("scopes", flat=True)
+        wanted = set(ar.scopes)
+        return any(wanted <= set(scopes.split()) for scopes in candidates)
+
+    def consent_page(self, request: HttpRequest, ar: AuthorizationRequest, *, notice: str = "", status: int = 200) -> HttpResponse:
+        client = ar.client
+        upstream_config = app_settings.UPSTREAM
+        redirect = urlsplit(ar.redirect_uri)
+        registered = list(client.redirect_uris.filter(removed_at__isnull=True).values_list("uri", flat=True))
+        max_name = app_settings.CLIENT_NAME_MAX_LENGTH
+        name = client.display_name
+        context = {
+            "client": client,
+            "client_name": name if len(name) <= max_name else name[: max_name - 1] + "…",
+            "client_id": client.application.client_id,
+            "verified": client.verified,
+            "source": client.registration_source,
+            "is_cimd": client.registration_source == RegistrationSource.CIMD,
+            "cimd_host": urlsplit(client.application.client_id).hostname if client.registration_source == RegistrationSource.CIMD else "",
+            "redirect_uri": ar.redirect_uri,
+            "redirect_scheme": f"{redirect.scheme}://",
+            "redirect_host": redirect.netloc,
+            "redirect_rest": ar.redirect_uri[len(redirect.scheme) + 3 + len(redirect.netloc):],
+            # LH-01: a client with only loopback redirect URIs is whatever runs on this machine.
+            "loopback_only": all(is_loopback_host(urlsplit(u).hostname) for u in registered),
+            "scopes": app_settings.ADAPTER.scope_descriptions(ar.scopes),
+            "upstream_name": upstream_config.name,
+            "upstream_scopes": upstream_config.upstream_scopes_for(ar.scopes),
+            "resource": ar.resource,
+            "fingerprint": ar.fingerprint(),
+            "form_action": request.get_full_path(),
+            "notice": notice,
+        }
+        return render(request, self.template_name, context, status=status)
+
+    # --- 3. the decision ---------------------------------------------------------------------
+
+    def decide(self, request: HttpRequest) -> HttpResponse:
+        ar = self.validate(request)
+        if isinstance(ar, HttpResponse):
+            return ar
+        decision = request.POST.get("decision")
+        if decision == "deny":
+            # CD-18: access_denied with the client's state and iss; nothing stored or sent upstream.
+            return redirect_to_client(
+                ar.redirect_uri, {"error": "access_denied", "error_description": "The user denied the request.", "state": ar.state}, post=True
+            )
+        if decision != "approve":
+            return self.consent_page(request, ar, notice="Choose Approve or Deny.", status=400)
+        if not hmac.compare_digest(request.POST.get("fingerprint", ""), ar.fingerprint()):
+            # The client or the request changed since the page was shown: show it again.
+            return self.consent_page(request, ar, notice="This request changed since the page was shown. Review it again.", status=409)
+        return self.approve(request, ar)
+
+    def approve(self, request: HttpRequest, ar: AuthorizationRequest) -> HttpResponse:
+        """CD-41/42: the pending state exists only from here on, set with the redirect upstream."""
+        name = app_settings.TRANSACTION_COOKIE_NAME
+        binding = request.get_signed_cookie(name, default=None, salt=BINDING_SALT) or secrets.token_urlsafe(32)
+        pending = flows.begin_upstream_authorization(
+            client=ar.client,
+            authorization_query=ar.query,
+            redirect_uri=ar.redirect_uri,
+            scopes=ar.scopes,
+            resource=ar.resource,
+            binding=binding,
+            request=request,
+        )
+        response = HttpResponse(status=303 if request.method == "POST" else 302)
+        response["Location"] = upstream.authorization_url(
+            state=pending.state, scopes=pending.transaction.upstream_scopes.split(), code_verifier=pending.code_verifier
+        )
+        # CD-20..22: __Host- prefix (Secure, Path=/, no Domain), HttpOnly, SameSite=Lax so the
+        # cross-site top-level callback carries it, signed. One per browser: two tabs share it.
+        response.set_signed_cookie(
+            name, binding, salt=BINDING_SALT, max_age=app_settings.TRANSACTION_TTL,
+            secure=True, httponly=True, samesite="Lax", path="/",
+        )
+        return response

@@ -1,0 +1,101 @@
+"""Pieces shared by the browser-facing views: security headers, client redirects, errors."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import secrets
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
+from django.shortcuts import render
+from django.utils.cache import add_never_cache_headers
+
+from ..app_settings import app_settings
+
+
+def protect_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Headers of every consent, callback and error page.
+
+    CD-14 / BCP-13: no framing (X-Frame-Options and CSP frame-ancestors). CD-15 / BCP-11: no
+    third-party resources and no Referer (the URL carries state and codes). No caching of
+    pages that carry a CSRF token or a code. A per-response nonce allows the inline styles.
+    """
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        request.csp_nonce = secrets.token_urlsafe(16)  # type: ignore[attr-defined]
+        response = view(request, *args, **kwargs)
+        response["X-Frame-Options"] = "DENY"
+        response["Content-Security-Policy"] = (
+            f"default-src 'none'; style-src 'nonce-{request.csp_nonce}'; img-src 'self'; "  # type: ignore[attr-defined]
+            "frame-ancestors 'none'; base-uri 'none'"
+        )
+        response["Referrer-Policy"] = "no-referrer"
+        response["X-Content-Type-Options"] = "nosniff"
+        add_never_cache_headers(response)
+        return response
+
+    return wrapped
+
+
+class ClientRedirect(HttpResponseRedirect):
+    """A redirect to a validated client redirect URI (only http/https were registered)."""
+
+    allowed_schemes = ["http", "https"]
+
+
+def with_params(uri: str, params: dict[str, str]) -> str:
+    """Append response parameters to a redirect URI, keeping its own query (AS-52).
+
+    Each parameter appears once (AS-51): a same-named parameter of the registered URI is
+    replaced, and ``iss`` is always the issuer (MU-01).
+    """
+    parts = urlsplit(uri)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
+    query.extend((k, v) for k, v in params.items() if v is not None)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def redirect_to_client(uri: str, params: dict[str, str], *, post: bool) -> HttpResponse:
+    """Redirect with ``iss`` added; 303 after a POST, never 307 (CD-16, BCP-12)."""
+    response = ClientRedirect(with_params(uri, {**params, "iss": app_settings.ISSUER}))
+    if post:
+        response.status_code = 303
+    return response
+
+
+def error_page(request: HttpRequest, title: str, message: str, *, status: int = 400) -> HttpResponse:
+    """An error shown to the person, never a redirect (AS-50)."""
+    return render(
+        request,
+        "mcp_consent/error.html",
+        {"title": title, "message": message, "upstream_name": app_settings.UPSTREAM.name},
+        status=status,
+    )
+
+
+def as_authorization_request(request: HttpRequest, query_string: str, user: Any = None) -> HttpRequest:
+    """A GET view of ``request`` carrying exactly ``query_string``.
+
+    The authorization request is always (re-)validated from the query string it arrived
+    with: on the consent POST a body can add nothing, and on the upstream callback the
+    stored query is validated again by DOT before a code is minted (CD-48).
+    """
+    clone = copy.copy(request)
+    clone.method = "GET"
+    clone.META = {**request.META, "QUERY_STRING": query_string, "REQUEST_METHOD": "GET"}
+    clone.GET = QueryDict(query_string)
+    clone.POST = QueryDict()
+    clone.path = clone.path_info = request.path if user is None else _authorize_path()
+    if user is not None:
+        clone.user = user
+    return clone
+
+
+def _authorize_path() -> str:
+    from django.urls import reverse
+
+    return reverse("oauth2_provider:authorize")

@@ -1,0 +1,133 @@
+"""The upstream callback: the one URL the operator registers at the upstream provider.
+
+Top to bottom: claim the transaction of ``state`` for this browser exactly once (CD-43..46),
+re-validate the stored authorization request (CD-48), check the upstream's answer
+(UP-06, MU-03), exchange the code and fetch the identity (UP-01, UP-10), then in ONE
+database transaction record the consent, the encrypted upstream token and the MCP code,
+log the person in with a fresh session and redirect to the client with code, state, iss.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from django.contrib.auth import login
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.utils.decorators import method_decorator
+from django.views import View
+from oauth2_provider.compat import login_not_required
+from oauth2_provider.exceptions import FatalClientError, OAuthToolkitError
+from oauth2_provider.views.mixins import OAuthLibMixin
+
+from .. import flows, upstream, vault
+from ..app_settings import app_settings
+from ..models import AuthorizationTransaction
+from .authorize import BINDING_SALT
+from .common import as_authorization_request, error_page, protect_page, redirect_to_client
+
+log = logging.getLogger(__name__)
+Outcome = AuthorizationTransaction.Outcome
+
+AUTH_BACKEND = "django.contrib.auth.backends.ModelBackend"
+
+
+def _grant(tokens: dict[str, Any], identity: dict[str, Any]) -> flows.UpstreamGrant:
+    config = app_settings.UPSTREAM
+
+    def field(name: str) -> str:
+        value = identity.get(name)
+        return str(value)[:255] if value is not None and not isinstance(value, (dict, list)) else ""
+
+    return flows.UpstreamGrant(
+        subject=field(config.subject_field),
+        login=field(config.username_field),
+        email=field(config.email_field),
+        name=field(config.name_field),
+        access_token=tokens["access_token"],
+        refresh_token=tokens["refresh_token"],
+        token_type=tokens["token_type"],
+        scopes=tokens["scope"],
+        expires_at=tokens["expires_at"],
+        refresh_expires_at=tokens["refresh_expires_at"],
+        raw_identity=identity,
+    )
+
+
+@method_decorator(login_not_required, name="dispatch")
+@method_decorator(protect_page, name="dispatch")
+class UpstreamCallbackView(OAuthLibMixin, View):
+    http_method_names = ["get"]
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        binding = request.get_signed_cookie(
+            app_settings.TRANSACTION_COOKIE_NAME, default=None, salt=BINDING_SALT, max_age=app_settings.TRANSACTION_TTL
+        )
+        try:
+            tx = flows.consume_transaction(request.GET.get("state", ""), binding)
+        except flows.CallbackRefused as refused:
+            # CD-43..47: no code exchange, no redirect to any client.
+            log.info("upstream callback refused: %s", refused.reason)
+            return error_page(
+                request,
+                "This sign-in cannot be completed",
+                "The sign-in link is expired, was already used, or was started in another browser. "
+                "Nothing was shared with any application. Start again from your application.",
+            )
+
+        # CD-48: only the stored, re-validated request decides where the code goes.
+        authz_request = as_authorization_request(request, tx.authorization_query)
+        try:
+            _scopes, credentials = self.validate_authorization_request(authz_request)
+        except (FatalClientError, OAuthToolkitError):
+            flows.fail_transaction(tx, Outcome.FAILED, "authorization request no longer valid")
+            return error_page(
+                request,
+                "This sign-in cannot be completed",
+                "The application's registration changed or was disabled while you were signing in. "
+                "Nothing was shared with it.",
+            )
+        state = credentials.get("state")
+
+        if "error" in request.GET:
+            # UP-06: the person declined at the upstream; the upstream's own text is not relayed.
+            flows.fail_transaction(tx, Outcome.DENIED, "upstream returned an error")
+            return redirect_to_client(
+                tx.redirect_uri, {"error": "access_denied", "error_description": "Authorization was declined at the provider.", "state": state}, post=False
+            )
+
+        config = app_settings.UPSTREAM
+        iss = request.GET.get("iss")
+        if config.issuer and iss is not None and iss != config.issuer:
+            # MU-03 / UP-04: a response from another authorization server (mix-up).
+            flows.fail_transaction(tx, Outcome.FAILED, "upstream iss mismatch")
+            return error_page(request, "This sign-in cannot be completed", "The provider's response did not come from the expected provider.")
+
+        code = request.GET.get("code", "")
+        try:
+            if not code:
+                raise upstream.UpstreamError("callback without code")
+            tokens = upstream.exchange_code(code, vault.decrypt(tx.code_verifier_encrypted) or None)
+            grant = _grant(tokens, upstream.fetch_identity(tokens["access_token"]))
+        except upstream.UpstreamError as exc:
+            log.warning("upstream sign-in failed: %s", exc.reason)
+            flows.fail_transaction(tx, Outcome.FAILED, exc.reason)
+            return redirect_to_client(
+                tx.redirect_uri,
+                {"error": "server_error", "error_description": "The upstream provider could not complete the sign-in.", "state": state},
+                post=False,
+            )
+
+        with transaction.atomic():
+            user, _consent = flows.complete_authorization(tx, grant, request)
+            resume = as_authorization_request(request, tx.authorization_query, user=user)
+            uri, _headers, _body, _status = self.create_authorization_response(
+                resume, " ".join(tx.scopes.split()), credentials, allow=True
+            )
+            issued = parse_qs(urlsplit(uri).query).get("code", [""])[0]
+            flows.record_issued_code(tx, issued)
+        # The session is rotated on login (session fixation); pending state never lived in it.
+        login(request, user, backend=AUTH_BACKEND)
+        return redirect_to_client(uri, {}, post=False)

@@ -1,0 +1,9 @@
+"""ASGI entry point of the demo: Django (the MCP endpoint at /mcp joins in the next issue)."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+application = get_asgi_application()

@@ -1,0 +1,266 @@
+"""Settings of the mcp-consent demo project, read from the environment (12-factor).
+
+Every deployment value comes from an environment variable (see README "Settings reference").
+With no UPSTREAM_* variables the bundled demo upstream (project/demo_upstream/, a small
+GitHub-like provider served on http://localhost:8001) stands in for the third-party
+provider, so the whole flow -- and the confused-deputy attack -- runs on one machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = env(name)
+    if not value:
+        return default
+    return value.lower() in {"1", "true", "yes", "on"}
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+
+# The issuer: one exact string everywhere (metadata `issuer`, RFC 9207 `iss`, introspection).
+PUBLIC_BASE_URL = env("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+_public = urlsplit(PUBLIC_BASE_URL)
+if _public.scheme not in {"http", "https"} or not _public.hostname or _public.path:
+    raise ImproperlyConfigured(
+        "PUBLIC_BASE_URL must be an origin like https://proxy.example.com (no path, no trailing slash)."
+    )
+PUBLIC_HOST = _public.hostname
+
+SECRET_KEY = env("DJANGO_SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG and _public.scheme == "https":
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set outside local development.")
+    # Local demo and tests only: a fixed, obviously-insecure key. check --deploy flags it.
+    SECRET_KEY = "django-insecure-mcp-consent-demo-key-do-not-use-in-production"
+
+UPSTREAM_AUTHORIZE_URL = env("UPSTREAM_AUTHORIZE_URL")
+USE_DEMO_UPSTREAM = not UPSTREAM_AUTHORIZE_URL
+DEMO_UPSTREAM_BASE_URL = env("DEMO_UPSTREAM_BASE_URL", "http://localhost:8001").rstrip("/")
+
+ALLOWED_HOSTS = [PUBLIC_HOST]
+if USE_DEMO_UPSTREAM:
+    _demo_host = urlsplit(DEMO_UPSTREAM_BASE_URL).hostname
+    if _demo_host and _demo_host not in ALLOWED_HOSTS:
+        ALLOWED_HOSTS.append(_demo_host)
+CSRF_TRUSTED_ORIGINS = [PUBLIC_BASE_URL]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "oauth2_provider",
+    "mcp_consent",
+]
+if USE_DEMO_UPSTREAM:
+    INSTALLED_APPS.append("project.demo_upstream")
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "project.wsgi.application"
+ASGI_APPLICATION = "project.asgi.application"
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"), conn_max_age=0
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Two demo processes (proxy and demo upstream) share the file: wait for locks.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+
+REDIS_URL = env("REDIS_URL")
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGIN_URL = "admin:login"
+
+# --- Cookies and transport (CD-20, CD-21): __Host- names, Secure, HttpOnly, SameSite=Lax. ---
+# Browsers accept Secure cookies from http://127.0.0.1 and http://localhost (potentially
+# trustworthy origins), so the demo keeps the production cookie posture.
+SESSION_COOKIE_NAME = "__Host-sessionid"
+SESSION_COOKIE_SECURE = True
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_AGE = 60 * 60 * 8
+CSRF_COOKIE_NAME = "__Host-csrftoken"
+CSRF_COOKIE_SECURE = True
+CSRF_COOKIE_HTTPONLY = True
+CSRF_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "no-referrer"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+if _public.scheme == "https":
+    SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = int(env("DJANGO_HSTS_SECONDS", "31536000"))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
+    if env_bool("DJANGO_BEHIND_TLS_PROXY", False):
+        # BCP-19: only behind a proxy that strips and sets this header itself.
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- django-oauth-toolkit, configured for MCP (see DOT-NOTES.md) ---
+# Not swapped; named so that makemigrations can resolve DOT's swappable model.
+OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
+MCP_RESOURCE = env("MCP_RESOURCE", f"{PUBLIC_BASE_URL}/mcp")
+
+OAUTH2_PROVIDER = {
+    # The issuer is one exact string (AS-13, MU-01): never derived from the Host header.
+    "OIDC_ISS_ENDPOINT": PUBLIC_BASE_URL,
+    "SCOPES": {
+        "items:read": "Read your items",
+        "items:write": "Create and change your items",
+    },
+    "DEFAULT_SCOPES": ["items:read"],
+    # The server class adds what DOT leaves open: S256 only, `resource` allowlist (AS-30..35),
+    # only the code and refresh grants.
+    "OAUTH2_SERVER_CLASS": "mcp_consent.oauth.MCPAuthorizationServer",
+    "OAUTH2_VALIDATOR_CLASS": "mcp_consent.oauth.MCPOAuth2Validator",
+    "PKCE_REQUIRED": True,
+    "ACCESS_TOKEN_EXPIRE_SECONDS": 3600,  # AS-43: short-lived access tokens
+    "REFRESH_TOKEN_EXPIRE_SECONDS": 60 * 60 * 24 * 30,  # AS-46: refresh tokens expire
+    "AUTHORIZATION_CODE_EXPIRE_SECONDS": 60,
+    "ROTATE_REFRESH_TOKEN": True,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,  # AS-44: reuse revokes the family
+    "REFRESH_TOKEN_GRACE_PERIOD_SECONDS": 0,
+    "ALLOWED_REDIRECT_URI_SCHEMES": ["http", "https"],
+    "ALLOW_URI_WILDCARDS": False,
+    # CD-33: RFC 8252 loopback clients may use any port; MCP clients commonly register
+    # http://localhost:<port>/callback, so localhost counts as loopback too.
+    "ALLOW_LOCALHOST_LOOPBACK": True,
+    "DCR_ENABLED": True,
+    # MCP clients register without a user (DCR-02).
+    "DCR_REGISTRATION_PERMISSION_CLASSES": ("oauth2_provider.dcr.AllowAllDCRPermission",),
+    "CIMD_ENABLED": True,
+    "CIMD_METADATA_FETCHER": "mcp_consent.registration.CIMDMetadataFetcher",
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
+    "COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS": True,
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "COMPLIANT_BCP_RFC9700_REFRESH_TOKEN": True,
+    # Off on purpose: with "http" allowed for RFC 8252 loopback clients this gate fails
+    # check --deploy (oauth2_provider.E003). mcp_consent.registration enforces
+    # "http only on loopback" for DCR, CIMD and the admin instead (DCR-11, BCP-14).
+    "COMPLIANT_BCP_RFC9700_REDIRECT_URI_SCHEME": False,
+    "COMPLIANT_BCP_RFC9700_REDIRECT_URI_MATCHING": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_REQUIRED": True,
+    "OAUTH2_RESPONSE_TYPES_SUPPORTED": ["code"],
+    "OAUTH2_GRANT_TYPES_SUPPORTED": ["authorization_code", "refresh_token"],
+    "OAUTH2_TOKEN_ENDPOINT_AUTH_METHODS_SUPPORTED": ["none", "client_secret_basic", "client_secret_post"],
+}
+
+# --- mcp_consent ---
+if USE_DEMO_UPSTREAM:
+    _up = f"{DEMO_UPSTREAM_BASE_URL}/demo-upstream"
+    UPSTREAM = {
+        "NAME": "Demo Hub (bundled demo upstream)",
+        "AUTHORIZE_URL": f"{_up}/login/oauth/authorize",
+        "TOKEN_URL": f"{_up}/login/oauth/access_token",
+        "USERINFO_URL": f"{_up}/user",
+        "REVOCATION_URL": f"{_up}/revoke",
+        "ISSUER": _up,
+        "CLIENT_ID": "mcp-consent-demo-proxy",
+        "CLIENT_SECRET": env("UPSTREAM_CLIENT_SECRET", "demo-upstream-secret-not-for-production"),
+        "SCOPES": ["read:user"],
+        "PKCE": True,
+    }
+    DEMO_UPSTREAM = {
+        "CLIENT_ID": UPSTREAM["CLIENT_ID"],
+        "CLIENT_SECRET": UPSTREAM["CLIENT_SECRET"],
+        "REDIRECT_URIS": [f"{PUBLIC_BASE_URL}/upstream/callback/"],
+        "ISSUER": _up,
+    }
+else:
+    UPSTREAM = {
+        "NAME": env("UPSTREAM_NAME", "the upstream provider"),
+        "AUTHORIZE_URL": UPSTREAM_AUTHORIZE_URL,
+        "TOKEN_URL": env("UPSTREAM_TOKEN_URL"),
+        "USERINFO_URL": env("UPSTREAM_USERINFO_URL"),
+        "REVOCATION_URL": env("UPSTREAM_REVOKE_URL"),
+        "ISSUER": env("UPSTREAM_ISSUER"),
+        "CLIENT_ID": env("UPSTREAM_CLIENT_ID"),
+        "CLIENT_SECRET": env("UPSTREAM_CLIENT_SECRET"),
+        "SCOPES": env("UPSTREAM_SCOPES", "read:user").split(),
+        "PKCE": env_bool("UPSTREAM_PKCE", True),
+    }
+
+UPSTREAM["SCOPE_MAP"] = {
+    "items:read": ["repo:read"],
+    "items:write": ["repo:write"],
+}
+
+MCP_CONSENT = {
+    "RESOURCES": [MCP_RESOURCE],
+    "UPSTREAM": UPSTREAM,
+    "ENCRYPTION_KEYS": [k for k in env("MCP_CONSENT_ENCRYPTION_KEY").split(",") if k.strip()],
+    "REMEMBER_CONSENT": env_bool("MCP_CONSENT_REMEMBER_CONSENT", False),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", "INFO")},
+}

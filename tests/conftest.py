@@ -1,0 +1,91 @@
+"""Shared fixtures: the demo upstream reached in-process, PKCE pairs, a browser-like client."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from django.test import Client
+from requests.structures import CaseInsensitiveDict
+
+from mcp_consent import upstream
+
+UPSTREAM_ORIGIN = "http://localhost:8001"
+
+
+class DjangoClientAdapter(requests.adapters.BaseAdapter):
+    """Serves the proxy's outbound requests to the demo upstream from this process.
+
+    The demo upstream is mounted in the test URLconf under /demo-upstream/; this adapter
+    lets mcp_consent.upstream talk to it through Django's test client, with no socket.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client = Client()
+        self.requests: list[requests.PreparedRequest] = []
+
+    def send(self, request: requests.PreparedRequest, **kwargs: object) -> requests.Response:
+        self.requests.append(request)
+        url = urlsplit(request.url)
+        path = url.path + (f"?{url.query}" if url.query else "")
+        body = request.body or b""
+        if isinstance(body, str):
+            body = body.encode()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in {"content-length", "host"}}
+        reply = self.client.generic(
+            request.method or "GET",
+            path,
+            data=body,
+            content_type=request.headers.get("Content-Type", ""),
+            headers=headers,
+            HTTP_HOST=url.netloc,
+        )
+        response = requests.Response()
+        response.status_code = reply.status_code
+        response._content = reply.content
+        response.headers = CaseInsensitiveDict(dict(reply.items()))
+        response.url = request.url or ""
+        response.request = request
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def upstream_http() -> Iterator[DjangoClientAdapter]:
+    adapter = DjangoClientAdapter()
+    session = upstream.http_session()
+    session.mount(UPSTREAM_ORIGIN + "/", adapter)
+    yield adapter
+    session.adapters.pop(UPSTREAM_ORIGIN + "/", None)
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache() -> Iterator[None]:
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def pkce_pair() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    return verifier, challenge
+
+
+@pytest.fixture
+def pkce() -> tuple[str, str]:
+    return pkce_pair()
+
+
+def query_of(location: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(location).query, keep_blank_values=True)
