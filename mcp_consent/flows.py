@@ -239,6 +239,7 @@ def begin_upstream_authorization(
     state = secrets.token_urlsafe(32)
     verifier = secrets.token_urlsafe(48) if upstream.pkce else None
     user = request.user if request.user.is_authenticated else None
+    now = timezone.now()
     tx = AuthorizationTransaction.objects.create(
         state_hash=secret_hash(state),
         binding_hash=secret_hash(binding),
@@ -252,7 +253,8 @@ def begin_upstream_authorization(
         user=user,
         ip_address=client_ip(request),
         user_agent=user_agent(request),
-        expires_at=timezone.now() + timedelta(seconds=app_settings.TRANSACTION_TTL),
+        created_at=now,
+        expires_at=now + timedelta(seconds=app_settings.TRANSACTION_TTL),
     )
     return PendingUpstream(tx, state, verifier)
 

@@ -18,6 +18,13 @@ from mcp_consent import upstream
 UPSTREAM_ORIGIN = "http://localhost:8001"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from django.conf import settings
+
+    # Tests log in to the demo upstream many times: a fast hasher keeps the suite quick.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 class DjangoClientAdapter(requests.adapters.BaseAdapter):
     """Serves the proxy's outbound requests to the demo upstream from this process.
 

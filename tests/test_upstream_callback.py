@@ -1,0 +1,224 @@
+"""The upstream leg: state, browser binding, single use, expiry, upstream failures (CD-40..48, UP-*)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from urllib.parse import urlencode
+
+import pytest
+from django.contrib.auth import SESSION_KEY
+from django.utils import timezone
+
+from mcp_consent import vault
+from mcp_consent.models import AuthorizationTransaction, Consent, UpstreamIdentity, UpstreamToken
+from project.demo_upstream.models import RequestLog
+from tests.browser_client import Browser, authorize_params
+from tests.conftest import query_of
+from tests.factories import MCPClientFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def client_a():
+    return MCPClientFactory(client_name="Acme Agent", redirect_uris=["https://app.example/cb"])
+
+
+def approved(browser: Browser, client) -> str:
+    """Approve on our page; returns the upstream authorize URL (with the upstream state)."""
+    page = browser.authorize(authorize_params(client))
+    return browser.post_form(page, "approve")["Location"]
+
+
+def upstream_callback(browser: Browser, client) -> str:
+    """Approve and pass the upstream; returns the callback URL the upstream redirected to."""
+    browser.login_upstream()
+    return browser.through_upstream(approved(browser, client))["Location"]
+
+
+def exchanges() -> int:
+    return RequestLog.objects.filter(path__endswith="/login/oauth/access_token").count()
+
+
+def test_success_redirects_to_client_with_code_state_iss_and_logs_user_in(client_a) -> None:
+    """UP-02..05, AS-52, MU-01: the callback resumes the stored request and logs the user in."""
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    assert callback.startswith("http://127.0.0.1:8000/upstream/callback/?")
+    session_before = browser.client.cookies["__Host-sessionid"].value if "__Host-sessionid" in browser.client.cookies else None
+    final = browser.get(callback)
+    assert final.status_code == 302
+    query = query_of(final["Location"])
+    assert final["Location"].startswith("https://app.example/cb?")
+    assert query["state"] == ["client-state-123"] and query["iss"] == ["http://127.0.0.1:8000"]
+    assert len(query["code"][0]) >= 20
+    # Logged in with a fresh session (session fixation).
+    assert browser.client.session[SESSION_KEY]
+    assert browser.client.cookies["__Host-sessionid"].value != session_before
+    identity = UpstreamIdentity.objects.get()
+    assert identity.login == "octocat"
+    consent = Consent.objects.get()
+    assert (consent.user, consent.client, consent.redirect_uri) == (identity.user, client_a, "https://app.example/cb")
+    assert consent.scopes == "items:read" and consent.upstream_scopes == "read:user repo:read"
+    tx = AuthorizationTransaction.objects.get()
+    assert tx.outcome == "completed" and tx.consumed_at is not None
+
+
+def test_upstream_token_is_encrypted_at_rest(client_a, upstream_http) -> None:
+    """UP-07 / AS-47: the upstream tokens are stored encrypted, never in clear."""
+    browser = Browser()
+    browser.get(upstream_callback(browser, client_a))
+    sent = [r for r in upstream_http.requests if r.url.endswith("/demo-upstream/user")]
+    upstream_access_token = sent[-1].headers["Authorization"].split()[1]
+    row = UpstreamToken.objects.get()
+    assert upstream_access_token not in row.access_token_encrypted
+    assert vault.decrypt(row.access_token_encrypted) == upstream_access_token
+    assert row.refresh_token_encrypted and vault.decrypt(row.refresh_token_encrypted)
+
+
+def test_callback_state_from_another_browser_is_refused(client_a) -> None:
+    """CD-43 / CD-47: a callback URL replayed in another browser (login CSRF) is refused."""
+    attacker = Browser()
+    callback = upstream_callback(attacker, client_a)
+    victim = Browser()
+    before = exchanges()
+    response = victim.get(callback)
+    assert response.status_code == 400 and not response.has_header("Location")
+    assert exchanges() == before  # no code exchange with the upstream
+    assert response["X-Frame-Options"] == "DENY"
+
+
+@pytest.mark.parametrize("query", [{}, {"code": "x"}, {"code": "x", "state": ""}, {"code": "x", "state": "forged-state"}])
+def test_missing_or_unknown_state_is_refused(client_a, query) -> None:
+    """CD-44 / CD-47: no pending state, no exchange, no redirect."""
+    browser = Browser()
+    before = exchanges()
+    response = browser.get(f"/upstream/callback/?{urlencode(query)}")
+    assert response.status_code == 400 and not response.has_header("Location")
+    assert exchanges() == before
+
+
+def test_tampered_binding_cookie_is_refused(client_a) -> None:
+    """CD-22: a cookie with one byte changed counts as absent."""
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    cookie = browser.client.cookies["__Host-mcp_consent_tx"]
+    value = cookie.value
+    cookie.set(cookie.key, value[:-1] + ("A" if value[-1] != "A" else "B"), cookie.coded_value)
+    browser.client.cookies[cookie.key] = value[:-1] + ("A" if value[-1] != "A" else "B")
+    before = exchanges()
+    assert browser.get(callback).status_code == 400
+    assert exchanges() == before
+
+
+def test_replayed_callback_is_refused(client_a) -> None:
+    """CD-45: the state is single use."""
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    assert browser.get(callback).status_code == 302
+    before = exchanges()
+    again = browser.get(callback)
+    assert again.status_code == 400 and not again.has_header("Location")
+    assert exchanges() == before
+
+
+def test_callback_after_ten_minutes_is_refused(client_a) -> None:
+    """CD-46: the pending transaction expires 10 minutes after approval."""
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    tx = AuthorizationTransaction.objects.get()
+    assert tx.expires_at - tx.created_at == timedelta(minutes=10)
+    AuthorizationTransaction.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    before = exchanges()
+    assert browser.get(callback).status_code == 400
+    assert exchanges() == before
+    assert AuthorizationTransaction.objects.get().failure_reason == "expired"
+
+
+def test_second_claim_of_one_state_fails(client_a) -> None:
+    """CD-45: consume_transaction claims with a conditional UPDATE; a second claim fails.
+
+    (Parallel claims on PostgreSQL are exercised by the concurrency tests.)
+    """
+    from django.http import HttpRequest
+
+    from mcp_consent import flows
+
+    browser = Browser()
+    location = approved(browser, client_a)
+    state = query_of(location)["state"][0]
+    request = HttpRequest()
+    request.COOKIES = {"__Host-mcp_consent_tx": browser.client.cookies["__Host-mcp_consent_tx"].value}
+    binding = request.get_signed_cookie("__Host-mcp_consent_tx", salt="mcp_consent.upstream-binding")
+    assert flows.consume_transaction(state, binding).consumed_at is not None
+    with pytest.raises(flows.CallbackRefused, match="already used"):
+        flows.consume_transaction(state, binding)
+
+
+def test_state_is_only_ever_stored_hashed(client_a) -> None:
+    """CD-40 / CD-41: 256-bit random state; the database holds only its hash."""
+    browser = Browser()
+    location = approved(browser, client_a)
+    state = query_of(location)["state"][0]
+    assert len(state) >= 43
+    tx = AuthorizationTransaction.objects.get()
+    assert state not in tx.state_hash and len(tx.state_hash) == 64
+
+
+def test_callback_uses_only_stored_values(client_a) -> None:
+    """CD-48: parameters added to the callback cannot redirect the code elsewhere."""
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    evil = callback + "&redirect_uri=https%3A%2F%2Fattacker.example%2Fcb&client_id=other&state=zzz"
+    response = browser.get(evil)
+    # The duplicated state makes Django's GET.get take the last value: refused, or if it
+    # were accepted, the redirect would still go to the stored redirect URI.
+    if response.status_code == 302:
+        assert response["Location"].startswith("https://app.example/cb?")
+    else:
+        assert response.status_code == 400
+    assert "attacker.example" not in response.get("Location", "")
+
+
+def test_upstream_denial_returns_access_denied_to_client(client_a) -> None:
+    """UP-06: cancel at the upstream -> access_denied with the client's state and iss."""
+    browser = Browser()
+    browser.login_upstream()
+    to_upstream = approved(browser, client_a)
+    callback = browser.through_upstream(to_upstream, decision="cancel")["Location"]
+    final = browser.get(callback)
+    query = query_of(final["Location"])
+    assert final["Location"].startswith("https://app.example/cb?")
+    assert query["error"] == ["access_denied"] and query["state"] == ["client-state-123"]
+    assert query["iss"] == ["http://127.0.0.1:8000"] and "code" not in query
+    assert "denied the request" not in final["Location"]  # the upstream's own text is not relayed
+    assert not Consent.objects.exists()
+
+
+def test_upstream_iss_mismatch_aborts(client_a) -> None:
+    """MU-03 / UP-04: a response carrying another issuer is refused before any exchange."""
+    browser = Browser()
+    callback = upstream_callback(browser, client_a).replace("iss=", "iss=https%3A%2F%2Fevil.example&old_iss=")
+    before = exchanges()
+    response = browser.get(callback)
+    assert response.status_code == 400
+    assert exchanges() == before
+    assert not Consent.objects.exists()
+
+
+def test_upstream_token_endpoint_failure_leaves_nothing_half_written(client_a, upstream_http, settings) -> None:
+    """UP-06 / faults: upstream refuses the code -> server_error at the client, no grant rows."""
+    from oauth2_provider.models import get_grant_model
+
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    settings.MCP_CONSENT = {
+        **settings.MCP_CONSENT,
+        "UPSTREAM": {**settings.MCP_CONSENT["UPSTREAM"], "CLIENT_SECRET": "wrong-secret"},
+    }
+    final = browser.get(callback)
+    query = query_of(final["Location"])
+    assert query["error"] == ["server_error"] and query["state"] == ["client-state-123"]
+    assert not Consent.objects.exists() and not UpstreamToken.objects.exists()
+    assert not get_grant_model().objects.exists()
+    assert AuthorizationTransaction.objects.get().outcome == "failed"
