@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "oauth2_provider",
     "mcp_consent",
+    "project.apps.DemoProjectConfig",
 ]
 if USE_DEMO_UPSTREAM:
     INSTALLED_APPS.append("project.demo_upstream")
@@ -179,7 +180,7 @@ OAUTH2_PROVIDER = {
     "PKCE_REQUIRED": True,
     "ACCESS_TOKEN_EXPIRE_SECONDS": 3600,  # AS-43: short-lived access tokens
     "REFRESH_TOKEN_EXPIRE_SECONDS": 60 * 60 * 24 * 30,  # AS-46: refresh tokens expire
-    "AUTHORIZATION_CODE_EXPIRE_SECONDS": 60,
+    "AUTHORIZATION_CODE_EXPIRE_SECONDS": 120,  # AS-40: short, yet enough to paste by hand in the demo
     "ROTATE_REFRESH_TOKEN": True,
     "REFRESH_TOKEN_REUSE_PROTECTION": True,  # AS-44: reuse revokes the family
     "REFRESH_TOKEN_GRACE_PERIOD_SECONDS": 0,
@@ -215,7 +216,7 @@ OAUTH2_PROVIDER = {
 if USE_DEMO_UPSTREAM:
     _up = f"{DEMO_UPSTREAM_BASE_URL}/demo-upstream"
     UPSTREAM = {
-        "NAME": "Demo Hub (bundled demo upstream)",
+        "NAME": "Demo Hub",
         "AUTHORIZE_URL": f"{_up}/login/oauth/authorize",
         "TOKEN_URL": f"{_up}/login/oauth/access_token",
         "USERINFO_URL": f"{_up}/user",

@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 
 BINDING_SALT = "mcp_consent.upstream-binding"
 
+# CD-15 / BCP-11 with CSRF that works: under "no-referrer" browsers send `Origin: null` with
+# the consent form's POST, which Django's CSRF protection (CD-13) must refuse. "same-origin"
+# sends a Referer only back to us; every redirect we answer (303 upstream, 302 to the
+# client) carries "no-referrer", so neither the upstream nor the client learns this URL.
+CONSENT_PAGE_REFERRER_POLICY = "same-origin"
+
 
 @dataclass
 class AuthorizationRequest:
@@ -191,7 +197,9 @@ class AuthorizeView(AuthorizationView):
             "form_action": request.get_full_path(),
             "notice": notice,
         }
-        return render(request, self.template_name, context, status=status)
+        response = render(request, self.template_name, context, status=status)
+        response["Referrer-Policy"] = CONSENT_PAGE_REFERRER_POLICY
+        return response
 
     # --- 3. the decision ---------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ def protect_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespons
     CD-14 / BCP-13: no framing (X-Frame-Options and CSP frame-ancestors). CD-15 / BCP-11: no
     third-party resources and no Referer (the URL carries state and codes). No caching of
     pages that carry a CSRF token or a code. A per-response nonce allows the inline styles.
+    Referrer-Policy is no-referrer unless the view set another (see CONSENT_PAGE_REFERRER_POLICY).
     """
 
     @functools.wraps(view)
@@ -33,7 +34,7 @@ def protect_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespons
             f"default-src 'none'; style-src 'nonce-{request.csp_nonce}'; img-src 'self'; "  # type: ignore[attr-defined]
             "frame-ancestors 'none'; base-uri 'none'"
         )
-        response["Referrer-Policy"] = "no-referrer"
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
         response["X-Content-Type-Options"] = "nosniff"
         add_never_cache_headers(response)
         return response

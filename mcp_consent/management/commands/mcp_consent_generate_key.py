@@ -1,0 +1,14 @@
+"""Print a new Fernet key for MCP_CONSENT["ENCRYPTION_KEYS"]."""
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from mcp_consent import vault
+
+
+class Command(BaseCommand):
+    help = "Print a new encryption key for MCP_CONSENT['ENCRYPTION_KEYS'] (put it first to rotate)."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.stdout.write(vault.generate_key())

@@ -1,0 +1,119 @@
+"""`make demo`: migrate, create the demo admin, serve the proxy and the demo upstream.
+
+Demo only: prints a fresh admin password and a PKCE pair so a person can walk the flow
+with curl and a browser. Stop with Ctrl-C; both servers are stopped by their pids.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+
+def _wait_for(host: str, port: int, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((host, port)) == 0:
+                return True
+        time.sleep(0.2)
+    return False
+
+
+class Command(BaseCommand):
+    help = "Run the mcp-consent demo (proxy + bundled demo upstream) on 127.0.0.1."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--no-serve", action="store_true", help="Set up and print, but do not start servers.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        base = settings.PUBLIC_BASE_URL
+        public = urlsplit(base)
+        if public.hostname not in {"127.0.0.1", "localhost"}:
+            raise CommandError("rundemo serves on 127.0.0.1 only; unset PUBLIC_BASE_URL for the demo.")
+        call_command("migrate", interactive=False, verbosity=0)
+
+        password = secrets.token_urlsafe(12)
+        User = get_user_model()
+        admin, _ = User.objects.get_or_create(username="admin", defaults={"email": "admin@example.invalid"})
+        admin.is_staff = admin.is_superuser = True
+        admin.set_password(password)
+        admin.save()
+
+        verifier = secrets.token_urlsafe(48)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+        resource = settings.MCP_RESOURCE
+        redirect = "http://127.0.0.1:9999/callback"
+        authorize = (
+            f"{base}/authorize/?response_type=code&client_id=CLIENT_ID&redirect_uri={quote(redirect, safe='')}"
+            f"&code_challenge={challenge}&code_challenge_method=S256&state=demo-state&resource={quote(resource, safe='')}"
+        )
+        w = self.stdout.write
+        w("")
+        w("mcp-consent demo")
+        w("================")
+        w(f"  proxy (authorization server)  {base}/")
+        w(f"  metadata                      {base}/.well-known/oauth-authorization-server")
+        w(f"  admin                         {base}/admin/   user: admin   password: {password}   (demo only)")
+        w(f"  upstream callback to register {base}/upstream/callback/")
+        if settings.USE_DEMO_UPSTREAM:
+            w(f"  demo upstream (Demo Hub)      {settings.DEMO_UPSTREAM_BASE_URL}/demo-upstream/   accounts: octocat, hubot   password: demo")
+        w("")
+        w("1. Register a client:")
+        w(f"   curl -s -X POST {base}/register/ -H 'Content-Type: application/json' \\")
+        w(f"     -d '{{\"client_name\": \"My MCP client\", \"redirect_uris\": [\"{redirect}\"], \"token_endpoint_auth_method\": \"none\"}}'")
+        w("2. Open in a browser (replace CLIENT_ID with the client_id printed by step 1):")
+        w(f"   {authorize}")
+        w(f"   Approve, sign in, and the browser lands on {redirect}?code=...  (nothing listens there: copy the code)")
+        w("3. Redeem the code:")
+        w(f"   curl -s -X POST {base}/token/ -d grant_type=authorization_code -d client_id=CLIENT_ID \\")
+        w(f"     -d code=CODE -d redirect_uri={redirect} -d code_verifier={verifier} -d resource={resource}")
+        w("")
+        if options["no_serve"]:
+            return
+        self.serve(public.port or 80)
+
+    def serve(self, port: int) -> None:
+        env = dict(os.environ)
+        uvicorn = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1", "--log-level", "warning"]
+        processes = [subprocess.Popen([*uvicorn, "--port", str(port)], env=env)]  # noqa: S603
+        if settings.USE_DEMO_UPSTREAM:
+            upstream_port = urlsplit(settings.DEMO_UPSTREAM_BASE_URL).port or 80
+            processes.append(subprocess.Popen([*uvicorn, "--port", str(upstream_port)], env=env))  # noqa: S603
+
+        def stop(*_: Any) -> None:
+            for process in processes:
+                if process.poll() is None:
+                    process.terminate()
+            for process in processes:
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+        signal.signal(signal.SIGTERM, lambda *a: (stop(), sys.exit(0)))
+        try:
+            if _wait_for("127.0.0.1", port):
+                self.stdout.write(f"Serving on {settings.PUBLIC_BASE_URL}/ (Ctrl-C stops the demo)")
+            while all(process.poll() is None for process in processes):
+                time.sleep(0.5)
+            self.stderr.write("a demo server exited; stopping the others")
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop()
