@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from oauth2_provider.admin import ApplicationAdmin
+from oauth2_provider.models import get_application_model
 
-from .models import AuthorizationTransaction, Consent, MCPClient, RedirectURI, UpstreamIdentity, UpstreamToken
+from . import flows
+from .forms import AdminClientRegistrationForm
+from .models import (
+    AuthorizationTransaction,
+    Consent,
+    MCPClient,
+    RedirectURI,
+    RegistrationSource,
+    UpstreamIdentity,
+    UpstreamToken,
+)
 
 
 class RedirectURIInline(admin.TabularInline):
@@ -29,8 +44,34 @@ class MCPClientAdmin(admin.ModelAdmin):
     )
     inlines = [RedirectURIInline]
 
-    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
-        return False
+    def get_urls(self):  # type: ignore[no-untyped-def]
+        register = self.admin_site.admin_view(self.register_view)
+        return [path("register/", register, name="mcp_consent_mcpclient_register"), *super().get_urls()]
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context=None) -> HttpResponse:  # type: ignore[no-untyped-def]
+        return HttpResponseRedirect(reverse("admin:mcp_consent_mcpclient_register"))
+
+    def register_view(self, request: HttpRequest) -> HttpResponse:
+        """The operator's registration: same policy and the same flow as DCR and CIMD."""
+        if not self.has_add_permission(request):
+            return HttpResponseRedirect(reverse("admin:index"))
+        form = AdminClientRegistrationForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            registered = flows.register_client(
+                form.metadata, RegistrationSource.ADMIN, user=request.user, issue_registration_token=False
+            )
+            shown = f"Client registered. client_id: {registered.client.application.client_id}"
+            if registered.client_secret:
+                shown += f" — client_secret (shown once, store it now): {registered.client_secret}"
+            messages.success(request, shown)
+            return HttpResponseRedirect(reverse("admin:mcp_consent_mcpclient_change", args=[registered.client.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Register an MCP client",
+            "form": form,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/mcp_consent/mcpclient/register.html", context)
 
 
 @admin.register(Consent)
@@ -82,3 +123,25 @@ class AuthorizationTransactionAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):  # type: ignore[no-untyped-def]
         return False
+
+
+class MCPApplicationAdmin(ApplicationAdmin):
+    """DOT's Application admin without the ways around mcp_consent's registration policy.
+
+    New clients are registered through "MCP clients > Register" (the same flow as DCR and
+    CIMD); what oauthlib validates against (redirect URIs, client type, grant) is read-only.
+    """
+
+    readonly_fields = (
+        "client_id", "registration_source", "cimd_expires_at", "redirect_uris", "client_type",
+        "authorization_grant_type", "name", "user", "skip_authorization", "algorithm",
+        "post_logout_redirect_uris", "allowed_origins",
+    )
+    exclude = ("client_secret",)
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+
+admin.site.unregister(get_application_model())
+admin.site.register(get_application_model(), MCPApplicationAdmin)

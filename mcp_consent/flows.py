@@ -96,6 +96,37 @@ def _issue_registration_token(application: Any) -> str:
     return raw
 
 
+def record_client(application: Any, metadata: ClientMetadata, source: str) -> MCPClient:
+    """THE writer of MCPClient and RedirectURI rows, for DCR, CIMD and admin registrations.
+
+    A change of anything the consent page shows bumps ``metadata_version``, which makes
+    every consent given for the old version ineligible (CD-04, CIMD-12, MGMT-06).
+    """
+    with transaction.atomic():
+        client = MCPClient.objects.select_for_update().filter(application=application).first()
+        if client is None:
+            client = MCPClient.objects.create(
+                application=application,
+                registration_source=source,
+                # Admin-registered: vouched for by an operator. CIMD: the metadata was served
+                # by the client_id's own https origin, so the domain is verified (the page
+                # shows the domain, not a claim about the software). DCR: self-asserted.
+                verified=source in {RegistrationSource.ADMIN, RegistrationSource.CIMD},
+                **_client_fields(metadata),
+            )
+            transaction.on_commit(lambda: signals.client_registered.send(sender=MCPClient, client=client))
+        else:
+            shown_before = (client.metadata.get("client_name", ""), tuple(client.metadata.get("redirect_uris", [])),
+                            client.client_uri, client.logo_uri)
+            for key, value in _client_fields(metadata).items():
+                setattr(client, key, value)
+            if shown_before != metadata.displayed:
+                client.metadata_version += 1
+            client.save()
+        _sync_redirect_uris(client, metadata.redirect_uris)
+    return client
+
+
 def register_client(
     metadata: ClientMetadata,
     source: str,
@@ -103,7 +134,7 @@ def register_client(
     user: AbstractBaseUser | None = None,
     issue_registration_token: bool = True,
 ) -> RegisteredClient:
-    """Create Application, MCPClient and RedirectURI rows for a DCR or admin registration."""
+    """Register a new client (DCR or admin): the DOT Application, then its record."""
     Application = get_application_model()
     application = Application(
         user=user,
@@ -119,15 +150,8 @@ def register_client(
     application.full_clean(exclude=["client_secret"])
     with transaction.atomic():
         application.save()
-        client = MCPClient.objects.create(
-            application=application,
-            registration_source=source,
-            verified=source == RegistrationSource.ADMIN,
-            **_client_fields(metadata),
-        )
-        _sync_redirect_uris(client, metadata.redirect_uris)
+        client = record_client(application, metadata, source)
         raw_token = _issue_registration_token(application) if issue_registration_token else None
-        transaction.on_commit(lambda: signals.client_registered.send(sender=MCPClient, client=client))
     return RegisteredClient(client, metadata, raw_secret, raw_token)
 
 
@@ -143,24 +167,13 @@ def _client_fields(metadata: ClientMetadata) -> dict[str, Any]:
 
 
 def update_client(client: MCPClient, metadata: ClientMetadata) -> MCPClient:
-    """Replace a client's metadata (RFC 7592 PUT, a re-fetched CIMD document).
-
-    A change of anything the consent page shows bumps ``metadata_version``, which makes
-    every consent given for the old version ineligible (CD-04, CIMD-12, MGMT-06).
-    """
+    """Replace a client's metadata (RFC 7592 PUT)."""
     application = client.application
-    before = (application.name, tuple(application.redirect_uris.split()), client.client_uri, client.logo_uri)
     _apply_metadata(application, metadata)
     application.full_clean(exclude=["client_secret"])
     with transaction.atomic():
         application.save()
-        for key, value in _client_fields(metadata).items():
-            setattr(client, key, value)
-        if before != metadata.displayed:
-            client.metadata_version += 1
-        client.save()
-        _sync_redirect_uris(client, metadata.redirect_uris)
-    return client
+        return record_client(application, metadata, client.registration_source)
 
 
 def delete_client(client: MCPClient) -> None:
@@ -181,31 +194,20 @@ def client_record_for(application: Any) -> MCPClient | None:
         client = None
     if application.registration_source != application.RegistrationSource.CIMD:
         return client
-    fetched = (fetched_cimd_metadata.get() or {}).get(application.client_id)
+    store = dict(fetched_cimd_metadata.get() or {})
+    fetched = store.pop(application.client_id, None)
+    fetched_cimd_metadata.set(store)
     if fetched is None:
         if client is not None:
             return client
-        # Fetched by another process and not yet recorded here: rebuild from the row DOT
-        # wrote from the cleaned document.
+        # Fetched by another process and not recorded yet: rebuild from the row DOT wrote
+        # from the cleaned document.
         fetched = clean_client_metadata(
             {"redirect_uris": application.redirect_uris.split(), "client_name": application.name,
              "token_endpoint_auth_method": "none"},
             RegistrationSource.CIMD,
         )
-    store = dict(fetched_cimd_metadata.get() or {})
-    store.pop(application.client_id, None)
-    fetched_cimd_metadata.set(store)
-    if client is None:
-        with transaction.atomic():
-            # CIMD: the document was served by the client_id's own https origin, so the
-            # domain is verified (not the software behind it: the page shows the domain).
-            client, _created = MCPClient.objects.get_or_create(
-                application=application,
-                defaults={"registration_source": RegistrationSource.CIMD, "verified": True, **_client_fields(fetched)},
-            )
-            _sync_redirect_uris(client, fetched.redirect_uris)
-        return client
-    return update_client(client, fetched)
+    return record_client(application, fetched, RegistrationSource.CIMD)
 
 
 # --- Consent and the upstream leg ----------------------------------------------------------

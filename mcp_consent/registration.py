@@ -190,7 +190,8 @@ def clean_client_metadata(data: Any, source: str) -> ClientMetadata:
 
     application_type = data.get("application_type")
     if application_type is None:
-        application_type = "native" if all(is_loopback_host(urlsplit(u).hostname) for u in uris) else "web"
+        # AS-62: never default to "web" and then refuse the loopback URIs it was sent with.
+        application_type = "native" if any(is_loopback_host(urlsplit(u).hostname) for u in uris) else "web"
     if application_type not in {"native", "web"}:
         raise RegistrationError("invalid_client_metadata", "application_type must be 'native' or 'web'")
     if application_type == "web" and any(is_loopback_host(urlsplit(u).hostname) for u in uris):
