@@ -34,21 +34,43 @@ class RedirectURIInline(admin.TabularInline):
 
 @admin.register(MCPClient)
 class MCPClientAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "registration_source", "verified", "created_at", "last_used_at", "disabled_at")
+    list_display = (
+        "__str__",
+        "registration_source",
+        "verified",
+        "created_at",
+        "last_used_at",
+        "disabled_at",
+    )
     list_filter = ("registration_source", "verified")
     search_fields = ("application__name", "application__client_id")
     list_select_related = ("application",)
     readonly_fields = (
-        "application", "registration_source", "client_uri", "logo_uri", "software_id", "software_version",
-        "application_type", "metadata", "metadata_version", "created_at", "updated_at", "last_used_at",
+        "application",
+        "registration_source",
+        "client_uri",
+        "logo_uri",
+        "software_id",
+        "software_version",
+        "application_type",
+        "metadata",
+        "metadata_version",
+        "created_at",
+        "updated_at",
+        "last_used_at",
     )
     inlines = [RedirectURIInline]
 
     def get_urls(self):  # type: ignore[no-untyped-def]
         register = self.admin_site.admin_view(self.register_view)
-        return [path("register/", register, name="mcp_consent_mcpclient_register"), *super().get_urls()]
+        return [
+            path("register/", register, name="mcp_consent_mcpclient_register"),
+            *super().get_urls(),
+        ]
 
-    def add_view(self, request: HttpRequest, form_url: str = "", extra_context=None) -> HttpResponse:  # type: ignore[no-untyped-def]
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context=None
+    ) -> HttpResponse:  # type: ignore[no-untyped-def]
         return HttpResponseRedirect(reverse("admin:mcp_consent_mcpclient_register"))
 
     def register_view(self, request: HttpRequest) -> HttpResponse:
@@ -58,13 +80,17 @@ class MCPClientAdmin(admin.ModelAdmin):
         form = AdminClientRegistrationForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             registered = flows.register_client(
-                form.metadata, RegistrationSource.ADMIN, user=request.user, issue_registration_token=False
+                form.metadata,
+                RegistrationSource.ADMIN,
+                issue_registration_token=False,
             )
             shown = f"Client registered. client_id: {registered.client.application.client_id}"
             if registered.client_secret:
                 shown += f" — client_secret (shown once, store it now): {registered.client_secret}"
             messages.success(request, shown)
-            return HttpResponseRedirect(reverse("admin:mcp_consent_mcpclient_change", args=[registered.client.pk]))
+            return HttpResponseRedirect(
+                reverse("admin:mcp_consent_mcpclient_change", args=[registered.client.pk])
+            )
         context = {
             **self.admin_site.each_context(request),
             "title": "Register an MCP client",
@@ -76,9 +102,21 @@ class MCPClientAdmin(admin.ModelAdmin):
 
 @admin.register(Consent)
 class ConsentAdmin(admin.ModelAdmin):
-    list_display = ("user", "client", "scopes", "resource", "granted_at", "expires_at", "revoked_at")
+    list_display = (
+        "user",
+        "client",
+        "scopes",
+        "resource",
+        "granted_at",
+        "expires_at",
+        "revoked_at",
+    )
     list_filter = ("revoked_at", "granted_at")
-    search_fields = ("user__username", "client__application__name", "client__application__client_id")
+    search_fields = (
+        "user__username",
+        "client__application__name",
+        "client__application__client_id",
+    )
     list_select_related = ("user", "client__application")
     raw_id_fields = ("user", "client", "revoked_by")
     date_hierarchy = "granted_at"
@@ -98,7 +136,16 @@ class UpstreamTokenAdmin(admin.ModelAdmin):
     list_display = ("consent", "identity", "scopes", "expires_at", "updated_at")
     list_select_related = ("consent", "identity")
     # Never the ciphertexts: an operator has no use for them and they are secrets' shadows.
-    fields = ("consent", "identity", "token_type", "scopes", "expires_at", "refresh_expires_at", "created_at", "updated_at")
+    fields = (
+        "consent",
+        "identity",
+        "token_type",
+        "scopes",
+        "expires_at",
+        "refresh_expires_at",
+        "created_at",
+        "updated_at",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request):  # type: ignore[no-untyped-def]
@@ -117,8 +164,22 @@ class AuthorizationTransactionAdmin(admin.ModelAdmin):
     list_display = ("pk", "client", "outcome", "failure_reason", "created_at", "consumed_at")
     list_filter = ("outcome",)
     list_select_related = ("client__application",)
-    fields = ("client", "redirect_uri", "scopes", "upstream_scopes", "resource", "user", "ip_address",
-              "user_agent", "created_at", "expires_at", "consumed_at", "outcome", "failure_reason", "consent")
+    fields = (
+        "client",
+        "redirect_uri",
+        "scopes",
+        "upstream_scopes",
+        "resource",
+        "user",
+        "ip_address",
+        "user_agent",
+        "created_at",
+        "expires_at",
+        "consumed_at",
+        "outcome",
+        "failure_reason",
+        "consent",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request):  # type: ignore[no-untyped-def]
@@ -133,9 +194,18 @@ class MCPApplicationAdmin(ApplicationAdmin):
     """
 
     readonly_fields = (
-        "client_id", "registration_source", "cimd_expires_at", "redirect_uris", "client_type",
-        "authorization_grant_type", "name", "user", "skip_authorization", "algorithm",
-        "post_logout_redirect_uris", "allowed_origins",
+        "client_id",
+        "registration_source",
+        "cimd_expires_at",
+        "redirect_uris",
+        "client_type",
+        "authorization_grant_type",
+        "name",
+        "user",
+        "skip_authorization",
+        "algorithm",
+        "post_logout_redirect_uris",
+        "allowed_origins",
     )
     exclude = ("client_secret",)
 

@@ -107,11 +107,17 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     raw = getattr(settings, "MCP_CONSENT", {}).get("RESOURCES", [])
     if not raw or any(canonical_resource(r) is None for r in raw):
         messages.append(E001())
-    if not (oauth2_settings.PKCE_REQUIRED is True and oauth2_settings.COMPLIANT_BCP_RFC9700_PKCE_METHOD):
+    if not (
+        oauth2_settings.PKCE_REQUIRED is True and oauth2_settings.COMPLIANT_BCP_RFC9700_PKCE_METHOD
+    ):
         messages.append(E004)
     if not (
-        _is_subclass(oauth2_settings.OAUTH2_SERVER_CLASS, "mcp_consent.oauth.MCPAuthorizationServer")
-        and _is_subclass(oauth2_settings.OAUTH2_VALIDATOR_CLASS, "mcp_consent.oauth.MCPOAuth2Validator")
+        _is_subclass(
+            oauth2_settings.OAUTH2_SERVER_CLASS, "mcp_consent.oauth.MCPAuthorizationServer"
+        )
+        and _is_subclass(
+            oauth2_settings.OAUTH2_VALIDATOR_CLASS, "mcp_consent.oauth.MCPOAuth2Validator"
+        )
     ):
         messages.append(E005)
     if not (
@@ -120,15 +126,21 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         and not oauth2_settings.REFRESH_TOKEN_GRACE_PERIOD_SECONDS
     ):
         messages.append(E006)
-    if not (oauth2_settings.COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT and oauth2_settings.COMPLIANT_BCP_RFC9700_PASSWORD_GRANT):
+    if not (
+        oauth2_settings.COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT
+        and oauth2_settings.COMPLIANT_BCP_RFC9700_PASSWORD_GRANT
+    ):
         messages.append(E011)
     upstream = app_settings.UPSTREAM
-    if not all([upstream.authorize_url, upstream.token_url, upstream.userinfo_url, upstream.client_id]):
+    if not all(
+        [upstream.authorize_url, upstream.token_url, upstream.userinfo_url, upstream.client_id]
+    ):
         messages.append(E007)
     if not app_settings.TRANSACTION_COOKIE_NAME.startswith("__Host-"):
         messages.append(E009)
     if not (settings.SESSION_COOKIE_SECURE and settings.CSRF_COOKIE_SECURE) or not (
-        settings.SESSION_COOKIE_SAMESITE in {"Lax", "Strict"} and settings.CSRF_COOKIE_SAMESITE in {"Lax", "Strict"}
+        settings.SESSION_COOKIE_SAMESITE in {"Lax", "Strict"}
+        and settings.CSRF_COOKIE_SAMESITE in {"Lax", "Strict"}
     ):
         messages.append(E010)
     if app_settings.REMEMBER_CONSENT:
@@ -146,7 +158,12 @@ def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     if urlsplit(oauth2_settings.OIDC_ISS_ENDPOINT or "").scheme != "https":
         messages.append(E003)
     upstream = app_settings.UPSTREAM
-    urls = [upstream.authorize_url, upstream.token_url, upstream.userinfo_url, upstream.revocation_url]
+    urls = [
+        upstream.authorize_url,
+        upstream.token_url,
+        upstream.userinfo_url,
+        upstream.revocation_url,
+    ]
     if any(url and urlsplit(url).scheme != "https" for url in urls):
         messages.append(E008)
     if not oauth2_settings.COMPLIANT_BCP_RFC9700_TOKEN_STORAGE:

@@ -73,7 +73,9 @@ def _sync_redirect_uris(client: MCPClient, uris: list[str]) -> None:
         if uri not in uris:
             row.removed_at = now
             row.save(update_fields=["removed_at"])
-    RedirectURI.objects.bulk_create([RedirectURI(client=client, uri=u, added_at=now) for u in uris if u not in active])
+    RedirectURI.objects.bulk_create(
+        [RedirectURI(client=client, uri=u, added_at=now) for u in uris if u not in active]
+    )
 
 
 def _apply_metadata(application: Any, metadata: ClientMetadata) -> None:
@@ -114,10 +116,16 @@ def record_client(application: Any, metadata: ClientMetadata, source: str) -> MC
                 verified=source in {RegistrationSource.ADMIN, RegistrationSource.CIMD},
                 **_client_fields(metadata),
             )
-            transaction.on_commit(lambda: signals.client_registered.send(sender=MCPClient, client=client))
+            transaction.on_commit(
+                lambda: signals.client_registered.send(sender=MCPClient, client=client)
+            )
         else:
-            shown_before = (client.metadata.get("client_name", ""), tuple(client.metadata.get("redirect_uris", [])),
-                            client.client_uri, client.logo_uri)
+            shown_before = (
+                client.metadata.get("client_name", ""),
+                tuple(client.metadata.get("redirect_uris", [])),
+                client.client_uri,
+                client.logo_uri,
+            )
             for key, value in _client_fields(metadata).items():
                 setattr(client, key, value)
             if shown_before != metadata.displayed:
@@ -138,9 +146,13 @@ def register_client(
     Application = get_application_model()
     application = Application(
         user=user,
-        client_type=Application.CLIENT_PUBLIC if metadata.is_public else Application.CLIENT_CONFIDENTIAL,
+        client_type=Application.CLIENT_PUBLIC
+        if metadata.is_public
+        else Application.CLIENT_CONFIDENTIAL,
         registration_source=(
-            Application.RegistrationSource.DCR if source == RegistrationSource.DCR else Application.RegistrationSource.MANUAL
+            Application.RegistrationSource.DCR
+            if source == RegistrationSource.DCR
+            else Application.RegistrationSource.MANUAL
         ),
     )
     _apply_metadata(application, metadata)
@@ -180,7 +192,9 @@ def delete_client(client: MCPClient) -> None:
     """Delete a client with its grants, tokens and consents (RFC 7592 DELETE, MGMT-04)."""
     with transaction.atomic():
         application = client.application
-        for token in get_refresh_token_model().objects.filter(application=application, revoked__isnull=True):
+        for token in get_refresh_token_model().objects.filter(
+            application=application, revoked__isnull=True
+        ):
             token.revoke()
         get_access_token_model().objects.filter(application=application).delete()
         application.delete()
@@ -203,8 +217,11 @@ def client_record_for(application: Any) -> MCPClient | None:
         # Fetched by another process and not recorded yet: rebuild from the row DOT wrote
         # from the cleaned document.
         fetched = clean_client_metadata(
-            {"redirect_uris": application.redirect_uris.split(), "client_name": application.name,
-             "token_endpoint_auth_method": "none"},
+            {
+                "redirect_uris": application.redirect_uris.split(),
+                "client_name": application.name,
+                "token_endpoint_auth_method": "none",
+            },
             RegistrationSource.CIMD,
         )
     return record_client(application, fetched, RegistrationSource.CIMD)
@@ -277,7 +294,11 @@ def consume_transaction(state: str, binding: str | None) -> AuthorizationTransac
     """
     if not state or len(state) > 512:
         raise CallbackRefused("missing state")
-    tx = AuthorizationTransaction.objects.select_related("client__application").filter(state_hash=secret_hash(state)).first()
+    tx = (
+        AuthorizationTransaction.objects.select_related("client__application")
+        .filter(state_hash=secret_hash(state))
+        .first()
+    )
     if tx is None:
         raise CallbackRefused("unknown state")
     if binding is None or not hmac.compare_digest(tx.binding_hash, secret_hash(binding)):
@@ -288,10 +309,14 @@ def consume_transaction(state: str, binding: str | None) -> AuthorizationTransac
         raise CallbackRefused("state already used")
     if tx.expires_at <= now:
         AuthorizationTransaction.objects.filter(pk=tx.pk, consumed_at__isnull=True).update(
-            consumed_at=now, outcome=AuthorizationTransaction.Outcome.FAILED, failure_reason="expired"
+            consumed_at=now,
+            outcome=AuthorizationTransaction.Outcome.FAILED,
+            failure_reason="expired",
         )
         raise CallbackRefused("state expired")
-    claimed = AuthorizationTransaction.objects.filter(pk=tx.pk, consumed_at__isnull=True).update(consumed_at=now)
+    claimed = AuthorizationTransaction.objects.filter(pk=tx.pk, consumed_at__isnull=True).update(
+        consumed_at=now
+    )
     if claimed != 1:
         raise CallbackRefused("state already used")
     tx.consumed_at = now
@@ -299,7 +324,9 @@ def consume_transaction(state: str, binding: str | None) -> AuthorizationTransac
 
 
 def fail_transaction(tx: AuthorizationTransaction, outcome: str, reason: str) -> None:
-    AuthorizationTransaction.objects.filter(pk=tx.pk).update(outcome=outcome, failure_reason=reason[:255])
+    AuthorizationTransaction.objects.filter(pk=tx.pk).update(
+        outcome=outcome, failure_reason=reason[:255]
+    )
 
 
 @dataclass
@@ -331,10 +358,16 @@ def complete_authorization(
     upstream = app_settings.UPSTREAM
     provider = upstream.issuer or upstream.authorize_url
     now = timezone.now()
-    identity = UpstreamIdentity.objects.select_for_update().filter(provider=provider, subject=grant.subject).first()
+    identity = (
+        UpstreamIdentity.objects.select_for_update()
+        .filter(provider=provider, subject=grant.subject)
+        .first()
+    )
     if identity is None:
         user = adapter.create_user(grant)
-        identity = UpstreamIdentity.objects.create(provider=provider, subject=grant.subject, user=user)
+        identity = UpstreamIdentity.objects.create(
+            provider=provider, subject=grant.subject, user=user
+        )
     identity.login, identity.email, identity.last_login_at = grant.login, grant.email, now
     identity.save(update_fields=["login", "email", "last_login_at"])
     user = identity.user
@@ -344,18 +377,32 @@ def complete_authorization(
     consent = (
         Consent.objects.select_for_update()
         .filter(
-            user=user, client=client, redirect_uri=tx.redirect_uri, scopes=tx.scopes, resource=tx.resource,
-            client_metadata_version=client.metadata_version, revoked_at__isnull=True, expires_at__gt=now,
+            user=user,
+            client=client,
+            redirect_uri=tx.redirect_uri,
+            scopes=tx.scopes,
+            resource=tx.resource,
+            client_metadata_version=client.metadata_version,
+            revoked_at__isnull=True,
+            expires_at__gt=now,
         )
         .first()
     )
     expires_at = now + timedelta(seconds=adapter.consent_lifetime(client, user))
     if consent is None:
         consent = Consent.objects.create(
-            user=user, client=client, redirect_uri=tx.redirect_uri, scopes=tx.scopes,
-            upstream_scopes=tx.upstream_scopes, resource=tx.resource,
-            client_metadata_version=client.metadata_version, granted_at=now, expires_at=expires_at,
-            ip_address=client_ip(request), user_agent=user_agent(request), last_used_at=now,
+            user=user,
+            client=client,
+            redirect_uri=tx.redirect_uri,
+            scopes=tx.scopes,
+            upstream_scopes=tx.upstream_scopes,
+            resource=tx.resource,
+            client_metadata_version=client.metadata_version,
+            granted_at=now,
+            expires_at=expires_at,
+            ip_address=client_ip(request),
+            user_agent=user_agent(request),
+            last_used_at=now,
         )
         transaction.on_commit(lambda: signals.consent_granted.send(sender=Consent, consent=consent))
     else:
@@ -385,9 +432,9 @@ def record_issued_code(tx: AuthorizationTransaction, code: str) -> None:
 
 
 def record_code_redemption(hashed_code: str, token_family: Any, when: Any) -> None:
-    AuthorizationTransaction.objects.filter(code_hash=hashed_code, code_redeemed_at__isnull=True).update(
-        code_redeemed_at=when, token_family=token_family
-    )
+    AuthorizationTransaction.objects.filter(
+        code_hash=hashed_code, code_redeemed_at__isnull=True
+    ).update(code_redeemed_at=when, token_family=token_family)
 
 
 def revoke_tokens_of_reused_code(hashed_code: str, application: Any) -> bool:

@@ -20,7 +20,8 @@ class AdminClientRegistrationForm(forms.Form):
         help_text="One per line. https, or http on 127.0.0.1 / [::1] / localhost for native apps.",
     )
     confidential = forms.BooleanField(
-        required=False, help_text="Issue a client secret (server-side clients). Leave off for public MCP clients."
+        required=False,
+        help_text="Issue a client secret (server-side clients). Leave off for public MCP clients.",
     )
     client_uri = forms.URLField(required=False, assume_scheme="https")
 
@@ -32,8 +33,12 @@ class AdminClientRegistrationForm(forms.Form):
             data["metadata"] = clean_client_metadata(
                 {
                     "client_name": data["client_name"],
-                    "redirect_uris": [line.strip() for line in data["redirect_uris"].splitlines() if line.strip()],
-                    "token_endpoint_auth_method": "client_secret_basic" if data.get("confidential") else "none",
+                    "redirect_uris": [
+                        line.strip() for line in data["redirect_uris"].splitlines() if line.strip()
+                    ],
+                    "token_endpoint_auth_method": "client_secret_basic"
+                    if data.get("confidential")
+                    else "none",
                     "client_uri": data.get("client_uri") or "",
                     "grant_types": ["authorization_code", "refresh_token"],
                 },

@@ -94,7 +94,9 @@ class Consent(models.Model):
         EXPIRED = "expired", _("Expired")
         REVOKED = "revoked", _("Revoked")
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mcp_consents")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mcp_consents"
+    )
     client = models.ForeignKey(MCPClient, on_delete=models.CASCADE, related_name="consents")
     redirect_uri = models.CharField(max_length=2048)
     scopes = models.CharField(max_length=1024, help_text=_("Approved MCP scopes, space separated."))
@@ -166,7 +168,9 @@ class AuthorizationTransaction(models.Model):
     consumed_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.PENDING)
     failure_reason = models.CharField(max_length=255, blank=True)
-    consent = models.ForeignKey(Consent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    consent = models.ForeignKey(
+        Consent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     # AS-41: the MCP authorization code this transaction produced (hash only) and the
     # refresh-token family it was redeemed into, so a second redemption revokes them.
     code_hash = models.CharField(max_length=64, blank=True, db_index=True)
@@ -183,9 +187,13 @@ class AuthorizationTransaction(models.Model):
 class UpstreamIdentity(models.Model):
     """(upstream provider, subject) → local Django user."""
 
-    provider = models.CharField(max_length=255, help_text=_("The upstream issuer or authorize URL."))
+    provider = models.CharField(
+        max_length=255, help_text=_("The upstream issuer or authorize URL.")
+    )
     subject = models.CharField(max_length=255)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="upstream_identities")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="upstream_identities"
+    )
     login = models.CharField(max_length=255, blank=True)
     email = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -193,7 +201,11 @@ class UpstreamIdentity(models.Model):
 
     class Meta:
         verbose_name_plural = _("upstream identities")
-        constraints = [models.UniqueConstraint(fields=["provider", "subject"], name="mcp_consent_identity_unique")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "subject"], name="mcp_consent_identity_unique"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.login or self.subject} @ {self.provider}"

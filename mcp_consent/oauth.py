@@ -37,7 +37,9 @@ def code_hash(code: str) -> str:
 
 
 def _invalid_target(description: str, request: Request) -> errors.CustomOAuth2Error:
-    return errors.CustomOAuth2Error(error="invalid_target", description=description, request=request)
+    return errors.CustomOAuth2Error(
+        error="invalid_target", description=description, request=request
+    )
 
 
 def _allowed_resources(values: list[str], request: Request) -> list[str]:
@@ -46,7 +48,9 @@ def _allowed_resources(values: list[str], request: Request) -> list[str]:
         allowed = app_settings.resource_allowed(value)
         if allowed is None:
             # AS-31: only configured MCP servers are valid audiences.
-            raise _invalid_target("The requested resource is not an MCP server of this authorization server.", request)
+            raise _invalid_target(
+                "The requested resource is not an MCP server of this authorization server.", request
+            )
         if allowed not in canonical:
             canonical.append(allowed)
     return canonical
@@ -54,18 +58,28 @@ def _allowed_resources(values: list[str], request: Request) -> list[str]:
 
 def validate_authorization_extras(request: Request) -> dict[str, Any]:
     """pre_auth validator: runs after client and redirect URI passed, so errors redirect."""
-    if request.code_challenge is not None and not CODE_CHALLENGE_RE.fullmatch(request.code_challenge):
+    if request.code_challenge is not None and not CODE_CHALLENGE_RE.fullmatch(
+        request.code_challenge
+    ):
         # AS-22: RFC 7636 §4.2 code_challenge = 43*128unreserved.
-        raise errors.InvalidRequestError(description="code_challenge must be 43-128 unreserved characters.", request=request)
+        raise errors.InvalidRequestError(
+            description="code_challenge must be 43-128 unreserved characters.", request=request
+        )
     # oauthlib keeps only the last of repeated parameters; RFC 8707 allows several.
-    values = [v for k, v in parse_qsl(urlsplit(request.uri).query, keep_blank_values=True) if k == "resource"]
+    values = [
+        v
+        for k, v in parse_qsl(urlsplit(request.uri).query, keep_blank_values=True)
+        if k == "resource"
+    ]
     if values:
         return {"resource": _allowed_resources(values, request)}
     configured = app_settings.RESOURCES
     if len(configured) == 1:
         # AS-35: a request without `resource` means the one MCP server we protect.
         return {"resource": list(configured)}
-    raise _invalid_target("The resource parameter is required: name the MCP server to access.", request)
+    raise _invalid_target(
+        "The resource parameter is required: name the MCP server to access.", request
+    )
 
 
 def validate_token_resource(request: Request) -> None:
@@ -93,7 +107,10 @@ class MCPAuthorizationServer(Server):
         # AS-48 / BCP-06 / BCP-07: response_type=token is unsupported_response_type and the
         # password, client-credentials and device grants are unsupported_grant_type.
         self._response_types = {"code": self.auth_grant}
-        self._grant_types = {"authorization_code": self.auth_grant, "refresh_token": self.refresh_grant}
+        self._grant_types = {
+            "authorization_code": self.auth_grant,
+            "refresh_token": self.refresh_grant,
+        }
 
 
 class MCPOAuth2Validator(OAuth2Validator):
@@ -113,10 +130,16 @@ class MCPOAuth2Validator(OAuth2Validator):
             return None
         return client
 
-    def _create_authorization_code(self, request: Request, code: dict[str, Any], expires: Any = None) -> Any:
-        return super()._create_authorization_code(request, {**code, "code": code_hash(code["code"])}, expires)
+    def _create_authorization_code(
+        self, request: Request, code: dict[str, Any], expires: Any = None
+    ) -> Any:
+        return super()._create_authorization_code(
+            request, {**code, "code": code_hash(code["code"])}, expires
+        )
 
-    def validate_code(self, client_id: str, code: str, client: Any, request: Request, *args: Any, **kwargs: Any) -> bool:
+    def validate_code(
+        self, client_id: str, code: str, client: Any, request: Request, *args: Any, **kwargs: Any
+    ) -> bool:
         if super().validate_code(client_id, code, client, request, *args, **kwargs):
             return True
         from . import flows
@@ -125,14 +148,19 @@ class MCPOAuth2Validator(OAuth2Validator):
         flows.revoke_tokens_of_reused_code(code, client)
         return False
 
-    def save_bearer_token(self, token: dict[str, Any], request: Request, *args: Any, **kwargs: Any) -> Any:
+    def save_bearer_token(
+        self, token: dict[str, Any], request: Request, *args: Any, **kwargs: Any
+    ) -> Any:
         result = super().save_bearer_token(token, request, *args, **kwargs)
         if request.grant_type == "authorization_code" and token.get("refresh_token"):
             from . import flows
 
             checksum = hashlib.sha256(token["refresh_token"].encode()).hexdigest()
             family = (
-                get_refresh_token_model().objects.filter(token_checksum=checksum).values_list("token_family", flat=True).first()
+                get_refresh_token_model()
+                .objects.filter(token_checksum=checksum)
+                .values_list("token_family", flat=True)
+                .first()
             )
             flows.record_code_redemption(request.code, family, when=timezone.now())
         return result

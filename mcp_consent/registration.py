@@ -66,7 +66,9 @@ def validate_redirect_uri(uri: Any) -> str:
         return RegistrationError("invalid_redirect_uri", f"redirect URI {uri!r} {reason}")
 
     if not isinstance(uri, str) or not uri:
-        raise RegistrationError("invalid_redirect_uri", "each redirect URI must be a non-empty string")
+        raise RegistrationError(
+            "invalid_redirect_uri", "each redirect URI must be a non-empty string"
+        )
     if len(uri) > MAX_URI_LENGTH:
         raise RegistrationError("invalid_redirect_uri", "redirect URI is too long")
     if not uri.isascii() or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in uri):
@@ -107,7 +109,9 @@ def _optional_str(data: dict[str, Any], key: str, max_length: int = 255) -> str:
         raise RegistrationError("invalid_client_metadata", f"{key} must be a string")
     value = value.strip()
     if len(value) > max_length or not _printable(value):
-        raise RegistrationError("invalid_client_metadata", f"{key} is too long or has control characters")
+        raise RegistrationError(
+            "invalid_client_metadata", f"{key} is too long or has control characters"
+        )
     return value
 
 
@@ -159,8 +163,16 @@ class ClientMetadata:
             "response_types": self.response_types,
             "application_type": self.application_type,
         }
-        for key in ("client_name", "client_uri", "logo_uri", "tos_uri", "policy_uri", "scope",
-                    "software_id", "software_version"):
+        for key in (
+            "client_name",
+            "client_uri",
+            "logo_uri",
+            "tos_uri",
+            "policy_uri",
+            "scope",
+            "software_id",
+            "software_version",
+        ):
             if getattr(self, key):
                 data[key] = getattr(self, key)
         if self.contacts:
@@ -181,19 +193,27 @@ def clean_client_metadata(data: Any, source: str) -> ClientMetadata:
     redirect_uris = data.get("redirect_uris")
     if redirect_uris is None or redirect_uris == []:
         # DCR-10: every client here uses the code grant, which needs registered redirect URIs.
-        raise RegistrationError("invalid_redirect_uri", "redirect_uris is required for the authorization_code grant")
+        raise RegistrationError(
+            "invalid_redirect_uri", "redirect_uris is required for the authorization_code grant"
+        )
     if not isinstance(redirect_uris, list):
         raise RegistrationError("invalid_redirect_uri", "redirect_uris must be an array")
     if len(redirect_uris) > app_settings.MAX_REDIRECT_URIS:
-        raise RegistrationError("invalid_redirect_uri", f"at most {app_settings.MAX_REDIRECT_URIS} redirect URIs")
+        raise RegistrationError(
+            "invalid_redirect_uri", f"at most {app_settings.MAX_REDIRECT_URIS} redirect URIs"
+        )
     uris = list(dict.fromkeys(validate_redirect_uri(uri) for uri in redirect_uris))
 
     application_type = data.get("application_type")
     if application_type is None:
         # AS-62: never default to "web" and then refuse the loopback URIs it was sent with.
-        application_type = "native" if any(is_loopback_host(urlsplit(u).hostname) for u in uris) else "web"
+        application_type = (
+            "native" if any(is_loopback_host(urlsplit(u).hostname) for u in uris) else "web"
+        )
     if application_type not in {"native", "web"}:
-        raise RegistrationError("invalid_client_metadata", "application_type must be 'native' or 'web'")
+        raise RegistrationError(
+            "invalid_client_metadata", "application_type must be 'native' or 'web'"
+        )
     if application_type == "web" and any(is_loopback_host(urlsplit(u).hostname) for u in uris):
         # AS-62: say why instead of silently defaulting and failing later.
         raise RegistrationError(
@@ -213,9 +233,14 @@ def clean_client_metadata(data: Any, source: str) -> ClientMetadata:
         method != "none" or "client_secret" in data or "client_secret_expires_at" in data
     ):
         # CIMD-06: a document anyone can read cannot carry a shared secret.
-        raise RegistrationError("invalid_client_metadata", "CIMD clients must be public (token_endpoint_auth_method 'none')")
+        raise RegistrationError(
+            "invalid_client_metadata",
+            "CIMD clients must be public (token_endpoint_auth_method 'none')",
+        )
     if "jwks" in data and "jwks_uri" in data:
-        raise RegistrationError("invalid_client_metadata", "jwks and jwks_uri must not both be present (DCR-17)")
+        raise RegistrationError(
+            "invalid_client_metadata", "jwks and jwks_uri must not both be present (DCR-17)"
+        )
 
     grant_types = _str_list(data, "grant_types", ["authorization_code"])
     unsupported = [g for g in grant_types if g not in SUPPORTED_GRANT_TYPES]
@@ -240,7 +265,9 @@ def clean_client_metadata(data: Any, source: str) -> ClientMetadata:
 
     contacts = _str_list(data, "contacts", [])
     if len(contacts) > 10 or any(len(c) > 255 or not _printable(c) for c in contacts):
-        raise RegistrationError("invalid_client_metadata", "contacts must be at most 10 short strings")
+        raise RegistrationError(
+            "invalid_client_metadata", "contacts must be at most 10 short strings"
+        )
 
     return ClientMetadata(
         redirect_uris=uris,
@@ -262,8 +289,8 @@ def clean_client_metadata(data: Any, source: str) -> ClientMetadata:
 
 # The CIMD document cleaned by the fetcher, handed to the flow that records the client once
 # DOT has upserted its Application (same request, same thread).
-fetched_cimd_metadata: contextvars.ContextVar[dict[str, ClientMetadata] | None] = contextvars.ContextVar(
-    "fetched_cimd_metadata", default=None
+fetched_cimd_metadata: contextvars.ContextVar[dict[str, ClientMetadata] | None] = (
+    contextvars.ContextVar("fetched_cimd_metadata", default=None)
 )
 
 
@@ -276,7 +303,10 @@ class CIMDMetadataFetcher(SafeMetadataFetcher):
 
     def fetch(self, client_id: str) -> tuple[dict[str, Any], int]:
         document, max_age = super().fetch(client_id)
-        if not isinstance(document.get("client_name"), str) or not document.get("client_name", "").strip():
+        if (
+            not isinstance(document.get("client_name"), str)
+            or not document.get("client_name", "").strip()
+        ):
             raise CIMDError("CIMD-04: client_name is required")
         try:
             metadata = clean_client_metadata(document, RegistrationSource.CIMD)

@@ -41,7 +41,9 @@ def http_session() -> requests.Session:
     global _session
     if _session is None:
         session = requests.Session()
-        retry = Retry(total=2, connect=2, read=0, status=0, allowed_methods={"GET"}, backoff_factor=0.2)
+        retry = Retry(
+            total=2, connect=2, read=0, status=0, allowed_methods={"GET"}, backoff_factor=0.2
+        )
         session.mount("https://", HTTPAdapter(max_retries=retry))
         session.mount("http://", HTTPAdapter(max_retries=retry))
         session.headers["User-Agent"] = "mcp-consent"

@@ -22,12 +22,20 @@ urlpatterns = [
 
 oauth2_urls = (
     [
-        path(".well-known/oauth-authorization-server", dot_views.OAuthServerMetadataView.as_view(), name="oauth-server-metadata"),
+        path(
+            ".well-known/oauth-authorization-server",
+            dot_views.OAuthServerMetadataView.as_view(),
+            name="oauth-server-metadata",
+        ),
         path("authorize/", AuthorizeView.as_view(), name="authorize"),
         path("token/", dot_views.TokenView.as_view(), name="token"),
         path("revoke/", dot_views.RevokeTokenView.as_view(), name="revoke-token"),
         path("register/", RegistrationView.as_view(), name="dcr-register"),
-        path("register/<str:client_id>/", RegistrationManagementView.as_view(), name="dcr-register-management"),
+        path(
+            "register/<str:client_id>/",
+            RegistrationManagementView.as_view(),
+            name="dcr-register-management",
+        ),
     ],
     "oauth2_provider",
 )

@@ -21,7 +21,10 @@ UPSTREAM_HOST = "localhost:8001"
 
 
 def form_fields(html: str) -> dict[str, str]:
-    return {unescape(n): unescape(v) for n, v in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html)}
+    return {
+        unescape(n): unescape(v)
+        for n, v in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html)
+    }
 
 
 def form_action(html: str) -> str:
@@ -42,7 +45,9 @@ class Browser:
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         return self.client.get(path, HTTP_HOST=host, headers=headers or None)
 
-    def post_form(self, page: HttpResponse, decision: str, host: str = PROXY_HOST, **extra: str) -> HttpResponse:
+    def post_form(
+        self, page: HttpResponse, decision: str, host: str = PROXY_HOST, **extra: str
+    ) -> HttpResponse:
         html = page.content.decode()
         data = {**form_fields(html), "decision": decision, **extra}
         return self.client.post(form_action(html), data, HTTP_HOST=host)
@@ -59,11 +64,18 @@ class Browser:
         token = form_fields(page.content.decode()).get("csrfmiddlewaretoken", "")
         return self.client.post(
             "/demo-upstream/login/",
-            {"username": username, "password": password, "csrfmiddlewaretoken": token, "next": "/demo-upstream/"},
+            {
+                "username": username,
+                "password": password,
+                "csrfmiddlewaretoken": token,
+                "next": "/demo-upstream/",
+            },
             HTTP_HOST=UPSTREAM_HOST,
         )
 
-    def through_upstream(self, upstream_authorize_url: str, decision: str = "authorize") -> HttpResponse:
+    def through_upstream(
+        self, upstream_authorize_url: str, decision: str = "authorize"
+    ) -> HttpResponse:
         """Visit the upstream authorize URL; approve its consent page if it shows one."""
         response = self.get(upstream_authorize_url)
         if response.status_code == 200:
@@ -73,7 +85,9 @@ class Browser:
 
     # -- a whole authorization --------------------------------------------------------------
 
-    def run_flow(self, params: dict[str, str], *, upstream_decision: str = "authorize") -> HttpResponse:
+    def run_flow(
+        self, params: dict[str, str], *, upstream_decision: str = "authorize"
+    ) -> HttpResponse:
         """authorize -> consent page -> Approve -> upstream -> callback; returns the last redirect."""
         page = self.authorize(params)
         assert page.status_code == 200, (page.status_code, page.get("Location"))
@@ -83,7 +97,9 @@ class Browser:
         return self.get(to_callback["Location"])
 
 
-def authorize_params(client, *, challenge: str | None = None, state: str = "client-state-123", **extra: str) -> dict[str, str]:
+def authorize_params(
+    client, *, challenge: str | None = None, state: str = "client-state-123", **extra: str
+) -> dict[str, str]:
     """A valid authorization request for ``client`` (its first redirect URI)."""
     if challenge is None:
         challenge = pkce_pair()[1]

@@ -44,7 +44,9 @@ class DjangoClientAdapter(requests.adapters.BaseAdapter):
         body = request.body or b""
         if isinstance(body, str):
             body = body.encode()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in {"content-length", "host"}}
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() not in {"content-length", "host"}
+        }
         reply = self.client.generic(
             request.method or "GET",
             path,
@@ -85,7 +87,9 @@ def _clear_cache() -> Iterator[None]:
 
 def pkce_pair() -> tuple[str, str]:
     verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    )
     return verifier, challenge
 
 

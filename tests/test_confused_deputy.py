@@ -27,9 +27,13 @@ def victim() -> Browser:
     """A browser that completed a legitimate flow with client A (upstream consent cookie set)."""
     browser = Browser()
     browser.login_upstream("octocat")
-    client_a = MCPClientFactory(client_name="Legit Desktop App", redirect_uris=["http://127.0.0.1:33418/cb"])
+    client_a = MCPClientFactory(
+        client_name="Legit Desktop App", redirect_uris=["http://127.0.0.1:33418/cb"]
+    )
     final = browser.run_flow(authorize_params(client_a))
-    assert final.status_code == 302 and final["Location"].startswith("http://127.0.0.1:33418/cb?code=")
+    assert final.status_code == 302 and final["Location"].startswith(
+        "http://127.0.0.1:33418/cb?code="
+    )
     # Precondition of the attack: the upstream now skips its consent page for the static client.
     again = browser.get(_upstream_authorize_of(browser, client_a))
     assert again.status_code == 302 and "code=" in again["Location"]
@@ -45,7 +49,13 @@ def _register_attacker_client(browser: Browser) -> str:
     attacker = Browser()
     response = attacker.client.post(
         "/register/",
-        json.dumps({"client_name": "Legit Desktop App", "redirect_uris": [ATTACKER_CB], "token_endpoint_auth_method": "none"}),
+        json.dumps(
+            {
+                "client_name": "Legit Desktop App",
+                "redirect_uris": [ATTACKER_CB],
+                "token_endpoint_auth_method": "none",
+            }
+        ),
         content_type="application/json",
         HTTP_HOST="127.0.0.1:8000",
     )
@@ -53,16 +63,22 @@ def _register_attacker_client(browser: Browser) -> str:
     return response.json()["client_id"]
 
 
-def test_cd00_attacker_client_lands_on_our_consent_page_and_nothing_reaches_upstream(victim: Browser) -> None:
+def test_cd00_attacker_client_lands_on_our_consent_page_and_nothing_reaches_upstream(
+    victim: Browser,
+) -> None:
     """CD-00, CD-02, CD-41: consent page for B, no redirect upstream, no pending state, no code."""
     client_b = _register_attacker_client(victim)
     upstream_requests = RequestLog.objects.count()
     transactions = AuthorizationTransaction.objects.count()
 
     params = {
-        "response_type": "code", "client_id": client_b, "redirect_uri": ATTACKER_CB,
-        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "code_challenge_method": "S256",
-        "state": "x", "resource": "http://127.0.0.1:8000/mcp",
+        "response_type": "code",
+        "client_id": client_b,
+        "redirect_uri": ATTACKER_CB,
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge_method": "S256",
+        "state": "x",
+        "resource": "http://127.0.0.1:8000/mcp",
     }
     page = victim.authorize(params)
 
@@ -79,9 +95,13 @@ def test_cd00_attacker_receives_nothing_when_victim_denies(victim: Browser) -> N
     """CD-00, CD-18: Deny sends access_denied (no code) and stores no consent for B."""
     client_b = _register_attacker_client(victim)
     params = {
-        "response_type": "code", "client_id": client_b, "redirect_uri": ATTACKER_CB,
-        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "code_challenge_method": "S256",
-        "state": "x", "resource": "http://127.0.0.1:8000/mcp",
+        "response_type": "code",
+        "client_id": client_b,
+        "redirect_uri": ATTACKER_CB,
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge_method": "S256",
+        "state": "x",
+        "resource": "http://127.0.0.1:8000/mcp",
     }
     upstream_requests = RequestLog.objects.count()
     denied = victim.post_form(victim.authorize(params), "deny")
@@ -97,9 +117,13 @@ def test_cd00_code_reaches_attacker_only_after_explicit_approval(victim: Browser
     """CD-00: the only way to B's redirect URI with a code is the victim pressing Approve."""
     client_b = _register_attacker_client(victim)
     params = {
-        "response_type": "code", "client_id": client_b, "redirect_uri": ATTACKER_CB,
-        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "code_challenge_method": "S256",
-        "state": "x", "resource": "http://127.0.0.1:8000/mcp",
+        "response_type": "code",
+        "client_id": client_b,
+        "redirect_uri": ATTACKER_CB,
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge_method": "S256",
+        "state": "x",
+        "resource": "http://127.0.0.1:8000/mcp",
     }
     final = victim.run_flow(params)
     assert final["Location"].startswith(ATTACKER_CB + "?")

@@ -45,7 +45,11 @@ def test_success_redirects_to_client_with_code_state_iss_and_logs_user_in(client
     browser = Browser()
     callback = upstream_callback(browser, client_a)
     assert callback.startswith("http://127.0.0.1:8000/upstream/callback/?")
-    session_before = browser.client.cookies["__Host-sessionid"].value if "__Host-sessionid" in browser.client.cookies else None
+    session_before = (
+        browser.client.cookies["__Host-sessionid"].value
+        if "__Host-sessionid" in browser.client.cookies
+        else None
+    )
     final = browser.get(callback)
     assert final.status_code == 302
     query = query_of(final["Location"])
@@ -58,7 +62,11 @@ def test_success_redirects_to_client_with_code_state_iss_and_logs_user_in(client
     identity = UpstreamIdentity.objects.get()
     assert identity.login == "octocat"
     consent = Consent.objects.get()
-    assert (consent.user, consent.client, consent.redirect_uri) == (identity.user, client_a, "https://app.example/cb")
+    assert (consent.user, consent.client, consent.redirect_uri) == (
+        identity.user,
+        client_a,
+        "https://app.example/cb",
+    )
     assert consent.scopes == "items:read" and consent.upstream_scopes == "read:user repo:read"
     tx = AuthorizationTransaction.objects.get()
     assert tx.outcome == "completed" and tx.consumed_at is not None
@@ -88,7 +96,9 @@ def test_callback_state_from_another_browser_is_refused(client_a) -> None:
     assert response["X-Frame-Options"] == "DENY"
 
 
-@pytest.mark.parametrize("query", [{}, {"code": "x"}, {"code": "x", "state": ""}, {"code": "x", "state": "forged-state"}])
+@pytest.mark.parametrize(
+    "query", [{}, {"code": "x"}, {"code": "x", "state": ""}, {"code": "x", "state": "forged-state"}]
+)
 def test_missing_or_unknown_state_is_refused(client_a, query) -> None:
     """CD-44 / CD-47: no pending state, no exchange, no redirect."""
     browser = Browser()
@@ -148,8 +158,12 @@ def test_second_claim_of_one_state_fails(client_a) -> None:
     location = approved(browser, client_a)
     state = query_of(location)["state"][0]
     request = HttpRequest()
-    request.COOKIES = {"__Host-mcp_consent_tx": browser.client.cookies["__Host-mcp_consent_tx"].value}
-    binding = request.get_signed_cookie("__Host-mcp_consent_tx", salt="mcp_consent.upstream-binding")
+    request.COOKIES = {
+        "__Host-mcp_consent_tx": browser.client.cookies["__Host-mcp_consent_tx"].value
+    }
+    binding = request.get_signed_cookie(
+        "__Host-mcp_consent_tx", salt="mcp_consent.upstream-binding"
+    )
     assert flows.consume_transaction(state, binding).consumed_at is not None
     with pytest.raises(flows.CallbackRefused, match="already used"):
         flows.consume_transaction(state, binding)
@@ -198,7 +212,9 @@ def test_upstream_denial_returns_access_denied_to_client(client_a) -> None:
 def test_upstream_iss_mismatch_aborts(client_a) -> None:
     """MU-03 / UP-04: a response carrying another issuer is refused before any exchange."""
     browser = Browser()
-    callback = upstream_callback(browser, client_a).replace("iss=", "iss=https%3A%2F%2Fevil.example&old_iss=")
+    callback = upstream_callback(browser, client_a).replace(
+        "iss=", "iss=https%3A%2F%2Fevil.example&old_iss="
+    )
     before = exchanges()
     response = browser.get(callback)
     assert response.status_code == 400
@@ -206,7 +222,9 @@ def test_upstream_iss_mismatch_aborts(client_a) -> None:
     assert not Consent.objects.exists()
 
 
-def test_upstream_token_endpoint_failure_leaves_nothing_half_written(client_a, upstream_http, settings) -> None:
+def test_upstream_token_endpoint_failure_leaves_nothing_half_written(
+    client_a, upstream_http, settings
+) -> None:
     """UP-06 / faults: upstream refuses the code -> server_error at the client, no grant rows."""
     from oauth2_provider.models import get_grant_model
 

@@ -23,7 +23,6 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import render
 from django.utils.crypto import salted_hmac
 from django.utils.decorators import method_decorator
-from django.views import View
 from django.views.decorators.csrf import csrf_protect
 from oauth2_provider.compat import login_not_required
 from oauth2_provider.exceptions import FatalClientError, OAuthToolkitError
@@ -105,7 +104,7 @@ class AuthorizeView(AuthorizationView):
         # Skip DOT's LoginRequiredMixin: the person signs in at the upstream, after consent.
         # That also drops DOT's client-controllable approval_prompt and skip_authorization,
         # which must not decide consent here.
-        self.oauth2_data = {}
+        self.oauth2_data: dict[str, Any] = {}
         if request.method == "GET":
             return self.show(request)
         if request.method == "POST":
@@ -117,7 +116,9 @@ class AuthorizeView(AuthorizationView):
     def validate(self, request: HttpRequest) -> AuthorizationRequest | HttpResponse:
         query = request.META.get("QUERY_STRING", "")
         try:
-            scopes, credentials = self.validate_authorization_request(as_authorization_request(request, query))
+            scopes, credentials = self.validate_authorization_request(
+                as_authorization_request(request, query)
+            )
         except FatalClientError as error:
             return fatal_error(request, error)
         except OAuthToolkitError as error:
@@ -128,7 +129,9 @@ class AuthorizeView(AuthorizationView):
                 post=request.method == "POST",
             )
         client = credentials["request"].client.mcp_client
-        return AuthorizationRequest(client=client, scopes=list(scopes), credentials=credentials, query=query)
+        return AuthorizationRequest(
+            client=client, scopes=list(scopes), credentials=credentials, query=query
+        )
 
     # --- 2. the consent page ---------------------------------------------------------------
 
@@ -139,7 +142,9 @@ class AuthorizeView(AuthorizationView):
         if "none" in request.GET.get("prompt", "").split():
             # OIDC prompt=none: we never decide silently.
             error = "consent_required" if request.user.is_authenticated else "login_required"
-            return redirect_to_client(ar.redirect_uri, {"error": error, "state": ar.state}, post=False)
+            return redirect_to_client(
+                ar.redirect_uri, {"error": error, "state": ar.state}, post=False
+            )
         if self.remembered(request, ar):
             return self.approve(request, ar)
         return self.consent_page(request, ar)
@@ -168,11 +173,15 @@ class AuthorizeView(AuthorizationView):
         wanted = set(ar.scopes)
         return any(wanted <= set(scopes.split()) for scopes in candidates)
 
-    def consent_page(self, request: HttpRequest, ar: AuthorizationRequest, *, notice: str = "", status: int = 200) -> HttpResponse:
+    def consent_page(
+        self, request: HttpRequest, ar: AuthorizationRequest, *, notice: str = "", status: int = 200
+    ) -> HttpResponse:
         client = ar.client
         upstream_config = app_settings.UPSTREAM
         redirect = urlsplit(ar.redirect_uri)
-        registered = list(client.redirect_uris.filter(removed_at__isnull=True).values_list("uri", flat=True))
+        registered = list(
+            client.redirect_uris.filter(removed_at__isnull=True).values_list("uri", flat=True)
+        )
         max_name = app_settings.CLIENT_NAME_MAX_LENGTH
         name = client.display_name
         context = {
@@ -182,11 +191,13 @@ class AuthorizeView(AuthorizationView):
             "verified": client.verified,
             "source": client.registration_source,
             "is_cimd": client.registration_source == RegistrationSource.CIMD,
-            "cimd_host": urlsplit(client.application.client_id).hostname if client.registration_source == RegistrationSource.CIMD else "",
+            "cimd_host": urlsplit(client.application.client_id).hostname
+            if client.registration_source == RegistrationSource.CIMD
+            else "",
             "redirect_uri": ar.redirect_uri,
             "redirect_scheme": f"{redirect.scheme}://",
             "redirect_host": redirect.netloc,
-            "redirect_rest": ar.redirect_uri[len(redirect.scheme) + 3 + len(redirect.netloc):],
+            "redirect_rest": ar.redirect_uri[len(redirect.scheme) + 3 + len(redirect.netloc) :],
             # LH-01: a client with only loopback redirect URIs is whatever runs on this machine.
             "loopback_only": all(is_loopback_host(urlsplit(u).hostname) for u in registered),
             "scopes": app_settings.ADAPTER.scope_descriptions(ar.scopes),
@@ -211,19 +222,32 @@ class AuthorizeView(AuthorizationView):
         if decision == "deny":
             # CD-18: access_denied with the client's state and iss; nothing stored or sent upstream.
             return redirect_to_client(
-                ar.redirect_uri, {"error": "access_denied", "error_description": "The user denied the request.", "state": ar.state}, post=True
+                ar.redirect_uri,
+                {
+                    "error": "access_denied",
+                    "error_description": "The user denied the request.",
+                    "state": ar.state,
+                },
+                post=True,
             )
         if decision != "approve":
             return self.consent_page(request, ar, notice="Choose Approve or Deny.", status=400)
         if not hmac.compare_digest(request.POST.get("fingerprint", ""), ar.fingerprint()):
             # The client or the request changed since the page was shown: show it again.
-            return self.consent_page(request, ar, notice="This request changed since the page was shown. Review it again.", status=409)
+            return self.consent_page(
+                request,
+                ar,
+                notice="This request changed since the page was shown. Review it again.",
+                status=409,
+            )
         return self.approve(request, ar)
 
     def approve(self, request: HttpRequest, ar: AuthorizationRequest) -> HttpResponse:
         """CD-41/42: the pending state exists only from here on, set with the redirect upstream."""
         name = app_settings.TRANSACTION_COOKIE_NAME
-        binding = request.get_signed_cookie(name, default=None, salt=BINDING_SALT) or secrets.token_urlsafe(32)
+        binding = request.get_signed_cookie(
+            name, default=None, salt=BINDING_SALT
+        ) or secrets.token_urlsafe(32)
         pending = flows.begin_upstream_authorization(
             client=ar.client,
             authorization_query=ar.query,
@@ -235,12 +259,20 @@ class AuthorizeView(AuthorizationView):
         )
         response = HttpResponse(status=303 if request.method == "POST" else 302)
         response["Location"] = upstream.authorization_url(
-            state=pending.state, scopes=pending.transaction.upstream_scopes.split(), code_verifier=pending.code_verifier
+            state=pending.state,
+            scopes=pending.transaction.upstream_scopes.split(),
+            code_verifier=pending.code_verifier,
         )
         # CD-20..22: __Host- prefix (Secure, Path=/, no Domain), HttpOnly, SameSite=Lax so the
         # cross-site top-level callback carries it, signed. One per browser: two tabs share it.
         response.set_signed_cookie(
-            name, binding, salt=BINDING_SALT, max_age=app_settings.TRANSACTION_TTL,
-            secure=True, httponly=True, samesite="Lax", path="/",
+            name,
+            binding,
+            salt=BINDING_SALT,
+            max_age=app_settings.TRANSACTION_TTL,
+            secure=True,
+            httponly=True,
+            samesite="Lax",
+            path="/",
         )
         return response

@@ -9,14 +9,14 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect, QueryDict
 from django.shortcuts import render
 from django.utils.cache import add_never_cache_headers
 
 from ..app_settings import app_settings
 
 
-def protect_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def protect_page(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """Headers of every consent, callback and error page.
 
     CD-14 / BCP-13: no framing (X-Frame-Options and CSP frame-ancestors). CD-15 / BCP-11: no
@@ -26,7 +26,7 @@ def protect_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespons
     """
 
     @functools.wraps(view)
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         request.csp_nonce = secrets.token_urlsafe(16)  # type: ignore[attr-defined]
         response = view(request, *args, **kwargs)
         response["X-Frame-Options"] = "DENY"
@@ -48,7 +48,7 @@ class ClientRedirect(HttpResponseRedirect):
     allowed_schemes = ["http", "https"]
 
 
-def with_params(uri: str, params: dict[str, str]) -> str:
+def with_params(uri: str, params: dict[str, str | None]) -> str:
     """Append response parameters to a redirect URI, keeping its own query (AS-52).
 
     Each parameter appears once (AS-51): a same-named parameter of the registered URI is
@@ -60,7 +60,7 @@ def with_params(uri: str, params: dict[str, str]) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def redirect_to_client(uri: str, params: dict[str, str], *, post: bool) -> HttpResponse:
+def redirect_to_client(uri: str, params: dict[str, str | None], *, post: bool) -> HttpResponse:
     """Redirect with ``iss`` added; 303 after a POST, never 307 (CD-16, BCP-12)."""
     response = ClientRedirect(with_params(uri, {**params, "iss": app_settings.ISSUER}))
     if post:
@@ -68,7 +68,9 @@ def redirect_to_client(uri: str, params: dict[str, str], *, post: bool) -> HttpR
     return response
 
 
-def error_page(request: HttpRequest, title: str, message: str, *, status: int = 400) -> HttpResponse:
+def error_page(
+    request: HttpRequest, title: str, message: str, *, status: int = 400
+) -> HttpResponse:
     """An error shown to the person, never a redirect (AS-50)."""
     return render(
         request,
@@ -78,7 +80,9 @@ def error_page(request: HttpRequest, title: str, message: str, *, status: int = 
     )
 
 
-def as_authorization_request(request: HttpRequest, query_string: str, user: Any = None) -> HttpRequest:
+def as_authorization_request(
+    request: HttpRequest, query_string: str, user: Any = None
+) -> HttpRequest:
     """A GET view of ``request`` carrying exactly ``query_string``.
 
     The authorization request is always (re-)validated from the query string it arrived

@@ -15,7 +15,10 @@ from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
 from oauth2_provider.settings import oauth2_settings
-from oauth2_provider.views import DynamicClientRegistrationManagementView, DynamicClientRegistrationView
+from oauth2_provider.views import (
+    DynamicClientRegistrationManagementView,
+    DynamicClientRegistrationView,
+)
 
 from .. import flows
 from ..models import MCPClient, RegistrationSource
@@ -34,17 +37,26 @@ def _parse(request: HttpRequest) -> Any:
     """DCR-01: a JSON object in an application/json body, else invalid_client_metadata."""
     content_type = request.content_type or ""
     if content_type != "application/json":
-        raise RegistrationError("invalid_client_metadata", "the request body must be application/json")
+        raise RegistrationError(
+            "invalid_client_metadata", "the request body must be application/json"
+        )
     if len(request.body) > MAX_BODY:
         raise RegistrationError("invalid_client_metadata", "the request body is too large")
     try:
         return json.loads(request.body)
     except (ValueError, UnicodeDecodeError):
-        raise RegistrationError("invalid_client_metadata", "the request body is not valid JSON") from None
+        raise RegistrationError(
+            "invalid_client_metadata", "the request body is not valid JSON"
+        ) from None
 
 
-def client_information(client: MCPClient, request: HttpRequest, *, registration_access_token: str | None,
-                       client_secret: str | None = None) -> dict[str, Any]:
+def client_information(
+    client: MCPClient,
+    request: HttpRequest,
+    *,
+    registration_access_token: str | None,
+    client_secret: str | None = None,
+) -> dict[str, Any]:
     """RFC 7591 §3.2.1 / RFC 7592 §3: client_id, issue time and all registered metadata."""
     application = client.application
     data: dict[str, Any] = {
@@ -58,7 +70,10 @@ def client_information(client: MCPClient, request: HttpRequest, *, registration_
     if registration_access_token:
         data["registration_access_token"] = registration_access_token
         data["registration_client_uri"] = request.build_absolute_uri(
-            reverse("oauth2_provider:dcr-register-management", kwargs={"client_id": application.client_id})
+            reverse(
+                "oauth2_provider:dcr-register-management",
+                kwargs={"client_id": application.client_id},
+            )
         )
     return data
 
@@ -81,7 +96,10 @@ class RegistrationView(DynamicClientRegistrationView):
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not self.registration_permitted(request):
-            response = JsonResponse({"error": "access_denied", "error_description": "registration not permitted"}, status=401)
+            response = JsonResponse(
+                {"error": "access_denied", "error_description": "registration not permitted"},
+                status=401,
+            )
             response["WWW-Authenticate"] = "Bearer"
             return response
         try:
@@ -91,7 +109,8 @@ class RegistrationView(DynamicClientRegistrationView):
         registered = flows.register_client(metadata, RegistrationSource.DCR)
         return _json(
             client_information(
-                registered.client, request,
+                registered.client,
+                request,
                 registration_access_token=registered.registration_access_token,
                 client_secret=registered.client_secret,
             ),
@@ -108,7 +127,9 @@ class RegistrationManagementView(DynamicClientRegistrationManagementView):
         if isinstance(auth, HttpResponse):
             return auth
         client = auth.application.mcp_client
-        return _json(client_information(client, request, registration_access_token=auth.presented_token))
+        return _json(
+            client_information(client, request, registration_access_token=auth.presented_token)
+        )
 
     def put(self, request: HttpRequest, client_id: str, *args: Any, **kwargs: Any) -> HttpResponse:
         auth = self._authenticate_registration_request(request, client_id)
@@ -117,25 +138,43 @@ class RegistrationManagementView(DynamicClientRegistrationManagementView):
         try:
             data = _parse(request)
             if not isinstance(data, dict):
-                raise RegistrationError("invalid_client_metadata", "client metadata must be a JSON object")
+                raise RegistrationError(
+                    "invalid_client_metadata", "client metadata must be a JSON object"
+                )
             # MGMT-03: the request names the same client and never sets server-managed values.
             if data.get("client_id") != client_id:
-                raise RegistrationError("invalid_request", "client_id must be present and unchanged")
-            forbidden = {"registration_access_token", "registration_client_uri", "client_secret_expires_at", "client_id_issued_at"}
+                raise RegistrationError(
+                    "invalid_request", "client_id must be present and unchanged"
+                )
+            forbidden = {
+                "registration_access_token",
+                "registration_client_uri",
+                "client_secret_expires_at",
+                "client_id_issued_at",
+            }
             if forbidden & set(data):
                 raise RegistrationError("invalid_request", "server-managed fields must not be sent")
             client = auth.application.mcp_client
             current_public = client.application.client_type == client.application.CLIENT_PUBLIC
-            data.setdefault("token_endpoint_auth_method", "none" if current_public else "client_secret_basic")
+            data.setdefault(
+                "token_endpoint_auth_method", "none" if current_public else "client_secret_basic"
+            )
             metadata = clean_client_metadata(data, RegistrationSource.DCR)
             if metadata.is_public != current_public:
-                raise RegistrationError("invalid_client_metadata", "token_endpoint_auth_method cannot change between public and confidential")
+                raise RegistrationError(
+                    "invalid_client_metadata",
+                    "token_endpoint_auth_method cannot change between public and confidential",
+                )
         except RegistrationError as error:
             return _error(error)
         flows.update_client(client, metadata)
-        return _json(client_information(client, request, registration_access_token=auth.presented_token))
+        return _json(
+            client_information(client, request, registration_access_token=auth.presented_token)
+        )
 
-    def delete(self, request: HttpRequest, client_id: str, *args: Any, **kwargs: Any) -> HttpResponse:
+    def delete(
+        self, request: HttpRequest, client_id: str, *args: Any, **kwargs: Any
+    ) -> HttpResponse:
         auth = self._authenticate_registration_request(request, client_id)
         if isinstance(auth, HttpResponse):
             return auth

@@ -63,7 +63,10 @@ class UpstreamCallbackView(OAuthLibMixin, View):
 
     def get(self, request: HttpRequest) -> HttpResponse:
         binding = request.get_signed_cookie(
-            app_settings.TRANSACTION_COOKIE_NAME, default=None, salt=BINDING_SALT, max_age=app_settings.TRANSACTION_TTL
+            app_settings.TRANSACTION_COOKIE_NAME,
+            default=None,
+            salt=BINDING_SALT,
+            max_age=app_settings.TRANSACTION_TTL,
         )
         try:
             tx = flows.consume_transaction(request.GET.get("state", ""), binding)
@@ -95,7 +98,13 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             # UP-06: the person declined at the upstream; the upstream's own text is not relayed.
             flows.fail_transaction(tx, Outcome.DENIED, "upstream returned an error")
             return redirect_to_client(
-                tx.redirect_uri, {"error": "access_denied", "error_description": "Authorization was declined at the provider.", "state": state}, post=False
+                tx.redirect_uri,
+                {
+                    "error": "access_denied",
+                    "error_description": "Authorization was declined at the provider.",
+                    "state": state,
+                },
+                post=False,
             )
 
         config = app_settings.UPSTREAM
@@ -103,7 +112,11 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         if config.issuer and iss is not None and iss != config.issuer:
             # MU-03 / UP-04: a response from another authorization server (mix-up).
             flows.fail_transaction(tx, Outcome.FAILED, "upstream iss mismatch")
-            return error_page(request, "This sign-in cannot be completed", "The provider's response did not come from the expected provider.")
+            return error_page(
+                request,
+                "This sign-in cannot be completed",
+                "The provider's response did not come from the expected provider.",
+            )
 
         code = request.GET.get("code", "")
         try:
@@ -116,7 +129,11 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             flows.fail_transaction(tx, Outcome.FAILED, exc.reason)
             return redirect_to_client(
                 tx.redirect_uri,
-                {"error": "server_error", "error_description": "The upstream provider could not complete the sign-in.", "state": state},
+                {
+                    "error": "server_error",
+                    "error_description": "The upstream provider could not complete the sign-in.",
+                    "state": state,
+                },
                 post=False,
             )
 
@@ -129,5 +146,5 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             issued = parse_qs(urlsplit(uri).query).get("code", [""])[0]
             flows.record_issued_code(tx, issued)
         # The session is rotated on login (session fixation); pending state never lived in it.
-        login(request, user, backend=AUTH_BACKEND)
+        login(request, user, backend=AUTH_BACKEND)  # type: ignore[arg-type]
         return redirect_to_client(uri, {}, post=False)

@@ -22,14 +22,24 @@ class Command(BaseCommand):
                 for token in UpstreamToken.objects.select_for_update().iterator():
                     token.access_token_encrypted = vault.rotate(token.access_token_encrypted)
                     token.refresh_token_encrypted = vault.rotate(token.refresh_token_encrypted)
-                    token.save(update_fields=["access_token_encrypted", "refresh_token_encrypted", "updated_at"])
+                    token.save(
+                        update_fields=[
+                            "access_token_encrypted",
+                            "refresh_token_encrypted",
+                            "updated_at",
+                        ]
+                    )
                     rotated += 1
-                pending = AuthorizationTransaction.objects.select_for_update().filter(consumed_at__isnull=True)
+                pending = AuthorizationTransaction.objects.select_for_update().filter(
+                    consumed_at__isnull=True
+                )
                 for tx in pending.exclude(code_verifier_encrypted=""):
                     tx.code_verifier_encrypted = vault.rotate(tx.code_verifier_encrypted)
                     tx.save(update_fields=["code_verifier_encrypted"])
                     rotated += 1
         except vault.VaultError as exc:
             # Nothing is half-rotated: the transaction is rolled back.
-            raise CommandError(f"{exc}; nothing was changed. Is the old key still in ENCRYPTION_KEYS?") from exc
+            raise CommandError(
+                f"{exc}; nothing was changed. Is the old key still in ENCRYPTION_KEYS?"
+            ) from exc
         self.stdout.write(f"re-encrypted {rotated} secret(s) under the newest key")

@@ -39,24 +39,34 @@ class Command(BaseCommand):
     help = "Run the mcp-consent demo (proxy + bundled demo upstream) on 127.0.0.1."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--no-serve", action="store_true", help="Set up and print, but do not start servers.")
+        parser.add_argument(
+            "--no-serve", action="store_true", help="Set up and print, but do not start servers."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         base = settings.PUBLIC_BASE_URL
         public = urlsplit(base)
         if public.hostname not in {"127.0.0.1", "localhost"}:
-            raise CommandError("rundemo serves on 127.0.0.1 only; unset PUBLIC_BASE_URL for the demo.")
+            raise CommandError(
+                "rundemo serves on 127.0.0.1 only; unset PUBLIC_BASE_URL for the demo."
+            )
         call_command("migrate", interactive=False, verbosity=0)
 
         password = secrets.token_urlsafe(12)
         User = get_user_model()
-        admin, _ = User.objects.get_or_create(username="admin", defaults={"email": "admin@example.invalid"})
+        admin, _ = User.objects.get_or_create(
+            username="admin", defaults={"email": "admin@example.invalid"}
+        )
         admin.is_staff = admin.is_superuser = True
         admin.set_password(password)
         admin.save()
 
         verifier = secrets.token_urlsafe(48)
-        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+        challenge = (
+            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+            .decode()
+            .rstrip("=")
+        )
         resource = settings.MCP_RESOURCE
         redirect = "http://127.0.0.1:9999/callback"
         authorize = (
@@ -69,20 +79,32 @@ class Command(BaseCommand):
         w("================")
         w(f"  proxy (authorization server)  {base}/")
         w(f"  metadata                      {base}/.well-known/oauth-authorization-server")
-        w(f"  admin                         {base}/admin/   user: admin   password: {password}   (demo only)")
+        w(
+            f"  admin                         {base}/admin/   user: admin   password: {password}   (demo only)"
+        )
         w(f"  upstream callback to register {base}/upstream/callback/")
         if settings.USE_DEMO_UPSTREAM:
-            w(f"  demo upstream (Demo Hub)      {settings.DEMO_UPSTREAM_BASE_URL}/demo-upstream/   accounts: octocat, hubot   password: demo")
+            w(
+                f"  demo upstream (Demo Hub)      {settings.DEMO_UPSTREAM_BASE_URL}/demo-upstream/   accounts: octocat, hubot   password: demo"
+            )
         w("")
         w("1. Register a client:")
         w(f"   curl -s -X POST {base}/register/ -H 'Content-Type: application/json' \\")
-        w(f"     -d '{{\"client_name\": \"My MCP client\", \"redirect_uris\": [\"{redirect}\"], \"token_endpoint_auth_method\": \"none\"}}'")
+        w(
+            f'     -d \'{{"client_name": "My MCP client", "redirect_uris": ["{redirect}"], "token_endpoint_auth_method": "none"}}\''
+        )
         w("2. Open in a browser (replace CLIENT_ID with the client_id printed by step 1):")
         w(f"   {authorize}")
-        w(f"   Approve, sign in, and the browser lands on {redirect}?code=...  (nothing listens there: copy the code)")
+        w(
+            f"   Approve, sign in, and the browser lands on {redirect}?code=...  (nothing listens there: copy the code)"
+        )
         w("3. Redeem the code:")
-        w(f"   curl -s -X POST {base}/token/ -d grant_type=authorization_code -d client_id=CLIENT_ID \\")
-        w(f"     -d code=CODE -d redirect_uri={redirect} -d code_verifier={verifier} -d resource={resource}")
+        w(
+            f"   curl -s -X POST {base}/token/ -d grant_type=authorization_code -d client_id=CLIENT_ID \\"
+        )
+        w(
+            f"     -d code=CODE -d redirect_uri={redirect} -d code_verifier={verifier} -d resource={resource}"
+        )
         w("")
         if options["no_serve"]:
             return
@@ -90,7 +112,16 @@ class Command(BaseCommand):
 
     def serve(self, port: int) -> None:
         env = dict(os.environ)
-        uvicorn = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1", "--log-level", "warning"]
+        uvicorn = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "project.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--log-level",
+            "warning",
+        ]
         processes = [subprocess.Popen([*uvicorn, "--port", str(port)], env=env)]  # noqa: S603
         if settings.USE_DEMO_UPSTREAM:
             upstream_port = urlsplit(settings.DEMO_UPSTREAM_BASE_URL).port or 80
