@@ -60,6 +60,7 @@ class UpstreamConfig:
     scopes: list[str] = field(default_factory=list)
     scope_map: dict[str, list[str]] = field(default_factory=dict)
     pkce: bool = True
+    require_iss: bool = False
     subject_field: str = "id"
     username_field: str = "login"
     email_field: str = "email"

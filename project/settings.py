@@ -232,6 +232,7 @@ if USE_DEMO_UPSTREAM:
         "CLIENT_SECRET": env("UPSTREAM_CLIENT_SECRET", "demo-upstream-secret-not-for-production"),
         "SCOPES": ["read:user"],
         "PKCE": True,
+        "REQUIRE_ISS": True,  # Demo Hub sends RFC 9207 `iss`; GitHub does not.
     }
     DEMO_UPSTREAM = {
         "CLIENT_ID": UPSTREAM["CLIENT_ID"],
@@ -251,6 +252,7 @@ else:
         "CLIENT_SECRET": env("UPSTREAM_CLIENT_SECRET"),
         "SCOPES": env("UPSTREAM_SCOPES", "read:user").split(),
         "PKCE": env_bool("UPSTREAM_PKCE", True),
+        "REQUIRE_ISS": env_bool("UPSTREAM_REQUIRE_ISS", False),
     }
 
 UPSTREAM["SCOPE_MAP"] = {

@@ -222,6 +222,16 @@ def test_upstream_iss_mismatch_aborts(client_a) -> None:
     assert not Consent.objects.exists()
 
 
+def test_upstream_response_without_required_iss_aborts(client_a) -> None:
+    """MU-03: an upstream configured to send `iss` (REQUIRE_ISS) must send it."""
+    browser = Browser()
+    callback = upstream_callback(browser, client_a).replace("iss=", "was_iss=")
+    before = exchanges()
+    assert browser.get(callback).status_code == 400
+    assert exchanges() == before
+    assert AuthorizationTransaction.objects.get().outcome == "failed"
+
+
 def test_upstream_token_endpoint_failure_leaves_nothing_half_written(
     client_a, upstream_http, settings
 ) -> None:

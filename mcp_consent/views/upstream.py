@@ -109,13 +109,16 @@ class UpstreamCallbackView(OAuthLibMixin, View):
 
         config = app_settings.UPSTREAM
         iss = request.GET.get("iss")
-        if config.issuer and iss is not None and iss != config.issuer:
-            # MU-03 / UP-04: a response from another authorization server (mix-up).
-            flows.fail_transaction(tx, Outcome.FAILED, "upstream iss mismatch")
+        if (iss is None and config.require_iss) or (
+            iss is not None and config.issuer and iss != config.issuer
+        ):
+            # MU-03 / UP-04 (RFC 9207 §2.4): a response from another authorization server
+            # (mix-up), or without the `iss` an upstream that advertises it must send.
+            flows.fail_transaction(tx, Outcome.FAILED, "upstream iss missing or mismatched")
             return error_page(
                 request,
                 "This sign-in cannot be completed",
-                "The provider's response did not come from the expected provider.",
+                "The provider's response did not come from the expected provider. Nothing was shared with the application.",
             )
 
         code = request.GET.get("code", "")
