@@ -29,6 +29,32 @@ from .app_settings import app_settings
 log = logging.getLogger(__name__)
 
 CODE_CHALLENGE_RE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+# RFC 8252 §7.3 loopback redirect URIs: only the port may differ from the registered one.
+LOOPBACK_URI_RE = re.compile(
+    r"http://(127\.0\.0\.1|\[::1\]|localhost)(?::\d{1,5})?(?P<rest>[/?].*)?", re.DOTALL
+)
+
+
+def redirect_uri_registered(uri: str, registered: list[str]) -> bool:
+    """CD-30 / BCP-01: simple string comparison (RFC 3986 §6.2.1), no normalisation at all.
+
+    The only exception (CD-33) is the port of an http loopback URI, as RFC 8252 requires
+    for native apps that listen on an ephemeral port.
+    """
+    if uri in registered:
+        return True
+    requested = LOOPBACK_URI_RE.fullmatch(uri)
+    if requested is None:
+        return False
+    for candidate in registered:
+        match = LOOPBACK_URI_RE.fullmatch(candidate)
+        if (
+            match
+            and match.group(1) == requested.group(1)
+            and match.group("rest") == requested.group("rest")
+        ):
+            return True
+    return False
 
 
 def code_hash(code: str) -> str:
@@ -58,6 +84,11 @@ def _allowed_resources(values: list[str], request: Request) -> list[str]:
 
 def validate_authorization_extras(request: Request) -> dict[str, Any]:
     """pre_auth validator: runs after client and redirect URI passed, so errors redirect."""
+    if request.response_mode not in (None, "query"):
+        # AS-51/AS-52: responses go in the query only (metadata: response_modes_supported).
+        raise errors.InvalidRequestError(
+            description="Only response_mode=query is supported.", request=request
+        )
     if request.code_challenge is not None and not CODE_CHALLENGE_RE.fullmatch(
         request.code_challenge
     ):
@@ -129,6 +160,12 @@ class MCPOAuth2Validator(OAuth2Validator):
             request.client = None
             return None
         return client
+
+    def validate_redirect_uri(
+        self, client_id: str, redirect_uri: str, request: Request, *args: Any, **kwargs: Any
+    ) -> bool:
+        # DOT compares parsed, case-folded parts; the BCP wants the exact string.
+        return redirect_uri_registered(redirect_uri, request.client.redirect_uris.split())
 
     def _create_authorization_code(
         self, request: Request, code: dict[str, Any], expires: Any = None

@@ -12,6 +12,7 @@ from oauth2_provider import views as dot_views
 
 from .views.authorize import AuthorizeView
 from .views.registration import RegistrationManagementView, RegistrationView
+from .views.token import ServerMetadataView, TokenView
 from .views.upstream import UpstreamCallbackView
 
 app_name = "mcp_consent"
@@ -24,11 +25,11 @@ oauth2_urls = (
     [
         path(
             ".well-known/oauth-authorization-server",
-            dot_views.OAuthServerMetadataView.as_view(),
+            ServerMetadataView.as_view(),
             name="oauth-server-metadata",
         ),
         path("authorize/", AuthorizeView.as_view(), name="authorize"),
-        path("token/", dot_views.TokenView.as_view(), name="token"),
+        path("token/", TokenView.as_view(), name="token"),
         path("revoke/", dot_views.RevokeTokenView.as_view(), name="revoke-token"),
         path("register/", RegistrationView.as_view(), name="dcr-register"),
         path(

@@ -121,6 +121,13 @@ class AuthorizeView(AuthorizationView):
             )
         except FatalClientError as error:
             return fatal_error(request, error)
+        except ValueError:
+            # AS-54: a malformed percent-escape (oauthlib's urldecode) is a bad request, not a 500.
+            return error_page(
+                request,
+                "This sign-in request is not valid",
+                "The request is malformed. You have not been sent anywhere.",
+            )
         except OAuthToolkitError as error:
             oauthlib_error = error.oauthlib_error
             return redirect_to_client(

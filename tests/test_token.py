@@ -1,0 +1,565 @@
+"""The token endpoint /token/ (and RFC 7009 /revoke/), as a client developer or attacker uses it.
+
+Codes come from whole flows run by a ``Browser``: consent page, Approve, the demo upstream,
+the callback. The only rows looked at are the ones that say whether a secret was stored or
+a token still works (DOT's token and grant tables).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.hashers import make_password
+from django.http import HttpResponse
+from django.test import Client, override_settings
+from django.utils import timezone
+from oauth2_provider.models import get_access_token_model, get_grant_model, get_refresh_token_model
+
+from project.demo_upstream.models import Account
+from tests.browser_client import PROXY_HOST, Browser, authorize_params, code_from
+from tests.conftest import DjangoClientAdapter, pkce_pair
+from tests.factories import MCPClientFactory
+
+pytestmark = pytest.mark.django_db
+
+RESOURCE = "http://127.0.0.1:8000/mcp"
+OTHER_RESOURCE = "http://127.0.0.1:8000/other-mcp"
+REDIRECT_URI = "https://app.example/cb"
+
+AccessToken = get_access_token_model()
+RefreshToken = get_refresh_token_model()
+Grant = get_grant_model()
+
+
+@pytest.fixture(autouse=True)
+def _fast_upstream_login(settings) -> None:
+    """Speed only: the seeded demo accounts get a cheap password hash (same password)."""
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    ]
+    Account.objects.update(password=make_password("demo"))
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Authorized:
+    """A client holding a fresh code from a completed flow, and its PKCE verifier."""
+
+    client: Any
+    code: str
+    verifier: str
+    browser: Browser
+    redirect: HttpResponse
+
+    @property
+    def client_id(self) -> str:
+        return self.client.application.client_id
+
+    def redeem(self, **overrides: str | None) -> HttpResponse:
+        data = {
+            "grant_type": "authorization_code",
+            "code": self.code,
+            "client_id": self.client_id,
+            "redirect_uri": REDIRECT_URI,
+            "code_verifier": self.verifier,
+            "resource": RESOURCE,
+        }
+        data.update(overrides)
+        return post_token({k: v for k, v in data.items() if v is not None})
+
+
+def authorized(client: Any = None, browser: Browser | None = None, **params: str) -> Authorized:
+    """Run a whole flow (consent, upstream, callback) and return the code."""
+    client = client or MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    if browser is None:
+        browser = Browser()
+        browser.login_upstream()
+    verifier, challenge = pkce_pair()
+    query = {
+        k: v
+        for k, v in authorize_params(client, challenge=challenge, **params).items()
+        if v is not None
+    }
+    final = browser.run_flow(query)
+    return Authorized(client, code_from(final), verifier, browser, final)
+
+
+def post_token(data: dict[str, str] | list[tuple[str, str]], path: str = "/token/") -> HttpResponse:
+    return Client().post(
+        path,
+        urlencode(data),
+        content_type="application/x-www-form-urlencoded",
+        HTTP_HOST=PROXY_HOST,
+    )
+
+
+def refresh(refresh_token: str, client_id: str, **extra: str) -> HttpResponse:
+    return post_token(
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": client_id,
+            **extra,
+        }
+    )
+
+
+def assert_token_error(response: HttpResponse, *errors: str) -> dict[str, Any]:
+    """AS-48: 400, JSON, not cached, one of the expected codes."""
+    assert response.status_code == 400, (response.status_code, response.content)
+    assert response["Content-Type"].startswith("application/json")
+    assert "no-store" in response["Cache-Control"]
+    body = response.json()
+    assert body["error"] in errors, body
+    assert "access_token" not in body and "refresh_token" not in body
+    return body
+
+
+def tokens(response: HttpResponse) -> dict[str, Any]:
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def checksum(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def access_token_row(raw: str):
+    return AccessToken.objects.filter(token_checksum=checksum(raw)).first()
+
+
+@pytest.fixture
+def code() -> Authorized:
+    return authorized()
+
+
+@pytest.fixture
+def issued(code: Authorized) -> tuple[Authorized, dict[str, Any]]:
+    return code, tokens(code.redeem())
+
+
+@pytest.fixture
+def two_resources() -> Any:
+    with override_settings(
+        MCP_CONSENT={**settings.MCP_CONSENT, "RESOURCES": [RESOURCE, OTHER_RESOURCE]}
+    ):
+        yield
+
+
+# --- AS-42, AS-47: a good exchange and what is stored ---------------------------------------
+
+
+def test_as42_code_exchange_returns_a_bearer_token(code: Authorized) -> None:
+    """AS-42: 200 JSON, not cached, access and refresh token, Bearer, expiry, scope."""
+    response = code.redeem()
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/json")
+    assert "no-store" in response["Cache-Control"]
+    body = response.json()
+    assert body["access_token"] and body["refresh_token"]
+    assert body["access_token"] != body["refresh_token"]
+    assert body["token_type"] == "Bearer"
+    assert isinstance(body["expires_in"], int) and 0 < body["expires_in"] <= 3600  # AS-43
+    assert body["scope"] == "items:read"
+
+
+def test_as47_tokens_are_stored_as_checksums_only(issued) -> None:
+    """AS-47: the database holds no usable MCP access or refresh token."""
+    _code, body = issued
+    access = AccessToken.objects.get(token_checksum=checksum(body["access_token"]))
+    refresh_row = RefreshToken.objects.get(token_checksum=checksum(body["refresh_token"]))
+    assert access.token == "" and refresh_row.token == ""
+    for raw in (body["access_token"], body["refresh_token"]):
+        assert not AccessToken.objects.filter(token=raw).exists()
+        assert not RefreshToken.objects.filter(token=raw).exists()
+
+
+def test_as47_grant_never_stores_the_raw_code(code: Authorized) -> None:
+    """AS-47: right after the callback a Grant exists, but not under the code itself."""
+    assert Grant.objects.filter(application=code.client.application).exists()
+    assert not Grant.objects.filter(code=code.code).exists()
+
+
+def test_as40_code_is_bound_to_resource_scope_and_user(code: Authorized) -> None:
+    """AS-40, AS-33: the token carries the approved scope and audience, for a real user."""
+    body = tokens(code.redeem())
+    row = access_token_row(body["access_token"])
+    assert row.resource == [RESOURCE]
+    assert row.scope == "items:read"
+    assert row.user is not None and row.application == code.client.application
+
+
+# --- AS-23, AS-40: PKCE and code binding -------------------------------------------------------
+
+
+def test_as23_wrong_code_verifier(code: Authorized) -> None:
+    """AS-23: BASE64URL(SHA256(verifier)) must equal the challenge."""
+    assert_token_error(code.redeem(code_verifier=pkce_pair()[0]), "invalid_grant")
+
+
+def test_as23_missing_code_verifier(code: Authorized) -> None:
+    """AS-23: a challenge was sent, so the verifier is required."""
+    assert_token_error(code.redeem(code_verifier=None), "invalid_grant", "invalid_request")
+
+
+def test_as40_code_of_client_a_cannot_be_redeemed_by_client_b(code: Authorized) -> None:
+    """AS-40: codes are bound to the client they were issued to."""
+    other = MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    assert_token_error(code.redeem(client_id=other.application.client_id), "invalid_grant")
+    assert not AccessToken.objects.filter(
+        application=other.application, user__isnull=False
+    ).exists()
+
+
+def test_as40_expired_code(code: Authorized) -> None:
+    """AS-40: an expired code is invalid_grant."""
+    Grant.objects.filter(application=code.client.application).update(
+        expires=timezone.now() - timedelta(seconds=1)
+    )
+    assert_token_error(code.redeem(), "invalid_grant")
+
+
+@pytest.mark.parametrize(
+    "redirect_uri",
+    ["https://app.example/other", "https://app.example/cb/", "https://evil.example/cb"],
+)
+def test_as40_redirect_uri_must_match_the_authorization_request(
+    code: Authorized, redirect_uri: str
+) -> None:
+    """AS-40: the code is bound to the redirect URI it was sent to."""
+    assert_token_error(code.redeem(redirect_uri=redirect_uri), "invalid_grant", "invalid_request")
+
+
+def test_as40_unknown_code(code: Authorized) -> None:
+    """AS-40: a guessed code is invalid_grant."""
+    assert_token_error(code.redeem(code="not-a-code"), "invalid_grant")
+
+
+# --- AS-41 / BCP-10: single use ------------------------------------------------------------
+
+
+def test_as41_second_redemption_fails_and_revokes_the_first_tokens(issued) -> None:
+    """AS-41, BCP-10: a replayed code means it leaked; what it bought is revoked."""
+    code, first = issued
+    assert access_token_row(first["access_token"]) is not None
+
+    assert_token_error(code.redeem(), "invalid_grant")
+
+    row = access_token_row(first["access_token"])
+    assert row is None or not row.is_valid()
+    assert_token_error(refresh(first["refresh_token"], code.client_id), "invalid_grant")
+
+
+def test_as41_replay_by_another_client_does_not_revoke_the_owners_tokens(issued) -> None:
+    """AS-41: a replay that is not otherwise valid (wrong client) is just refused."""
+    code, first = issued
+    other = MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    assert_token_error(code.redeem(client_id=other.application.client_id), "invalid_grant")
+    assert access_token_row(first["access_token"]) is not None
+
+
+# --- AS-31, AS-34, AS-35: resource indicators at /token ----------------------------------------
+
+
+def test_as34_resource_not_in_the_grant_is_invalid_target(code: Authorized) -> None:
+    """AS-34, AS-31: a token for an audience nobody approved."""
+    assert_token_error(code.redeem(resource="https://attacker.example/"), "invalid_target")
+    assert not AccessToken.objects.filter(
+        application=code.client.application, user__isnull=False
+    ).exists()
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        "https://unknown.example/mcp",
+        "mcp.example.com",
+        "http://127.0.0.1:8000/mcp#x",
+        "http://127.0.0.1:8000/mcp?x=1",
+    ],
+)
+def test_as31_resource_not_configured_is_invalid_target(code: Authorized, resource: str) -> None:
+    """AS-31: only configured MCP servers are audiences, at /token too."""
+    assert_token_error(code.redeem(resource=resource), "invalid_target")
+
+
+def test_as31_repeated_resource_with_one_bad_value_is_invalid_target(code: Authorized) -> None:
+    """AS-31: every repeated `resource` value is checked, not only the last."""
+    data = [
+        ("grant_type", "authorization_code"),
+        ("code", code.code),
+        ("client_id", code.client_id),
+        ("redirect_uri", REDIRECT_URI),
+        ("code_verifier", code.verifier),
+        ("resource", "https://attacker.example/"),
+        ("resource", RESOURCE),
+    ]
+    assert_token_error(post_token(data), "invalid_target")
+
+
+@pytest.mark.parametrize("resource", ["HTTP://127.0.0.1:8000/mcp", "http://127.0.0.1:8000/mcp/"])
+def test_as32_canonical_variant_of_the_granted_resource_is_accepted(
+    code: Authorized, resource: str
+) -> None:
+    """AS-32: the same server named with an uppercase scheme or a trailing slash."""
+    body = tokens(code.redeem(resource=resource))
+    assert access_token_row(body["access_token"]).resource == [RESOURCE]
+
+
+def test_as34_dot_gap_no_resource_at_authorize_then_attacker_resource_at_token() -> None:
+    """AS-34, AS-35 (DOT-NOTES gap): the grant carries the configured resource, so no other."""
+    code = authorized(resource=None)
+    assert Grant.objects.get(application=code.client.application).resource == [RESOURCE]
+    assert_token_error(code.redeem(resource="https://attacker.example/"), "invalid_target")
+    body = tokens(code.redeem(resource=None))
+    assert access_token_row(body["access_token"]).resource == [RESOURCE]
+
+
+@pytest.mark.usefixtures("two_resources")
+def test_as34_configured_but_not_granted_resource_is_refused() -> None:
+    """AS-34: authorized for server A, the code cannot buy a token for server B."""
+    code = authorized(resource=RESOURCE)
+    response = code.redeem(resource=OTHER_RESOURCE)
+    assert response.status_code == 400
+    assert json.loads(response.content)["error"] == "invalid_target"
+    assert not AccessToken.objects.filter(
+        application=code.client.application, user__isnull=False
+    ).exists()
+    body = tokens(code.redeem(resource=RESOURCE))
+    assert access_token_row(body["access_token"]).resource == [RESOURCE]
+
+
+@pytest.mark.usefixtures("two_resources")
+def test_as34_refresh_cannot_widen_the_audience() -> None:
+    """AS-34, AS-45, BCP-08: a refresh token stays within the resources of its grant."""
+    code = authorized(resource=RESOURCE)
+    body = tokens(code.redeem(resource=RESOURCE))
+    for resource in (OTHER_RESOURCE, "https://attacker.example/"):
+        response = refresh(body["refresh_token"], code.client_id, resource=resource)
+        assert response.status_code == 400
+        assert json.loads(response.content)["error"] == "invalid_target"
+    rotated = tokens(refresh(body["refresh_token"], code.client_id, resource=RESOURCE))
+    assert access_token_row(rotated["access_token"]).resource == [RESOURCE]
+
+
+@pytest.mark.usefixtures("two_resources")
+def test_as48_invalid_target_for_a_configured_but_not_granted_resource_is_a_proper_error() -> None:
+    """AS-48, AS-34: every /token error is 400 JSON with Cache-Control: no-store."""
+    code = authorized(resource=RESOURCE)
+    assert_token_error(code.redeem(resource=OTHER_RESOURCE), "invalid_target")
+
+
+@pytest.mark.usefixtures("two_resources")
+def test_as48_invalid_target_on_refresh_is_a_proper_error() -> None:
+    """AS-48, AS-34: the same at refresh."""
+    code = authorized(resource=RESOURCE)
+    body = tokens(code.redeem(resource=RESOURCE))
+    assert_token_error(
+        refresh(body["refresh_token"], code.client_id, resource=OTHER_RESOURCE), "invalid_target"
+    )
+
+
+# --- AS-44, AS-45 / BCP-08: refresh tokens -----------------------------------------------
+
+
+def test_as44_refresh_rotates_and_replay_revokes_the_family(issued) -> None:
+    """AS-44, BCP-08: RT1 -> RT2; RT1 again -> invalid_grant and RT2 is dead too."""
+    code, first = issued
+    second = tokens(refresh(first["refresh_token"], code.client_id))
+    assert second["refresh_token"] != first["refresh_token"]
+    assert second["access_token"] != first["access_token"]
+    assert second["token_type"] == "Bearer" and second["scope"] == "items:read"
+
+    assert_token_error(refresh(first["refresh_token"], code.client_id), "invalid_grant")
+
+    assert_token_error(refresh(second["refresh_token"], code.client_id), "invalid_grant")
+    row = access_token_row(second["access_token"])
+    assert row is None or not row.is_valid()
+
+
+def test_as44_refresh_response_is_not_cached(issued) -> None:
+    """AS-42: refresh responses carry tokens too."""
+    code, first = issued
+    response = refresh(first["refresh_token"], code.client_id)
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+
+
+def test_as45_refresh_token_is_bound_to_its_client(issued) -> None:
+    """AS-45: another client cannot use a stolen refresh token."""
+    code, first = issued
+    other = MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    assert_token_error(
+        refresh(first["refresh_token"], other.application.client_id), "invalid_grant"
+    )
+    assert not AccessToken.objects.filter(
+        application=other.application, user__isnull=False
+    ).exists()
+
+
+def test_as45_refresh_cannot_add_scopes(issued) -> None:
+    """AS-45, AS-70: a scope the user never approved is invalid_scope."""
+    code, first = issued
+    assert_token_error(
+        refresh(first["refresh_token"], code.client_id, scope="items:read items:write"),
+        "invalid_scope",
+    )
+
+
+def test_as45_refresh_with_the_granted_scope_works(issued) -> None:
+    """AS-45: a refresh asking the granted scope gets it."""
+    code, first = issued
+    assert (
+        tokens(refresh(first["refresh_token"], code.client_id, scope="items:read"))["scope"]
+        == "items:read"
+    )
+
+
+# --- AS-48: grants that do not exist here ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(
+            {"grant_type": "password", "username": "octocat", "password": "demo"}, id="password"
+        ),
+        pytest.param({"grant_type": "client_credentials"}, id="client_credentials"),
+        pytest.param({"grant_type": "implicit"}, id="implicit"),
+    ],
+)
+def test_as48_unsupported_grant_types(data: dict[str, str]) -> None:
+    """AS-48, BCP-07: only the code and refresh grants exist; 400 JSON, no-store."""
+    client = MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    response = post_token({**data, "client_id": client.application.client_id})
+    assert_token_error(response, "unsupported_grant_type")
+
+
+@pytest.mark.parametrize(
+    "extra", [{"device_code": "x"}, {}], ids=["with-device-code", "without-device-code"]
+)
+def test_as48_device_code_grant_is_unsupported(extra: dict[str, str]) -> None:
+    """AS-48: the device grant is not offered, so it is unsupported_grant_type like the others."""
+    client = MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    data = {
+        "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+        "client_id": client.application.client_id,
+    }
+    response = Client(raise_request_exception=False).post(
+        "/token/",
+        urlencode({**data, **extra}),
+        content_type="application/x-www-form-urlencoded",
+        HTTP_HOST=PROXY_HOST,
+    )
+    assert_token_error(response, "unsupported_grant_type")
+
+
+def test_as48_missing_grant_type_is_invalid_request() -> None:
+    """AS-48: a request without grant_type."""
+    client = MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    assert_token_error(
+        post_token({"client_id": client.application.client_id}),
+        "invalid_request",
+        "unsupported_grant_type",
+    )
+
+
+# --- TP-05: the upstream token never reaches the MCP client ------------------------------
+
+
+def upstream_access_tokens(upstream_http: DjangoClientAdapter) -> list[str]:
+    """The upstream access tokens the proxy used, read off its calls to the user endpoint."""
+    found = []
+    for request in upstream_http.requests:
+        if request.url and request.url.split("?")[0].endswith("/demo-upstream/user"):
+            scheme, _, token = request.headers["Authorization"].partition(" ")
+            assert scheme == "Bearer" and token
+            found.append(token)
+    assert found, "the proxy never called the upstream user endpoint"
+    return found
+
+
+def test_tp05_upstream_token_is_never_returned_to_the_client(
+    upstream_http: DjangoClientAdapter,
+) -> None:
+    """TP-05, UP-07: not in the redirect, the token response, refreshes or error bodies."""
+    code = authorized()
+    other = authorized()
+    responses = [code.redirect, other.redirect]
+
+    good = code.redeem()
+    first = tokens(good)
+    responses += [
+        good,
+        code.redeem(),  # replay: invalid_grant
+        code.redeem(code_verifier=pkce_pair()[0]),
+        post_token({"grant_type": "password", "client_id": code.client_id}),
+        refresh(first["refresh_token"], code.client_id),
+        refresh(first["refresh_token"], code.client_id),  # rotated away: invalid_grant
+        refresh("bogus", other.client_id),
+    ]
+    other_tokens = other.redeem()
+    responses.append(other_tokens)
+
+    secrets = upstream_access_tokens(upstream_http)
+    assert len(set(secrets)) == 2
+    for response in responses:
+        text = response.content.decode() + "".join(f"{k}: {v}" for k, v in response.items())
+        for secret in secrets:
+            assert secret not in text
+
+
+# --- REV-01..04: RFC 7009 revocation -----------------------------------------------------
+
+
+def revoke(token: str, client_id: str, hint: str | None = None) -> HttpResponse:
+    data = {"token": token, "client_id": client_id}
+    if hint:
+        data["token_type_hint"] = hint
+    return post_token(data, path="/revoke/")
+
+
+@pytest.mark.parametrize("hint", [None, "refresh_token", "access_token"])
+def test_rev01_rev04_revoking_the_refresh_token_kills_the_grant(issued, hint: str | None) -> None:
+    """REV-01, REV-04: refresh token revoked -> it no longer refreshes and its access token is gone."""
+    code, body = issued
+    response = revoke(body["refresh_token"], code.client_id, hint)
+    assert response.status_code == 200
+
+    row = access_token_row(body["access_token"])
+    assert row is None or not row.is_valid()
+    assert_token_error(refresh(body["refresh_token"], code.client_id), "invalid_grant")
+
+
+def test_rev01_revoking_the_access_token(issued) -> None:
+    """REV-01 (SHOULD for access tokens): the access token stops being valid."""
+    code, body = issued
+    assert revoke(body["access_token"], code.client_id).status_code == 200
+    row = access_token_row(body["access_token"])
+    assert row is None or not row.is_valid()
+
+
+@pytest.mark.parametrize("hint", [None, "refresh_token", "access_token"])
+def test_rev03_unknown_token_is_200(hint: str | None) -> None:
+    """REV-03: RFC 7009 §2.2 answers 200 for invalid tokens too (no token oracle)."""
+    client = MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    assert revoke("no-such-token", client.application.client_id, hint).status_code == 200
+
+
+def test_rev02_another_client_cannot_revoke_my_token(issued) -> None:
+    """REV-02: the token stays valid when a different client asks to revoke it."""
+    code, body = issued
+    other = MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    revoke(body["refresh_token"], other.application.client_id)
+    row = access_token_row(body["access_token"])
+    assert row is not None and row.is_valid()
+    assert tokens(refresh(body["refresh_token"], code.client_id))["access_token"]
