@@ -157,6 +157,18 @@ class UpstreamIdentityAdmin(admin.ModelAdmin):
     list_display = ("login", "provider", "user", "last_login_at")
     search_fields = ("login", "subject", "user__username")
     raw_id_fields = ("user",)
+    readonly_fields = (
+        "provider",
+        "subject",
+        "user",
+        "login",
+        "email",
+        "created_at",
+        "last_login_at",
+    )
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
 
 
 @admin.register(AuthorizationTransaction)

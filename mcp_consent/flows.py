@@ -224,7 +224,9 @@ def client_record_for(application: Any) -> MCPClient | None:
             },
             RegistrationSource.CIMD,
         )
-    return record_client(application, fetched, RegistrationSource.CIMD)
+    client = record_client(application, fetched, RegistrationSource.CIMD)
+    application.mcp_client = client  # callers read this instance: keep it the current one
+    return client
 
 
 # --- Consent and the upstream leg ----------------------------------------------------------

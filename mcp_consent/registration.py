@@ -15,7 +15,7 @@ import ipaddress
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from oauth2_provider.cimd import CIMDError, SafeMetadataFetcher
 from oauth2_provider.settings import oauth2_settings
@@ -28,6 +28,7 @@ LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 SUPPORTED_GRANT_TYPES = {"authorization_code", "refresh_token"}
 SUPPORTED_AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
 MAX_URI_LENGTH = 2048
+NOT_IN_URIS = set('<>"{}|\\^`')
 
 
 class RegistrationError(Exception):
@@ -73,6 +74,9 @@ def validate_redirect_uri(uri: Any) -> str:
         raise RegistrationError("invalid_redirect_uri", "redirect URI is too long")
     if not uri.isascii() or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in uri):
         raise refuse("contains whitespace, control or non-ASCII characters")
+    if any(c in NOT_IN_URIS for c in uri):
+        # DCR-12: not an RFC 3986 URI; oauthlib would refuse it at /authorize forever after.
+        raise refuse("contains characters that are not allowed in a URI")
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     if not scheme:
@@ -302,7 +306,14 @@ class CIMDMetadataFetcher(SafeMetadataFetcher):
     """
 
     def fetch(self, client_id: str) -> tuple[dict[str, Any], int]:
+        path = urlsplit(client_id).path
+        if any(unquote(segment) in {".", ".."} for segment in path.split("/")):
+            # CIMD-02: percent-encoded dot segments too, before any DNS lookup or fetch.
+            raise CIMDError("client_id URL must not contain dot path segments")
         document, max_age = super().fetch(client_id)
+        if document.get("client_id") != client_id:
+            # CIMD-03, checked here too so a refused document is never recorded.
+            raise CIMDError("document client_id does not match the client_id URL")
         if (
             not isinstance(document.get("client_name"), str)
             or not document.get("client_name", "").strip()

@@ -151,7 +151,11 @@ CSRF_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
-SECURE_REFERRER_POLICY = "no-referrer"
+# "same-origin", not "no-referrer": under no-referrer browsers send `Origin: null` with
+# same-origin form POSTs and Django's CSRF check refuses them (the admin login would fail).
+# mcp_consent's own pages and redirects send no-referrer where nothing is posted back.
+SECURE_REFERRER_POLICY = "same-origin"
+CSRF_FAILURE_VIEW = "mcp_consent.views.common.csrf_failure"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 if _public.scheme == "https":
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
@@ -238,6 +242,7 @@ if USE_DEMO_UPSTREAM:
         "CLIENT_ID": UPSTREAM["CLIENT_ID"],
         "CLIENT_SECRET": UPSTREAM["CLIENT_SECRET"],
         "REDIRECT_URIS": [f"{PUBLIC_BASE_URL}/upstream/callback/"],
+        "CLIENT_NAME": "MCP proxy (mcp-consent demo)",
         "ISSUER": _up,
     }
 else:

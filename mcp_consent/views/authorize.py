@@ -83,7 +83,9 @@ class AuthorizationRequest:
 
 def fatal_error(request: HttpRequest, error: FatalClientError) -> HttpResponse:
     """AS-50 / CD-30: unknown client or unregistered redirect URI: tell the person, never redirect."""
-    description = getattr(error.oauthlib_error, "description", "") or "invalid request"
+    description = (getattr(error.oauthlib_error, "description", "") or "invalid request").rstrip(
+        "."
+    )
     return error_page(
         request,
         "This sign-in request is not valid",
@@ -210,6 +212,7 @@ class AuthorizeView(AuthorizationView):
             "scopes": app_settings.ADAPTER.scope_descriptions(ar.scopes),
             "upstream_name": upstream_config.name,
             "upstream_scopes": upstream_config.upstream_scopes_for(ar.scopes),
+            "base_upstream_scopes": upstream_config.scopes,
             "resource": ar.resource,
             "fingerprint": ar.fingerprint(),
             "form_action": request.get_full_path(),

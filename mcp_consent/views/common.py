@@ -80,6 +80,17 @@ def error_page(
     )
 
 
+@protect_page
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: a refused form (CD-13) explained to the person, status 403."""
+    return error_page(
+        request,
+        "This form has expired or did not come from this site",
+        "Nothing was approved or sent. Go back to the application and start the sign-in again.",
+        status=403,
+    )
+
+
 def as_authorization_request(
     request: HttpRequest, query_string: str, user: Any = None
 ) -> HttpRequest:

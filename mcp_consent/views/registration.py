@@ -21,6 +21,7 @@ from oauth2_provider.views import (
 )
 
 from .. import flows
+from ..app_settings import app_settings
 from ..models import MCPClient, RegistrationSource
 from ..registration import RegistrationError, clean_client_metadata
 
@@ -69,11 +70,9 @@ def client_information(
         data["client_secret_expires_at"] = 0  # REQUIRED with a secret; 0 = does not expire
     if registration_access_token:
         data["registration_access_token"] = registration_access_token
-        data["registration_client_uri"] = request.build_absolute_uri(
-            reverse(
-                "oauth2_provider:dcr-register-management",
-                kwargs={"client_id": application.client_id},
-            )
+        # From the issuer, not the Host header: one exact origin everywhere (AS-13).
+        data["registration_client_uri"] = app_settings.ISSUER + reverse(
+            "oauth2_provider:dcr-register-management", kwargs={"client_id": application.client_id}
         )
     return data
 
@@ -167,7 +166,7 @@ class RegistrationManagementView(DynamicClientRegistrationManagementView):
                 )
         except RegistrationError as error:
             return _error(error)
-        flows.update_client(client, metadata)
+        client = flows.update_client(client, metadata)
         return _json(
             client_information(client, request, registration_access_token=auth.presented_token)
         )
