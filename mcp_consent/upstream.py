@@ -98,10 +98,21 @@ def _expiry(seconds: Any) -> Any:
 
 def exchange_code(code: str, code_verifier: str | None) -> dict[str, Any]:
     """Redeem the upstream authorization code; returns the token response with expiries."""
-    upstream = app_settings.UPSTREAM
     data = {"grant_type": "authorization_code", "code": code, "redirect_uri": callback_url()}
     if code_verifier:
         data["code_verifier"] = code_verifier
+    return _token_request(data, "the code")
+
+
+def refresh(refresh_token: str) -> dict[str, Any]:
+    """UP-08: refresh the upstream grant server-side (the client never sees these tokens)."""
+    return _token_request(
+        {"grant_type": "refresh_token", "refresh_token": refresh_token}, "the refresh token"
+    )
+
+
+def _token_request(data: dict[str, str], what: str) -> dict[str, Any]:
+    upstream = app_settings.UPSTREAM
     try:
         response = http_session().post(
             upstream.token_url,
@@ -116,7 +127,7 @@ def exchange_code(code: str, code_verifier: str | None) -> dict[str, Any]:
     body = _json(response, "token endpoint")
     if response.status_code != 200 or "error" in body:
         error = str(body.get("error", "unknown"))[:64]
-        raise UpstreamError(f"token endpoint refused the code: HTTP {response.status_code} {error}")
+        raise UpstreamError(f"token endpoint refused {what}: HTTP {response.status_code} {error}")
     access_token = body.get("access_token")
     if not isinstance(access_token, str) or not access_token:
         raise UpstreamError("token endpoint: no access_token in the response")

@@ -8,6 +8,7 @@ with the resolver and ``socket.connect`` replaced by tripwires.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from collections.abc import Callable
@@ -548,3 +549,40 @@ def test_cimd_03_refetched_document_with_other_client_id_changes_nothing(client,
     assert mcp_client.metadata["redirect_uris"] == [REDIRECT_URI]
     assert mcp_client.metadata_version == 1
     assert not RedirectURI.objects.filter(uri="https://elsewhere.example/cb").exists()
+
+
+class _FakeResponse:
+    """What SafeMetadataFetcher._read_document reads of a urllib3 response."""
+
+    def __init__(
+        self, body: bytes, status: int = 200, content_type: str = "application/json"
+    ) -> None:
+        self.status = status
+        self.headers = {"Content-Type": content_type}
+        self._body = body
+
+    def read(self, amount: int) -> bytes:
+        return self._body[:amount]
+
+
+def test_cimd_10_documents_larger_than_5_kb_are_refused(settings) -> None:
+    """CIMD-10 / SSRF-06: the document size is capped (5 KB, as the draft recommends)."""
+    assert settings.OAUTH2_PROVIDER["CIMD_MAX_DOCUMENT_SIZE"] == 5 * 1024
+    padding = "x" * (5 * 1024)
+    with pytest.raises(CIMDError, match="maximum allowed size"):
+        SafeMetadataFetcher()._read_document(
+            _FakeResponse(json.dumps({"client_name": padding}).encode())
+        )
+    small, _age = SafeMetadataFetcher()._read_document(_FakeResponse(b'{"client_name": "ok"}'))
+    assert small == {"client_name": "ok"}
+
+
+def test_cimd_07_only_200_json_is_a_document() -> None:
+    """CIMD-07: any other status (a redirect included) or a non-JSON type is an error."""
+    for response in (
+        _FakeResponse(b"{}", status=302),
+        _FakeResponse(b"{}", status=500),
+        _FakeResponse(b"{}", content_type="text/html"),
+    ):
+        with pytest.raises(CIMDError):
+            SafeMetadataFetcher()._read_document(response)

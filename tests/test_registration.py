@@ -103,7 +103,7 @@ def assert_error_page_without_redirect(response: Any) -> None:
     ],
 )
 def test_dcr_01_non_json_object_body_is_invalid_client_metadata(client, body, content_type):
-    """DCR-01: only a JSON object in an application/json body registers a client."""
+    """DCR-01 / DCR-06: only a JSON object in an application/json body registers a client."""
     before = row_counts()
     response = client.post(REGISTER, data=body, content_type=content_type)
     assert_registration_error(response, "invalid_client_metadata")
@@ -138,7 +138,7 @@ FULL_METADATA = {
 
 
 def test_dcr_04_confidential_registration_echoes_everything(client):
-    """DCR-04: 201, no-store, client_id + issue time, secret with expiry 0, all metadata, RFC 7592 handles."""
+    """DCR-03 / DCR-04: every RFC 7591 field accepted; 201, no-store, client_id + issue time, secret with expiry 0, all metadata, RFC 7592 handles."""
     started = int(time.time())
     response = register(client, FULL_METADATA)
     assert response.status_code == 201, response.content

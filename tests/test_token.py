@@ -563,3 +563,74 @@ def test_rev02_another_client_cannot_revoke_my_token(issued) -> None:
     row = access_token_row(body["access_token"])
     assert row is not None and row.is_valid()
     assert tokens(refresh(body["refresh_token"], code.client_id))["access_token"]
+
+
+# --- AS-01, AS-24, AS-25, AS-46, BCP-09 ------------------------------------------------------
+
+
+def test_as01_confidential_client_must_authenticate_at_the_token_endpoint() -> None:
+    """AS-01 / AS-03: OAuth 2.1 for confidential clients too: the code alone is not enough."""
+    client = MCPClientFactory(
+        redirect_uris=[REDIRECT_URI], token_endpoint_auth_method="client_secret_basic"
+    )
+    secret = client.registered.client_secret
+    flow = authorized(client)
+    for attempt in (flow.redeem(), flow.redeem(client_secret="wrong")):
+        assert attempt.status_code == 401 and attempt.json()["error"] == "invalid_client"
+        assert "no-store" in attempt["Cache-Control"]
+    response = flow.redeem(client_secret=secret)
+    assert tokens(response)["access_token"]
+
+
+def test_as24_no_code_can_exist_without_a_challenge() -> None:
+    """AS-24 / BCP-05: PKCE is mandatory, so a code_verifier can never meet a code issued without
+    a code_challenge: an authorization request without one is refused before any page."""
+    client = MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    params = authorize_params(client)
+    del params["code_challenge"], params["code_challenge_method"]
+    response = Browser().authorize(params)
+    assert response.status_code == 302 and "error=invalid_request" in response["Location"]
+    assert not get_grant_model().objects.exists()
+
+
+def test_as25_code_challenge_is_never_returned() -> None:
+    """AS-25: the client's challenge does not travel on: not to the upstream (which gets our
+    own challenge), not in the redirect to the client, not in the token response."""
+    client = MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    verifier, challenge = pkce_pair()
+    browser = Browser()
+    browser.login_upstream()
+    page = browser.authorize(authorize_params(client, challenge=challenge))
+    to_upstream = browser.post_form(page, "approve")["Location"]
+    assert "code_challenge=" in to_upstream and challenge not in to_upstream
+    final = browser.get(browser.through_upstream(to_upstream)["Location"])
+    assert challenge not in final["Location"]
+    body = post_token(
+        {
+            "grant_type": "authorization_code",
+            "code": code_from(final),
+            "client_id": client.application.client_id,
+            "redirect_uri": REDIRECT_URI,
+            "code_verifier": verifier,
+        }
+    )
+    assert body.status_code == 200 and challenge not in body.content.decode()
+
+
+def test_as46_refresh_token_expires_after_its_lifetime(issued) -> None:
+    """AS-46 / BCP-08: refresh tokens have a lifetime (REFRESH_TOKEN_EXPIRE_SECONDS)."""
+    flow, body = issued
+    lifetime = settings.OAUTH2_PROVIDER["REFRESH_TOKEN_EXPIRE_SECONDS"]
+    assert lifetime and lifetime <= 60 * 60 * 24 * 90
+    old = timezone.now() - timedelta(seconds=lifetime + 3600)
+    AccessToken.objects.filter(pk=access_token_row(body["access_token"]).pk).update(
+        expires=old, created=old
+    )
+    RefreshToken.objects.filter(token_checksum=checksum(body["refresh_token"])).update(created=old)
+    assert_token_error(refresh(body["refresh_token"], flow.client_id), "invalid_grant")
+
+
+def test_bcp09_access_token_is_audience_restricted(issued) -> None:
+    """BCP-09 / AS-33 / AS-30: the token is bound to the MCP resource it was requested for."""
+    _flow, body = issued
+    assert access_token_row(body["access_token"]).resource == [RESOURCE]

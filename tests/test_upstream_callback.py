@@ -250,3 +250,73 @@ def test_upstream_token_endpoint_failure_leaves_nothing_half_written(
     assert not Consent.objects.exists() and not UpstreamToken.objects.exists()
     assert not get_grant_model().objects.exists()
     assert AuthorizationTransaction.objects.get().outcome == "failed"
+
+
+def test_as53_no_code_before_the_user_is_authenticated(client_a) -> None:
+    """AS-53 / BCP-02: approving on our page yields no code; only the callback after the
+    upstream authenticated the user redirects to the client with one."""
+    browser = Browser()
+    page = browser.authorize(authorize_params(client_a))
+    to_upstream = browser.post_form(page, "approve")
+    assert to_upstream["Location"].startswith("http://localhost:8001/")
+    assert "code=" not in to_upstream["Location"].split("?", 1)[0]
+    assert not Consent.objects.exists()
+
+
+def test_bcp03_state_is_one_time_and_bound_to_the_user_agent(client_a) -> None:
+    """BCP-03 (RFC 9700 §4.7.1): our upstream state is single use and bound to this browser;
+    see the replay and other-browser tests above for the refusals."""
+    browser = Browser()
+    first = query_of(approved(browser, client_a))["state"][0]
+    second = query_of(approved(browser, client_a))["state"][0]
+    assert first != second
+    assert AuthorizationTransaction.objects.values("binding_hash").distinct().count() == 1
+
+
+def test_bcp04_mix_up_defence_uses_the_upstream_issuer(client_a) -> None:
+    """BCP-04 / MU-03: the callback compares `iss` with the configured upstream issuer."""
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    assert query_of(callback)["iss"] == [settings_upstream_issuer()]
+    assert browser.get(callback).status_code == 302
+
+
+def settings_upstream_issuer() -> str:
+    from django.conf import settings
+
+    return settings.MCP_CONSENT["UPSTREAM"]["ISSUER"]
+
+
+@pytest.fixture
+def remembering(settings):
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "REMEMBER_CONSENT": True}
+
+
+def test_cd03_consent_lives_server_side_and_cookies_cannot_forge_it(client_a, remembering) -> None:
+    """CD-03: consent is a server-side record; copying or forging cookies grants nothing.
+
+    The victim's browser-binding cookie, copied into another browser, does not make the
+    remembered-consent path skip the page there (it needs the victim's session).
+    """
+    victim = Browser()
+    victim.login_upstream()
+    victim.run_flow(authorize_params(client_a))
+    thief = Browser()
+    thief.client.cookies["__Host-mcp_consent_tx"] = victim.client.cookies[
+        "__Host-mcp_consent_tx"
+    ].value
+    thief.client.cookies["__Host-sessionid"] = "forged-session-value"
+    page = thief.authorize(authorize_params(client_a), **{"Sec-Fetch-Site": "none"})
+    assert page.status_code == 200 and "Approve" in page.content.decode()
+
+
+def test_cd06_cleared_cookies_show_the_page_again(client_a, remembering) -> None:
+    """CD-06: with remembering on, a browser without the user's session gets the page."""
+    browser = Browser()
+    browser.login_upstream()
+    browser.run_flow(authorize_params(client_a))
+    remembered = browser.authorize(authorize_params(client_a), **{"Sec-Fetch-Site": "none"})
+    assert remembered.status_code == 302  # straight upstream: the user is known here
+    browser.client.cookies.clear()
+    page = browser.authorize(authorize_params(client_a), **{"Sec-Fetch-Site": "none"})
+    assert page.status_code == 200 and "Approve" in page.content.decode()
