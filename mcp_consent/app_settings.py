@@ -143,6 +143,22 @@ class AppSettings:
         return str(self._get("TRANSACTION_COOKIE_NAME", "__Host-mcp_consent_tx"))
 
     @property
+    def RATE_LIMITS(self) -> dict[str, tuple[int, int]]:
+        """Per-IP (requests, seconds) for "register", "authorize", "token"; {} turns them off."""
+        default = {"register": (20, 3600), "authorize": (120, 60), "token": (120, 60)}
+        return {k: tuple(v) for k, v in self._get("RATE_LIMITS", default).items()}  # type: ignore[misc]
+
+    @property
+    def MAX_UNUSED_DCR_CLIENTS(self) -> int:
+        """Refuse new dynamic registrations while this many DCR clients were never used."""
+        return int(self._get("MAX_UNUSED_DCR_CLIENTS", 5000))
+
+    @property
+    def UNUSED_CLIENT_DAYS(self) -> int:
+        """`mcp_consent_cleanup` deletes DCR clients unused for this many days."""
+        return int(self._get("UNUSED_CLIENT_DAYS", 30))
+
+    @property
     def ADAPTER(self) -> Any:
         """The project's customisation point: an instance of the configured adapter class."""
         return import_string(self._get("ADAPTER", "mcp_consent.adapter.DefaultConsentAdapter"))()

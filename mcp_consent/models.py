@@ -111,6 +111,9 @@ class Consent(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     revoke_reason = models.CharField(max_length=255, blank=True)
+    expired_at = models.DateTimeField(
+        null=True, blank=True, help_text=_("When the hygiene command retired it after expires_at.")
+    )
     ip_address = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=512, blank=True)
 
@@ -148,9 +151,17 @@ class AuthorizationTransaction(models.Model):
         DENIED = "denied", _("Denied upstream")
         FAILED = "failed", _("Failed")
 
+    class Purpose(models.TextChoices):
+        AUTHORIZE = "authorize", _("Authorize an MCP client")
+        SIGN_IN = "sign_in", _("Sign in to Connected apps")
+
     state_hash = models.CharField(max_length=64, unique=True)
     binding_hash = models.CharField(max_length=64)
-    client = models.ForeignKey(MCPClient, on_delete=models.CASCADE, related_name="transactions")
+    purpose = models.CharField(max_length=10, choices=Purpose.choices, default=Purpose.AUTHORIZE)
+    # Null only for SIGN_IN: the person signs in to manage their apps, no client involved.
+    client = models.ForeignKey(
+        MCPClient, null=True, blank=True, on_delete=models.CASCADE, related_name="transactions"
+    )
     # The validated authorization request, re-validated by DOT on resume (CD-48).
     authorization_query = models.TextField()
     redirect_uri = models.CharField(max_length=2048)
@@ -227,3 +238,97 @@ class UpstreamToken(models.Model):
 
     def __str__(self) -> str:
         return f"Upstream token of consent #{self.consent_id}"
+
+
+class AuditEventQuerySet(models.QuerySet):
+    """Append-only: bulk updates and deletes are refused like single ones."""
+
+    def update(self, **kwargs):  # type: ignore[no-untyped-def]
+        raise AuditImmutableError("audit events cannot be changed")
+
+    def delete(self):  # type: ignore[no-untyped-def]
+        raise AuditImmutableError("audit events cannot be deleted")
+
+
+class AuditImmutableError(Exception):
+    """An attempt to change or delete an AuditEvent."""
+
+
+class AuditEvent(models.Model):
+    """One security-relevant event, hash-chained to the one before (tamper evidence).
+
+    Written by ``mcp_consent.audit.record`` in the same transaction as the change it
+    describes. No foreign keys: deleting a user or a client must not touch the trail, so the
+    subjects are kept as plain identifiers. Never holds a secret.
+    """
+
+    class Action(models.TextChoices):
+        CLIENT_REGISTERED = "client_registered", _("Client registered")
+        CLIENT_UPDATED = "client_updated", _("Client updated")
+        CLIENT_DISABLED = "client_disabled", _("Client disabled")
+        CLIENT_DELETED = "client_deleted", _("Client deleted")
+        REGISTRATION_REFUSED = "registration_refused", _("Registration refused")
+        CONSENT_SHOWN = "consent_shown", _("Consent page shown")
+        CONSENT_APPROVED = "consent_approved", _("Consent approved")
+        CONSENT_DENIED = "consent_denied", _("Consent denied")
+        CONSENT_GRANTED = "consent_granted", _("Consent recorded after sign-in")
+        CONSENT_REVOKED = "consent_revoked", _("Consent revoked")
+        CONSENT_EXPIRED = "consent_expired", _("Consent expired")
+        CALLBACK_ACCEPTED = "callback_accepted", _("Upstream callback accepted")
+        CALLBACK_REFUSED = "callback_refused", _("Upstream callback refused")
+        SIGNED_IN = "signed_in", _("Signed in through the upstream")
+        TOKEN_ISSUED = "token_issued", _("Token issued")
+        TOKEN_REFRESHED = "token_refreshed", _("Token refreshed")
+        TOKEN_REVOKED = "token_revoked", _("Token revoked")
+        REFRESH_TOKEN_REUSE = "refresh_token_reuse", _("Refresh-token reuse detected")
+        CODE_REUSE = "code_reuse", _("Authorization-code reuse detected")
+        UPSTREAM_TOKEN_REVOKED = "upstream_token_revoked", _("Upstream token revoked")
+        RATE_LIMITED = "rate_limited", _("Rate limit hit")
+
+    class Actor(models.TextChoices):
+        USER = "user", _("User")
+        OPERATOR = "operator", _("Operator")
+        CLIENT = "client", _("Client")
+        ANONYMOUS = "anonymous", _("Anonymous")
+        SYSTEM = "system", _("System")
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    action = models.CharField(max_length=32, choices=Action.choices, db_index=True)
+    actor_type = models.CharField(max_length=10, choices=Actor.choices)
+    actor_user_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    actor_label = models.CharField(max_length=255, blank=True)
+    subject_user_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    client_id = models.CharField(max_length=255, blank=True, db_index=True)
+    consent_id = models.BigIntegerField(null=True, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=512, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    previous_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-pk"]
+        indexes = [models.Index(fields=["client_id", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} ({self.actor_type})"
+
+    def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.pk is not None:
+            raise AuditImmutableError("audit events cannot be changed")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AuditImmutableError("audit events cannot be deleted")
+
+
+class AuditChainHead(models.Model):
+    """A single row, locked by every audit write: one chain, no forks, across processes."""
+
+    last_hash = models.CharField(max_length=64, default="0" * 64)
+    last_event_id = models.BigIntegerField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"audit chain head (event #{self.last_event_id})"

@@ -16,8 +16,6 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from django.utils import timezone
-from oauth2_provider.models import get_refresh_token_model
 from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauthlib.common import Request
 from oauthlib.oauth2 import Server
@@ -185,19 +183,34 @@ class MCPOAuth2Validator(OAuth2Validator):
         flows.revoke_tokens_of_reused_code(code, client)
         return False
 
-    def save_bearer_token(
+    def _save_bearer_token(
         self, token: dict[str, Any], request: Request, *args: Any, **kwargs: Any
     ) -> Any:
-        result = super().save_bearer_token(token, request, *args, **kwargs)
-        if request.grant_type == "authorization_code" and token.get("refresh_token"):
-            from . import flows
+        """Inside DOT's transaction: link the code to its token family (AS-41) and audit."""
+        from . import flows
 
-            checksum = hashlib.sha256(token["refresh_token"].encode()).hexdigest()
-            family = (
-                get_refresh_token_model()
-                .objects.filter(token_checksum=checksum)
-                .values_list("token_family", flat=True)
-                .first()
-            )
-            flows.record_code_redemption(request.code, family, when=timezone.now())
+        result = super()._save_bearer_token(token, request, *args, **kwargs)
+        flows.record_token_issued(token, request)
         return result
+
+    def validate_refresh_token(
+        self, refresh_token: str, client: Any, request: Request, *args: Any, **kwargs: Any
+    ) -> bool:
+        if super().validate_refresh_token(refresh_token, client, request, *args, **kwargs):
+            return True
+        from . import flows
+
+        # AS-44: DOT revoked the family if this was a rotated token presented again; audit it.
+        flows.record_refresh_token_reuse(refresh_token, client)
+        return False
+
+    def revoke_token(
+        self, token: str, token_type_hint: str | None, request: Request, *args: Any, **kwargs: Any
+    ) -> None:
+        """RFC 7009 with the cascade: the client's last token revoked ends its consent (UP-09)."""
+        from . import flows
+
+        owner = flows.token_owner(token, request.client)
+        super().revoke_token(token, token_type_hint, request, *args, **kwargs)
+        if owner is not None:
+            flows.record_token_revoked(owner, request.client)

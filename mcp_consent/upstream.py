@@ -161,3 +161,23 @@ def fetch_identity(access_token: str) -> dict[str, Any]:
     if subject in (None, "") or isinstance(subject, (dict, list, bool)):
         raise UpstreamError(f"user info has no {upstream.subject_field!r}")
     return body
+
+
+def revoke_token(token: str, token_type_hint: str) -> bool:
+    """RFC 7009 revocation at the upstream (UP-09). False when none is configured."""
+    upstream = app_settings.UPSTREAM
+    if not upstream.revocation_url or not token:
+        return False
+    try:
+        response = http_session().post(
+            upstream.revocation_url,
+            data={"token": token, "token_type_hint": token_type_hint},
+            auth=(upstream.client_id, upstream.client_secret),
+            timeout=upstream.timeout,
+            allow_redirects=False,
+        )
+    except requests.RequestException as exc:
+        raise UpstreamError(f"revocation endpoint unreachable: {type(exc).__name__}") from None
+    if response.status_code != 200:
+        raise UpstreamError(f"revocation endpoint answered HTTP {response.status_code}")
+    return True

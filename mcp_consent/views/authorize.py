@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import render
+from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import csrf_protect
@@ -28,11 +29,17 @@ from oauth2_provider.compat import login_not_required
 from oauth2_provider.exceptions import FatalClientError, OAuthToolkitError
 from oauth2_provider.views import AuthorizationView
 
-from .. import flows, upstream
+from .. import flows, ratelimit, upstream
 from ..app_settings import app_settings
 from ..models import Consent, MCPClient, RegistrationSource
 from ..registration import is_loopback_host
-from .common import as_authorization_request, error_page, protect_page, redirect_to_client
+from .common import (
+    as_authorization_request,
+    error_page,
+    protect_page,
+    redirect_to_client,
+    too_many_requests,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +114,11 @@ class AuthorizeView(AuthorizationView):
         # That also drops DOT's client-controllable approval_prompt and skip_authorization,
         # which must not decide consent here.
         self.oauth2_data: dict[str, Any] = {}
+        limited = ratelimit.hit("authorize", request)
+        if limited is not None:
+            if limited.first_refusal:
+                flows.record_rate_limited("authorize", request)
+            return too_many_requests(request, limited, html=True)
         if request.method == "GET":
             return self.show(request)
         if request.method == "POST":
@@ -155,7 +167,8 @@ class AuthorizeView(AuthorizationView):
                 ar.redirect_uri, {"error": error, "state": ar.state}, post=False
             )
         if self.remembered(request, ar):
-            return self.approve(request, ar)
+            return self.approve(request, ar, remembered=True)
+        flows.record_consent_shown(ar.client, ar.scopes, ar.redirect_uri, request)
         return self.consent_page(request, ar)
 
     def remembered(self, request: HttpRequest, ar: AuthorizationRequest) -> bool:
@@ -177,7 +190,7 @@ class AuthorizeView(AuthorizationView):
             resource=ar.resource,
             client_metadata_version=ar.client.metadata_version,
             revoked_at__isnull=True,
-            expires_at__gt=flows.timezone.now(),
+            expires_at__gt=timezone.now(),
         ).values_list("scopes", flat=True)
         wanted = set(ar.scopes)
         return any(wanted <= set(scopes.split()) for scopes in candidates)
@@ -230,7 +243,9 @@ class AuthorizeView(AuthorizationView):
             return ar
         decision = request.POST.get("decision")
         if decision == "deny":
-            # CD-18: access_denied with the client's state and iss; nothing stored or sent upstream.
+            # CD-18: access_denied with the client's state and iss; nothing stored or sent
+            # upstream; the decision itself goes to the audit trail.
+            flows.record_denial(ar.client, ar.scopes, ar.redirect_uri, request)
             return redirect_to_client(
                 ar.redirect_uri,
                 {
@@ -252,7 +267,9 @@ class AuthorizeView(AuthorizationView):
             )
         return self.approve(request, ar)
 
-    def approve(self, request: HttpRequest, ar: AuthorizationRequest) -> HttpResponse:
+    def approve(
+        self, request: HttpRequest, ar: AuthorizationRequest, *, remembered: bool = False
+    ) -> HttpResponse:
         """CD-41/42: the pending state exists only from here on, set with the redirect upstream."""
         name = app_settings.TRANSACTION_COOKIE_NAME
         binding = request.get_signed_cookie(
@@ -266,6 +283,7 @@ class AuthorizeView(AuthorizationView):
             resource=ar.resource,
             binding=binding,
             request=request,
+            remembered=remembered,
         )
         response = HttpResponse(status=303 if request.method == "POST" else 302)
         response["Location"] = upstream.authorization_url(

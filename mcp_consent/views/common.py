@@ -9,7 +9,14 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect, QueryDict
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    HttpResponseRedirect,
+    JsonResponse,
+    QueryDict,
+)
 from django.shortcuts import render
 from django.utils.cache import add_never_cache_headers
 
@@ -78,6 +85,20 @@ def error_page(
         {"title": title, "message": message, "upstream_name": app_settings.UPSTREAM.name},
         status=status,
     )
+
+
+def too_many_requests(request: HttpRequest, limited: Any, *, html: bool = False) -> HttpResponse:
+    """429 with Retry-After and an OAuth error body (DCR-02, issue 4 abuse limits)."""
+    description = f"Too many requests from this address; retry after {limited.retry_after} seconds."
+    if html:
+        response = error_page(request, "Too many requests", description, status=429)
+    else:
+        response = JsonResponse(
+            {"error": "temporarily_unavailable", "error_description": description}, status=429
+        )
+        response["Cache-Control"] = "no-store"
+    response["Retry-After"] = str(limited.retry_after)
+    return response
 
 
 @protect_page

@@ -20,10 +20,11 @@ from oauth2_provider.views import (
     DynamicClientRegistrationView,
 )
 
-from .. import flows
+from .. import audit, flows, ratelimit
 from ..app_settings import app_settings
 from ..models import MCPClient, RegistrationSource
 from ..registration import RegistrationError, clean_client_metadata
+from .common import too_many_requests
 
 MAX_BODY = 64 * 1024
 
@@ -93,6 +94,13 @@ class RegistrationView(DynamicClientRegistrationView):
         classes = oauth2_settings.DCR_REGISTRATION_PERMISSION_CLASSES
         return bool(classes) and all(cls().has_permission(request) for cls in classes)
 
+    def unused_clients_over_cap(self) -> bool:
+        """A cap on never-used DCR clients: a flood of registrations cannot grow without bound."""
+        unused = MCPClient.objects.filter(
+            registration_source=RegistrationSource.DCR, last_used_at__isnull=True
+        )
+        return unused.count() >= app_settings.MAX_UNUSED_DCR_CLIENTS
+
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not self.registration_permitted(request):
             response = JsonResponse(
@@ -101,11 +109,33 @@ class RegistrationView(DynamicClientRegistrationView):
             )
             response["WWW-Authenticate"] = "Bearer"
             return response
+        limited = ratelimit.hit("register", request)
+        if limited is not None:
+            # DCR-02: open registration, but not an unbounded one.
+            if limited.first_refusal:
+                flows.record_rate_limited("register", request)
+            return too_many_requests(request, limited)
+        if self.unused_clients_over_cap():
+            flows.record_registration_refused(
+                "temporarily_unavailable", "too many unused clients", request
+            )
+            response = JsonResponse(
+                {
+                    "error": "temporarily_unavailable",
+                    "error_description": "Registration is paused; retry later.",
+                },
+                status=429,
+            )
+            response["Retry-After"] = "3600"
+            return response
         try:
             metadata = clean_client_metadata(_parse(request), RegistrationSource.DCR)
         except RegistrationError as error:
+            flows.record_registration_refused(error.error, error.description, request)
             return _error(error)
-        registered = flows.register_client(metadata, RegistrationSource.DCR)
+        registered = flows.register_client(
+            metadata, RegistrationSource.DCR, actor=audit.actor_from(request), request=request
+        )
         return _json(
             client_information(
                 registered.client,
@@ -120,6 +150,18 @@ class RegistrationView(DynamicClientRegistrationView):
 @method_decorator(never_cache, name="dispatch")
 class RegistrationManagementView(DynamicClientRegistrationManagementView):
     """GET/PUT/DELETE /register/<client_id>/ (RFC 7592) with DOT's token authentication."""
+
+    def _authenticate_registration_request(self, request: HttpRequest, client_id: str) -> Any:
+        auth = super()._authenticate_registration_request(request, client_id)
+        if not isinstance(auth, HttpResponse) and auth.application.mcp_client.is_disabled:
+            # A client an operator disabled cannot re-register itself into use (MGMT-05).
+            response = JsonResponse(
+                {"error": "invalid_token", "error_description": "the client is disabled"},
+                status=401,
+            )
+            response["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+            return response
+        return auth
 
     def get(self, request: HttpRequest, client_id: str, *args: Any, **kwargs: Any) -> HttpResponse:
         auth = self._authenticate_registration_request(request, client_id)
@@ -165,8 +207,11 @@ class RegistrationManagementView(DynamicClientRegistrationManagementView):
                     "token_endpoint_auth_method cannot change between public and confidential",
                 )
         except RegistrationError as error:
+            flows.record_registration_refused(error.error, error.description, request)
             return _error(error)
-        client = flows.update_client(client, metadata)
+        client = flows.update_client(
+            client, metadata, actor=audit.client_actor(client), request=request
+        )
         return _json(
             client_information(client, request, registration_access_token=auth.presented_token)
         )
@@ -177,5 +222,12 @@ class RegistrationManagementView(DynamicClientRegistrationManagementView):
         auth = self._authenticate_registration_request(request, client_id)
         if isinstance(auth, HttpResponse):
             return auth
-        flows.delete_client(auth.application.mcp_client)
+        client = auth.application.mcp_client
+        # MGMT-04: the same cascade as an operator's delete (UP-09).
+        flows.delete_client(
+            client,
+            actor=audit.client_actor(client),
+            reason="deleted by the client (RFC 7592)",
+            request=request,
+        )
         return HttpResponse(status=204)

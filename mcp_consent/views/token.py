@@ -13,11 +13,19 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from oauth2_provider import views as dot_views
 
+from .. import flows, ratelimit
+from .common import too_many_requests
+
 
 class TokenView(dot_views.TokenView):
     """POST /token/: every grant type goes through oauthlib's grant allowlist (AS-48)."""
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        limited = ratelimit.hit("token", request)
+        if limited is not None:
+            if limited.first_refusal:
+                flows.record_rate_limited("token", request)
+            return too_many_requests(request, limited)
         response = self.authorization_flow_token_response(request)
         if response.status_code != 200:
             # AS-48 / RFC 6749 §5.2: every error is JSON and never cached.

@@ -10,12 +10,14 @@ log the person in with a fresh session and redirect to the client with code, sta
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from django.contrib.auth import login
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.views import View
 from oauth2_provider.compat import login_not_required
@@ -32,6 +34,14 @@ log = logging.getLogger(__name__)
 Outcome = AuthorizationTransaction.Outcome
 
 AUTH_BACKEND = "django.contrib.auth.backends.ModelBackend"
+
+
+@dataclass(frozen=True)
+class UpstreamFailure:
+    """How an upstream failure is told to the client (never the upstream's own words)."""
+
+    error: str
+    description: str
 
 
 def _grant(tokens: dict[str, Any], identity: dict[str, Any]) -> flows.UpstreamGrant:
@@ -69,9 +79,9 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             max_age=app_settings.TRANSACTION_TTL,
         )
         try:
-            tx = flows.consume_transaction(request.GET.get("state", ""), binding)
+            tx = flows.consume_transaction(request.GET.get("state", ""), binding, request)
         except flows.CallbackRefused as refused:
-            # CD-43..47: no code exchange, no redirect to any client.
+            # CD-43..47: no code exchange, no redirect to any client (audited with the reason).
             log.info("upstream callback refused: %s", refused.reason)
             return error_page(
                 request,
@@ -79,13 +89,17 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                 "The sign-in link is expired, was already used, or was started in another browser. "
                 "Nothing was shared with any application. Start again from your application.",
             )
+        if tx.purpose == AuthorizationTransaction.Purpose.SIGN_IN:
+            return self.sign_in(request, tx)
 
         # CD-48: only the stored, re-validated request decides where the code goes.
         authz_request = as_authorization_request(request, tx.authorization_query)
         try:
             _scopes, credentials = self.validate_authorization_request(authz_request)
         except (FatalClientError, OAuthToolkitError):
-            flows.fail_transaction(tx, Outcome.FAILED, "authorization request no longer valid")
+            flows.fail_transaction(
+                tx, Outcome.FAILED, "authorization request no longer valid", request
+            )
             return error_page(
                 request,
                 "This sign-in cannot be completed",
@@ -94,54 +108,19 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             )
         state = credentials.get("state")
 
-        if "error" in request.GET:
-            # UP-06: the person declined at the upstream; the upstream's own text is not relayed.
-            flows.fail_transaction(tx, Outcome.DENIED, "upstream returned an error")
+        answer = self.upstream_answer(request, tx)
+        if isinstance(answer, HttpResponse):
+            return answer
+        if isinstance(answer, UpstreamFailure):
+            # UP-06: the upstream's own text is never relayed to the client.
             return redirect_to_client(
                 tx.redirect_uri,
-                {
-                    "error": "access_denied",
-                    "error_description": "Authorization was declined at the provider.",
-                    "state": state,
-                },
-                post=False,
-            )
-
-        config = app_settings.UPSTREAM
-        iss = request.GET.get("iss")
-        if (iss is None and config.require_iss) or (
-            iss is not None and config.issuer and iss != config.issuer
-        ):
-            # MU-03 / UP-04 (RFC 9207 §2.4): a response from another authorization server
-            # (mix-up), or without the `iss` an upstream that advertises it must send.
-            flows.fail_transaction(tx, Outcome.FAILED, "upstream iss missing or mismatched")
-            return error_page(
-                request,
-                "This sign-in cannot be completed",
-                "The provider's response did not come from the expected provider. Nothing was shared with the application.",
-            )
-
-        code = request.GET.get("code", "")
-        try:
-            if not code:
-                raise upstream.UpstreamError("callback without code")
-            tokens = upstream.exchange_code(code, vault.decrypt(tx.code_verifier_encrypted) or None)
-            grant = _grant(tokens, upstream.fetch_identity(tokens["access_token"]))
-        except upstream.UpstreamError as exc:
-            log.warning("upstream sign-in failed: %s", exc.reason)
-            flows.fail_transaction(tx, Outcome.FAILED, exc.reason)
-            return redirect_to_client(
-                tx.redirect_uri,
-                {
-                    "error": "server_error",
-                    "error_description": "The upstream provider could not complete the sign-in.",
-                    "state": state,
-                },
+                {"error": answer.error, "error_description": answer.description, "state": state},
                 post=False,
             )
 
         with transaction.atomic():
-            user, _consent = flows.complete_authorization(tx, grant, request)
+            user, _consent = flows.complete_authorization(tx, answer, request)
             resume = as_authorization_request(request, tx.authorization_query, user=user)
             uri, _headers, _body, _status = self.create_authorization_response(
                 resume, " ".join(tx.scopes.split()), credentials, allow=True
@@ -151,3 +130,51 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         # The session is rotated on login (session fixation); pending state never lived in it.
         login(request, user, backend=AUTH_BACKEND)  # type: ignore[arg-type]
         return redirect_to_client(uri, {}, post=False)
+
+    def upstream_answer(
+        self, request: HttpRequest, tx: AuthorizationTransaction
+    ) -> flows.UpstreamGrant | UpstreamFailure | HttpResponse:
+        """Check the upstream's answer, redeem its code, fetch the identity (UP-01..06, MU-03)."""
+        if "error" in request.GET:
+            flows.fail_transaction(tx, Outcome.DENIED, "upstream returned an error", request)
+            return UpstreamFailure("access_denied", "Authorization was declined at the provider.")
+        config = app_settings.UPSTREAM
+        iss = request.GET.get("iss")
+        if (iss is None and config.require_iss) or (
+            iss is not None and config.issuer and iss != config.issuer
+        ):
+            # MU-03 / UP-04 (RFC 9207 §2.4): a response from another authorization server
+            # (mix-up), or without the `iss` an upstream that advertises it must send.
+            flows.fail_transaction(
+                tx, Outcome.FAILED, "upstream iss missing or mismatched", request
+            )
+            return error_page(
+                request,
+                "This sign-in cannot be completed",
+                "The provider's response did not come from the expected provider. Nothing was shared with the application.",
+            )
+        code = request.GET.get("code", "")
+        try:
+            if not code:
+                raise upstream.UpstreamError("callback without code")
+            tokens = upstream.exchange_code(code, vault.decrypt(tx.code_verifier_encrypted) or None)
+            return _grant(tokens, upstream.fetch_identity(tokens["access_token"]))
+        except upstream.UpstreamError as exc:
+            log.warning("upstream sign-in failed: %s", exc.reason)
+            flows.fail_transaction(tx, Outcome.FAILED, exc.reason, request)
+            return UpstreamFailure(
+                "server_error", "The upstream provider could not complete the sign-in."
+            )
+
+    def sign_in(self, request: HttpRequest, tx: AuthorizationTransaction) -> HttpResponse:
+        """Connected apps: the same upstream leg, then the person's own page (no client)."""
+        answer = self.upstream_answer(request, tx)
+        if isinstance(answer, HttpResponse):
+            return answer
+        if isinstance(answer, UpstreamFailure):
+            return error_page(
+                request, "Sign-in did not complete", f"{answer.description} Nothing was changed."
+            )
+        user = flows.complete_sign_in(tx, answer, request)
+        login(request, user, backend=AUTH_BACKEND)  # type: ignore[arg-type]
+        return HttpResponseRedirect(reverse("mcp_consent:connections"))

@@ -1,0 +1,78 @@
+"""Every write of mcp_consent, each one transaction (STYLE.md 3).
+
+Views, the admin and management commands call these functions; nothing else writes.
+Security-relevant writes append their AuditEvent in the same transaction.
+"""
+
+from .abuse import record_rate_limited, record_registration_refused
+from .authorization import (
+    CallbackRefused,
+    PendingUpstream,
+    UpstreamGrant,
+    begin_sign_in,
+    begin_upstream_authorization,
+    complete_authorization,
+    complete_sign_in,
+    consume_transaction,
+    fail_transaction,
+    record_consent_shown,
+    record_denial,
+    record_issued_code,
+    revoke_tokens_of_reused_code,
+)
+from .clients import (
+    RegisteredClient,
+    client_record_for,
+    delete_client,
+    disable_client,
+    record_client,
+    register_client,
+    update_client,
+)
+from .common import client_ip, secret_hash, user_agent
+from .revocation import expire_consent, revoke_consent, revoke_consents, revoke_oauth_tokens
+from .tokens import (
+    record_refresh_token_reuse,
+    record_token_issued,
+    record_token_revoked,
+    token_owner,
+)
+from .upstream_tokens import REFRESH_MARGIN, refresh_upstream_token
+
+__all__ = [
+    "record_rate_limited",
+    "record_registration_refused",
+    "REFRESH_MARGIN",
+    "CallbackRefused",
+    "PendingUpstream",
+    "RegisteredClient",
+    "UpstreamGrant",
+    "begin_sign_in",
+    "begin_upstream_authorization",
+    "client_ip",
+    "client_record_for",
+    "complete_authorization",
+    "complete_sign_in",
+    "consume_transaction",
+    "delete_client",
+    "disable_client",
+    "expire_consent",
+    "fail_transaction",
+    "record_client",
+    "record_refresh_token_reuse",
+    "record_token_issued",
+    "record_token_revoked",
+    "token_owner",
+    "record_consent_shown",
+    "record_denial",
+    "record_issued_code",
+    "refresh_upstream_token",
+    "register_client",
+    "revoke_consent",
+    "revoke_consents",
+    "revoke_oauth_tokens",
+    "revoke_tokens_of_reused_code",
+    "secret_hash",
+    "update_client",
+    "user_agent",
+]

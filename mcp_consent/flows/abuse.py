@@ -1,0 +1,32 @@
+"""Refusals worth an audit row: rate limits and refused registrations."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+
+from .. import audit
+from ..models import AuditEvent
+
+
+def record_rate_limited(scope: str, request: HttpRequest) -> None:
+    """Once per window and address (a flood must not flood the audit trail too)."""
+    action = (
+        AuditEvent.Action.REGISTRATION_REFUSED
+        if scope == "register"
+        else AuditEvent.Action.RATE_LIMITED
+    )
+    audit.record(
+        action,
+        actor=audit.actor_from(request),
+        request=request,
+        details={"reason": "rate limit", "endpoint": scope},
+    )
+
+
+def record_registration_refused(error: str, description: str, request: HttpRequest) -> None:
+    audit.record(
+        AuditEvent.Action.REGISTRATION_REFUSED,
+        actor=audit.actor_from(request),
+        request=request,
+        details={"reason": "policy", "error": error, "description": description[:500]},
+    )

@@ -1,0 +1,400 @@
+"""Consent and the upstream leg: the pending transaction, the callback, codes."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import transaction
+from django.http import HttpRequest
+from django.utils import timezone
+from oauth2_provider.models import (
+    get_refresh_token_model,
+)
+
+from .. import audit, signals, vault
+from ..app_settings import app_settings
+from ..models import (
+    AuditEvent,
+    AuthorizationTransaction,
+    Consent,
+    MCPClient,
+    UpstreamIdentity,
+    UpstreamToken,
+)
+from .common import client_ip, secret_hash, user_agent
+
+# --- Consent and the upstream leg ----------------------------------------------------------
+
+
+@dataclass
+class PendingUpstream:
+    """What the approving view needs to send the browser upstream (never stored raw)."""
+
+    transaction: AuthorizationTransaction
+    state: str
+    code_verifier: str | None
+
+
+def begin_upstream_authorization(
+    *,
+    client: MCPClient,
+    authorization_query: str,
+    redirect_uri: str,
+    scopes: list[str],
+    resource: str,
+    binding: str,
+    request: HttpRequest,
+    remembered: bool = False,
+) -> PendingUpstream:
+    """Record an approved authorization request as a pending upstream hop (CD-41, CD-48).
+
+    Called only after the user pressed Approve (or, opt-in, a remembered consent matched).
+    The upstream ``state`` has 256 random bits (CD-40) and only its hash is stored.
+    """
+    upstream = app_settings.UPSTREAM
+    state = secrets.token_urlsafe(32)
+    verifier = secrets.token_urlsafe(48) if upstream.pkce else None
+    user = request.user if request.user.is_authenticated else None
+    now = timezone.now()
+    tx = AuthorizationTransaction.objects.create(
+        state_hash=secret_hash(state),
+        binding_hash=secret_hash(binding),
+        client=client,
+        authorization_query=authorization_query,
+        redirect_uri=redirect_uri,
+        scopes=" ".join(scopes),
+        upstream_scopes=" ".join(upstream.upstream_scopes_for(scopes)),
+        resource=resource,
+        code_verifier_encrypted=vault.encrypt(verifier or ""),
+        user=user,
+        ip_address=client_ip(request),
+        user_agent=user_agent(request),
+        created_at=now,
+        expires_at=now + timedelta(seconds=app_settings.TRANSACTION_TTL),
+    )
+    previously: set[str] = set()
+    if user is not None:
+        for granted in Consent.objects.filter(
+            user=user, client=client, revoked_at__isnull=True, expired_at__isnull=True
+        ).values_list("scopes", flat=True):
+            previously |= set(granted.split())
+    audit.record(
+        AuditEvent.Action.CONSENT_APPROVED,
+        actor=audit.actor_from(request),
+        request=request,
+        client=client,
+        details={
+            # SM-04: an elevation is visible as requested scopes beyond the granted ones.
+            "scopes_requested": scopes,
+            "scopes_previously_granted": sorted(previously),
+            "elevation": sorted(set(scopes) - previously),
+            "redirect_uri": redirect_uri,
+            "resource": resource,
+            "remembered": remembered,
+            "correlation_id": tx.pk,
+        },
+    )
+    return PendingUpstream(tx, state, verifier)
+
+
+def begin_sign_in(*, binding: str, request: HttpRequest) -> PendingUpstream:
+    """A sign-in for Connected apps: the same upstream leg, no client, only the base scopes."""
+    upstream = app_settings.UPSTREAM
+    state = secrets.token_urlsafe(32)
+    verifier = secrets.token_urlsafe(48) if upstream.pkce else None
+    now = timezone.now()
+    tx = AuthorizationTransaction.objects.create(
+        state_hash=secret_hash(state),
+        binding_hash=secret_hash(binding),
+        purpose=AuthorizationTransaction.Purpose.SIGN_IN,
+        client=None,
+        authorization_query="",
+        redirect_uri="",
+        scopes="",
+        upstream_scopes=" ".join(upstream.scopes),
+        resource="",
+        code_verifier_encrypted=vault.encrypt(verifier or ""),
+        ip_address=client_ip(request),
+        user_agent=user_agent(request),
+        created_at=now,
+        expires_at=now + timedelta(seconds=app_settings.TRANSACTION_TTL),
+    )
+    return PendingUpstream(tx, state, verifier)
+
+
+def record_consent_shown(
+    client: MCPClient, scopes: list[str], redirect_uri: str, request: HttpRequest
+) -> None:
+    audit.record(
+        AuditEvent.Action.CONSENT_SHOWN,
+        actor=audit.actor_from(request),
+        request=request,
+        client=client,
+        details={"scopes": scopes, "redirect_uri": redirect_uri},
+    )
+
+
+def record_denial(
+    client: MCPClient, scopes: list[str], redirect_uri: str, request: HttpRequest
+) -> None:
+    """CD-18: nothing stored but the decision itself, in the audit trail."""
+    audit.record(
+        AuditEvent.Action.CONSENT_DENIED,
+        actor=audit.actor_from(request),
+        request=request,
+        client=client,
+        details={"scopes": scopes, "redirect_uri": redirect_uri},
+    )
+
+
+class CallbackRefused(Exception):
+    """The upstream callback does not belong to a live transaction of this browser."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def consume_transaction(
+    state: str, binding: str | None, request: HttpRequest | None = None
+) -> AuthorizationTransaction:
+    """Claim the transaction of ``state`` for this browser, exactly once (CD-43..46).
+
+    The claim is a conditional UPDATE (consumed_at IS NULL): of concurrent callbacks with
+    one state, exactly one gets a row count of 1. Every refusal is audited with its reason.
+    """
+    tx: AuthorizationTransaction | None = None
+
+    def refuse(reason: str) -> CallbackRefused:
+        audit.record(
+            AuditEvent.Action.CALLBACK_REFUSED,
+            actor=audit.actor_from(request) if request is not None else audit.SYSTEM,
+            request=request,
+            client=tx.client if tx is not None else None,
+            details={"reason": reason, "correlation_id": tx.pk if tx is not None else None},
+        )
+        return CallbackRefused(reason)
+
+    if not state or len(state) > 512:
+        raise refuse("missing state")
+    tx = (
+        AuthorizationTransaction.objects.select_related("client__application")
+        .filter(state_hash=secret_hash(state))
+        .first()
+    )
+    if tx is None:
+        raise refuse("unknown state")
+    if binding is None or not hmac.compare_digest(tx.binding_hash, secret_hash(binding)):
+        # CD-43: a state from another browser (login CSRF, stolen callback URL).
+        raise refuse("state not bound to this browser")
+    now = timezone.now()
+    if tx.consumed_at is not None:
+        raise refuse("state already used")
+    if tx.expires_at <= now:
+        AuthorizationTransaction.objects.filter(pk=tx.pk, consumed_at__isnull=True).update(
+            consumed_at=now,
+            outcome=AuthorizationTransaction.Outcome.FAILED,
+            failure_reason="expired",
+        )
+        raise refuse("state expired")
+    claimed = AuthorizationTransaction.objects.filter(pk=tx.pk, consumed_at__isnull=True).update(
+        consumed_at=now
+    )
+    if claimed != 1:
+        raise refuse("state already used")
+    tx.consumed_at = now
+    return tx
+
+
+def fail_transaction(
+    tx: AuthorizationTransaction, outcome: str, reason: str, request: HttpRequest | None = None
+) -> None:
+    """A claimed transaction that ends without a grant (declined upstream, upstream error)."""
+    with transaction.atomic():
+        AuthorizationTransaction.objects.filter(pk=tx.pk).update(
+            outcome=outcome, failure_reason=reason[:255]
+        )
+        audit.record(
+            AuditEvent.Action.CALLBACK_REFUSED,
+            actor=audit.actor_from(request) if request is not None else audit.SYSTEM,
+            request=request,
+            client=tx.client,
+            details={"reason": reason, "outcome": outcome, "correlation_id": tx.pk},
+        )
+
+
+@dataclass
+class UpstreamGrant:
+    """What the upstream returned for one transaction (tokens are secrets: never logged)."""
+
+    subject: str
+    login: str
+    email: str
+    name: str
+    access_token: str
+    refresh_token: str
+    token_type: str
+    scopes: str
+    expires_at: Any
+    refresh_expires_at: Any
+    raw_identity: dict[str, Any]
+
+
+def complete_authorization(
+    tx: AuthorizationTransaction, grant: UpstreamGrant, request: HttpRequest
+) -> tuple[AbstractBaseUser, Consent]:
+    """Map the upstream identity to a user, record the consent and store the upstream token.
+
+    Runs inside the caller's transaction, together with the creation of the MCP
+    authorization code, so a failure leaves nothing half-written.
+    """
+    adapter = app_settings.ADAPTER
+    now = timezone.now()
+    identity = _identity_for(grant)
+    user = identity.user
+    client = tx.client
+    assert client is not None  # an AUTHORIZE transaction always has its client
+    consent = (
+        Consent.objects.select_for_update()
+        .filter(
+            user=user,
+            client=client,
+            redirect_uri=tx.redirect_uri,
+            scopes=tx.scopes,
+            resource=tx.resource,
+            client_metadata_version=client.metadata_version,
+            revoked_at__isnull=True,
+            expired_at__isnull=True,
+            expires_at__gt=now,
+        )
+        .first()
+    )
+    expires_at = now + timedelta(seconds=adapter.consent_lifetime(client, user))
+    if consent is None:
+        consent = Consent.objects.create(
+            user=user,
+            client=client,
+            redirect_uri=tx.redirect_uri,
+            scopes=tx.scopes,
+            upstream_scopes=tx.upstream_scopes,
+            resource=tx.resource,
+            client_metadata_version=client.metadata_version,
+            granted_at=now,
+            expires_at=expires_at,
+            ip_address=client_ip(request),
+            user_agent=user_agent(request),
+            last_used_at=now,
+        )
+        audit.record(
+            AuditEvent.Action.CONSENT_GRANTED,
+            actor=audit.ActorInfo(AuditEvent.Actor.USER, user.pk, user.get_username()),
+            request=request,
+            consent=consent,
+            details={
+                "scopes": tx.scopes,
+                "upstream_scopes": tx.upstream_scopes,
+                "correlation_id": tx.pk,
+            },
+        )
+        transaction.on_commit(lambda: signals.consent_granted.send(sender=Consent, consent=consent))
+    else:
+        consent.last_used_at, consent.expires_at = now, expires_at
+        consent.save(update_fields=["last_used_at", "expires_at"])
+    UpstreamToken.objects.update_or_create(
+        consent=consent,
+        defaults={
+            "identity": identity,
+            "access_token_encrypted": vault.encrypt(grant.access_token),
+            "refresh_token_encrypted": vault.encrypt(grant.refresh_token),
+            "token_type": grant.token_type,
+            "scopes": grant.scopes,
+            "expires_at": grant.expires_at,
+            "refresh_expires_at": grant.refresh_expires_at,
+        },
+    )
+    MCPClient.objects.filter(pk=client.pk).update(last_used_at=now)
+    AuthorizationTransaction.objects.filter(pk=tx.pk).update(
+        user=user, consent=consent, outcome=AuthorizationTransaction.Outcome.COMPLETED
+    )
+    audit.record(
+        AuditEvent.Action.CALLBACK_ACCEPTED,
+        actor=audit.ActorInfo(AuditEvent.Actor.USER, user.pk, user.get_username()),
+        request=request,
+        consent=consent,
+        details={"correlation_id": tx.pk, "upstream_login": grant.login},
+    )
+    return user, consent
+
+
+def _identity_for(grant: UpstreamGrant) -> UpstreamIdentity:
+    """(upstream provider, subject) -> the local user, created on first sight (the adapter)."""
+    adapter = app_settings.ADAPTER
+    upstream = app_settings.UPSTREAM
+    provider = upstream.issuer or upstream.authorize_url
+    identity = (
+        UpstreamIdentity.objects.select_for_update()
+        .filter(provider=provider, subject=grant.subject)
+        .first()
+    )
+    if identity is None:
+        identity = UpstreamIdentity.objects.create(
+            provider=provider, subject=grant.subject, user=adapter.create_user(grant)
+        )
+    identity.login, identity.email, identity.last_login_at = (
+        grant.login,
+        grant.email,
+        timezone.now(),
+    )
+    identity.save(update_fields=["login", "email", "last_login_at"])
+    adapter.update_user(identity.user, grant)
+    return identity
+
+
+def complete_sign_in(
+    tx: AuthorizationTransaction, grant: UpstreamGrant, request: HttpRequest
+) -> AbstractBaseUser:
+    """Connected apps sign-in: map the identity to the user; no consent, no token is kept."""
+    with transaction.atomic():
+        user = _identity_for(grant).user
+        AuthorizationTransaction.objects.filter(pk=tx.pk).update(
+            user=user, outcome=AuthorizationTransaction.Outcome.COMPLETED
+        )
+        audit.record(
+            AuditEvent.Action.SIGNED_IN,
+            actor=audit.ActorInfo(AuditEvent.Actor.USER, user.pk, user.get_username()),
+            request=request,
+            details={"correlation_id": tx.pk, "upstream_login": grant.login},
+        )
+    return user
+
+
+def record_issued_code(tx: AuthorizationTransaction, code: str) -> None:
+    AuthorizationTransaction.objects.filter(pk=tx.pk).update(code_hash=secret_hash(code))
+
+
+def revoke_tokens_of_reused_code(hashed_code: str, application: Any) -> bool:
+    """AS-41: a second redemption of a code revokes the tokens issued for the first."""
+    tx = (
+        AuthorizationTransaction.objects.filter(
+            code_hash=hashed_code, client__application=application, code_redeemed_at__isnull=False
+        )
+        .exclude(token_family=None)
+        .first()
+    )
+    if tx is None:
+        return False
+    with transaction.atomic():
+        get_refresh_token_model().revoke_family(tx.token_family)
+        audit.record(
+            AuditEvent.Action.CODE_REUSE,
+            actor=audit.client_actor(tx.client),
+            client=tx.client,
+            subject_user_id=tx.user_id,
+            details={"correlation_id": tx.pk, "tokens_revoked": True},
+        )
+    return True

@@ -1,0 +1,344 @@
+"""Clients: registration (DCR, CIMD, admin), updates, disabling, deletion."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import transaction
+from django.http import HttpRequest
+from django.utils import timezone
+from oauth2_provider.models import (
+    get_access_token_model,
+    get_application_model,
+    get_refresh_token_model,
+    set_token_value,
+)
+from oauth2_provider.settings import oauth2_settings
+
+from .. import audit, signals
+from ..models import (
+    AuditEvent,
+    Consent,
+    MCPClient,
+    RedirectURI,
+    RegistrationSource,
+)
+from ..registration import ClientMetadata, clean_client_metadata, fetched_cimd_metadata
+
+# --- Clients -------------------------------------------------------------------------------
+
+
+@dataclass
+class RegisteredClient:
+    """A freshly registered client with the secrets that are shown exactly once."""
+
+    client: MCPClient
+    metadata: ClientMetadata
+    client_secret: str | None
+    registration_access_token: str | None
+
+
+def _sync_redirect_uris(client: MCPClient, uris: list[str]) -> None:
+    now = timezone.now()
+    active = {r.uri: r for r in client.redirect_uris.filter(removed_at__isnull=True)}
+    for uri, row in active.items():
+        if uri not in uris:
+            row.removed_at = now
+            row.save(update_fields=["removed_at"])
+    RedirectURI.objects.bulk_create(
+        [RedirectURI(client=client, uri=u, added_at=now) for u in uris if u not in active]
+    )
+
+
+def _apply_metadata(application: Any, metadata: ClientMetadata) -> None:
+    application.name = metadata.client_name
+    application.redirect_uris = " ".join(metadata.redirect_uris)
+    application.authorization_grant_type = application.GRANT_AUTHORIZATION_CODE
+
+
+def _issue_registration_token(application: Any) -> str:
+    """RFC 7592 registration access token: high entropy, bound to one client (MGMT-05)."""
+    raw = secrets.token_urlsafe(48)
+    token = get_access_token_model()(
+        application=application,
+        user=None,
+        expires=timezone.now() + timedelta(days=365 * 100),
+        scope=oauth2_settings.DCR_REGISTRATION_SCOPE,
+    )
+    set_token_value(token, raw)
+    token.save()
+    return raw
+
+
+def record_client(
+    application: Any,
+    metadata: ClientMetadata,
+    source: str,
+    *,
+    actor: audit.ActorInfo | None = None,
+    request: HttpRequest | None = None,
+) -> MCPClient:
+    """THE writer of MCPClient and RedirectURI rows, for DCR, CIMD and admin registrations.
+
+    A change of anything the consent page shows bumps ``metadata_version`` (no remembered
+    consent of the old version applies, CD-04) and revokes the consents bound to what
+    changed: all of them for a new name or client URI, those of removed redirect URIs
+    otherwise (MGMT-06, CIMD-12).
+    """
+    from .revocation import revoke_consents
+
+    actor = actor or audit.client_actor(None)
+    stale: list[Consent] = []
+    with transaction.atomic():
+        client = MCPClient.objects.select_for_update().filter(application=application).first()
+        if client is None:
+            client = MCPClient.objects.create(
+                application=application,
+                registration_source=source,
+                # Admin-registered: vouched for by an operator. CIMD: the metadata was served
+                # by the client_id's own https origin, so the domain is verified (the page
+                # shows the domain, not a claim about the software). DCR: self-asserted.
+                verified=source in {RegistrationSource.ADMIN, RegistrationSource.CIMD},
+                **_client_fields(metadata),
+            )
+            _sync_redirect_uris(client, metadata.redirect_uris)
+            audit.record(
+                AuditEvent.Action.CLIENT_REGISTERED,
+                actor=actor,
+                request=request,
+                client=client,
+                details={
+                    "source": source,
+                    "redirect_uris": metadata.redirect_uris,
+                    "client_name": metadata.client_name,
+                },
+            )
+            transaction.on_commit(
+                lambda: signals.client_registered.send(sender=MCPClient, client=client)
+            )
+            return client
+        before = client.metadata
+        shown_before = (
+            before.get("client_name", ""),
+            tuple(before.get("redirect_uris", [])),
+            client.client_uri,
+            client.logo_uri,
+        )
+        for key, value in _client_fields(metadata).items():
+            setattr(client, key, value)
+        changed = shown_before != metadata.displayed
+        if changed:
+            client.metadata_version += 1
+            active = Consent.objects.filter(
+                client=client, revoked_at__isnull=True, expired_at__isnull=True
+            )
+            if (
+                shown_before[0] != metadata.client_name
+                or shown_before[2:] != metadata.displayed[2:]
+            ):
+                stale = list(active)
+            else:
+                stale = list(active.exclude(redirect_uri__in=metadata.redirect_uris))
+        client.save()
+        _sync_redirect_uris(client, metadata.redirect_uris)
+        if changed or before != client.metadata:
+            audit.record(
+                AuditEvent.Action.CLIENT_UPDATED,
+                actor=actor,
+                request=request,
+                client=client,
+                details={
+                    "displayed_metadata_changed": changed,
+                    "redirect_uris": metadata.redirect_uris,
+                    "client_name": metadata.client_name,
+                    "consents_invalidated": len(stale),
+                },
+            )
+        if stale:
+            revoke_consents(stale, actor=actor, reason="client metadata changed", request=request)
+    return client
+
+
+def register_client(
+    metadata: ClientMetadata,
+    source: str,
+    *,
+    user: AbstractBaseUser | None = None,
+    issue_registration_token: bool = True,
+    actor: audit.ActorInfo | None = None,
+    request: HttpRequest | None = None,
+) -> RegisteredClient:
+    """Register a new client (DCR or admin): the DOT Application, then its record."""
+    Application = get_application_model()
+    application = Application(
+        user=user,
+        client_type=Application.CLIENT_PUBLIC
+        if metadata.is_public
+        else Application.CLIENT_CONFIDENTIAL,
+        registration_source=(
+            Application.RegistrationSource.DCR
+            if source == RegistrationSource.DCR
+            else Application.RegistrationSource.MANUAL
+        ),
+    )
+    _apply_metadata(application, metadata)
+    raw_secret = None if metadata.is_public else application.client_secret
+    if metadata.is_public:
+        application.client_secret = ""
+    application.full_clean(exclude=["client_secret"])
+    with transaction.atomic():
+        application.save()
+        client = record_client(application, metadata, source, actor=actor, request=request)
+        raw_token = _issue_registration_token(application) if issue_registration_token else None
+    return RegisteredClient(client, metadata, raw_secret, raw_token)
+
+
+def _client_fields(metadata: ClientMetadata) -> dict[str, Any]:
+    return {
+        "client_uri": metadata.client_uri,
+        "logo_uri": metadata.logo_uri,
+        "software_id": metadata.software_id,
+        "software_version": metadata.software_version,
+        "application_type": metadata.application_type,
+        "metadata": metadata.as_registered(),
+    }
+
+
+def update_client(
+    client: MCPClient,
+    metadata: ClientMetadata,
+    *,
+    actor: audit.ActorInfo | None = None,
+    request: HttpRequest | None = None,
+) -> MCPClient:
+    """Replace a client's metadata (RFC 7592 PUT)."""
+    application = client.application
+    _apply_metadata(application, metadata)
+    application.full_clean(exclude=["client_secret"])
+    with transaction.atomic():
+        application.save()
+        return record_client(
+            application,
+            metadata,
+            client.registration_source,
+            actor=actor or audit.client_actor(client),
+            request=request,
+        )
+
+
+def disable_client(
+    client: MCPClient, *, actor: audit.ActorInfo, reason: str, request: HttpRequest | None = None
+) -> bool:
+    """Disable a client: unusable at once, every consent revoked with its cascade. Idempotent."""
+    from .revocation import revoke_consents, revoke_oauth_tokens
+
+    with transaction.atomic():
+        locked = (
+            MCPClient.objects.select_for_update().select_related("application").get(pk=client.pk)
+        )
+        if locked.disabled_at is not None:
+            return False
+        locked.disabled_at = timezone.now()
+        locked.save(update_fields=["disabled_at"])
+        client.disabled_at = locked.disabled_at
+        audit.record(
+            AuditEvent.Action.CLIENT_DISABLED,
+            actor=actor,
+            request=request,
+            client=locked,
+            details={"reason": reason},
+        )
+        consents = list(
+            Consent.objects.filter(client=locked, revoked_at__isnull=True, expired_at__isnull=True)
+        )
+        revoke_consents(consents, actor=actor, reason=f"client disabled: {reason}", request=request)
+        _revoke_remaining_tokens(locked, revoke_oauth_tokens)
+    return True
+
+
+def _revoke_remaining_tokens(client: MCPClient, revoke_oauth_tokens: Any) -> None:
+    """Tokens of users without a consent row (e.g. legacy) die with the client too."""
+    users = set(
+        get_access_token_model()
+        .objects.filter(application=client.application, user__isnull=False)
+        .values_list("user", flat=True)
+    ) | set(
+        get_refresh_token_model()
+        .objects.filter(application=client.application, revoked__isnull=True)
+        .values_list("user", flat=True)
+    )
+    from django.contrib.auth import get_user_model
+
+    for user in get_user_model()._default_manager.filter(pk__in=users):
+        revoke_oauth_tokens(user, client.application)
+
+
+def delete_client(
+    client: MCPClient,
+    *,
+    actor: audit.ActorInfo,
+    reason: str = "",
+    request: HttpRequest | None = None,
+) -> None:
+    """Delete a client with the same cascade (RFC 7592 DELETE, MGMT-04, UP-09)."""
+    from .revocation import revoke_consents, revoke_oauth_tokens
+
+    with transaction.atomic():
+        locked = (
+            MCPClient.objects.select_for_update().select_related("application").get(pk=client.pk)
+        )
+        application = locked.application
+        consents = list(
+            Consent.objects.filter(client=locked, revoked_at__isnull=True, expired_at__isnull=True)
+        )
+        revoke_consents(consents, actor=actor, reason=reason or "client deleted", request=request)
+        _revoke_remaining_tokens(locked, revoke_oauth_tokens)
+        audit.record(
+            AuditEvent.Action.CLIENT_DELETED,
+            actor=actor,
+            request=request,
+            client_id=application.client_id,
+            details={
+                "reason": reason,
+                "client_name": application.name,
+                "source": locked.registration_source,
+            },
+        )
+        # The registration access token and every remaining row go with the Application.
+        get_access_token_model().objects.filter(application=application).delete()
+        application.delete()
+
+
+def client_record_for(application: Any) -> MCPClient | None:
+    """The MCPClient of an Application; records a CIMD client DOT has just (re)fetched."""
+    try:
+        client: MCPClient | None = application.mcp_client
+    except MCPClient.DoesNotExist:
+        client = None
+    if application.registration_source != application.RegistrationSource.CIMD:
+        return client
+    store = dict(fetched_cimd_metadata.get() or {})
+    fetched = store.pop(application.client_id, None)
+    fetched_cimd_metadata.set(store)
+    if fetched is None:
+        if client is not None:
+            return client
+        # Fetched by another process and not recorded yet: rebuild from the row DOT wrote
+        # from the cleaned document.
+        fetched = clean_client_metadata(
+            {
+                "redirect_uris": application.redirect_uris.split(),
+                "client_name": application.name,
+                "token_endpoint_auth_method": "none",
+            },
+            RegistrationSource.CIMD,
+        )
+    client = record_client(
+        application, fetched, RegistrationSource.CIMD, actor=audit.client_actor(None)
+    )
+    application.mcp_client = client  # callers read this instance: keep it the current one
+    return client

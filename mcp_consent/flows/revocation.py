@@ -1,0 +1,159 @@
+"""Revocation: one cascade for the admin, the Connected apps page and the endpoints.
+
+consent -> DOT grants, access and refresh tokens of that user and client -> the upstream
+token (revoked at the upstream's RFC 7009 endpoint when one is configured, then deleted).
+Idempotent, audited in the same transaction, ``consent_revoked`` sent on commit (UP-09).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.http import HttpRequest
+from django.utils import timezone
+from oauth2_provider.models import get_access_token_model, get_grant_model, get_refresh_token_model
+
+from .. import audit, signals, upstream, vault
+from ..models import AuditEvent, Consent, UpstreamToken
+
+log = logging.getLogger(__name__)
+Action = AuditEvent.Action
+
+
+@dataclass
+class _UpstreamSecrets:
+    access_token: str
+    refresh_token: str
+    consent: Consent
+
+
+def revoke_oauth_tokens(user: Any, application: Any) -> int:
+    """Revoke every grant, refresh and access token of one user at one client (REV-04)."""
+    get_grant_model().objects.filter(user=user, application=application).delete()
+    count = 0
+    for refresh in get_refresh_token_model().objects.filter(
+        user=user, application=application, revoked__isnull=True
+    ):
+        refresh.revoke()  # also deletes its access token
+        count += 1
+    deleted, _ = (
+        get_access_token_model().objects.filter(user=user, application=application).delete()
+    )
+    return count + deleted
+
+
+def _take_upstream_token(consent: Consent) -> _UpstreamSecrets | None:
+    token = UpstreamToken.objects.select_for_update().filter(consent=consent).first()
+    if token is None:
+        return None
+    try:
+        secrets = _UpstreamSecrets(
+            vault.decrypt(token.access_token_encrypted),
+            vault.decrypt(token.refresh_token_encrypted),
+            consent,
+        )
+    except vault.VaultError:
+        secrets = None  # undecryptable: nothing to revoke upstream, still delete it here
+    token.delete()
+    return secrets
+
+
+def _retire(
+    consent: Consent,
+    *,
+    actor: audit.ActorInfo,
+    reason: str,
+    request: HttpRequest | None,
+    expired: bool,
+) -> _UpstreamSecrets | None:
+    """Mark one consent revoked (or expired) with its cascade; None if it already was."""
+    locked = (
+        Consent.objects.select_for_update().select_related("client__application").get(pk=consent.pk)
+    )
+    if locked.revoked_at is not None or locked.expired_at is not None:
+        return None
+    now = timezone.now()
+    if expired:
+        locked.expired_at = now
+        locked.save(update_fields=["expired_at"])
+    else:
+        locked.revoked_at, locked.revoke_reason = now, reason[:255]
+        locked.revoked_by_id = actor.user_id if actor.type in {"user", "operator"} else None
+        locked.save(update_fields=["revoked_at", "revoke_reason", "revoked_by"])
+    tokens = revoke_oauth_tokens(locked.user, locked.client.application)
+    secrets = _take_upstream_token(locked)
+    audit.record(
+        Action.CONSENT_EXPIRED if expired else Action.CONSENT_REVOKED,
+        actor=actor,
+        request=request,
+        consent=locked,
+        details={"reason": reason, "oauth_tokens_revoked": tokens, "scopes": locked.scopes},
+    )
+    transaction.on_commit(lambda: signals.consent_revoked.send(sender=Consent, consent=locked))
+    consent.revoked_at, consent.expired_at = locked.revoked_at, locked.expired_at
+    return secrets
+
+
+def _revoke_upstream(secrets: _UpstreamSecrets | None, actor: audit.ActorInfo) -> None:
+    """UP-09: tell the upstream (best effort; the local copy is gone whatever it answers)."""
+    if secrets is None:
+        return
+    outcome = "no revocation endpoint configured"
+    try:
+        if upstream.revoke_token(
+            secrets.refresh_token or secrets.access_token,
+            "refresh_token" if secrets.refresh_token else "access_token",
+        ):
+            if secrets.refresh_token and secrets.access_token:
+                upstream.revoke_token(secrets.access_token, "access_token")
+            outcome = "revoked at the upstream"
+    except upstream.UpstreamError as exc:
+        log.warning("upstream revocation failed: %s", exc.reason)
+        outcome = f"upstream revocation failed: {exc.reason}"
+    audit.record(
+        Action.UPSTREAM_TOKEN_REVOKED,
+        actor=actor,
+        consent=secrets.consent,
+        details={"outcome": outcome},
+    )
+
+
+def revoke_consent(
+    consent: Consent, *, actor: audit.ActorInfo, reason: str, request: HttpRequest | None = None
+) -> bool:
+    """Revoke one consent and everything it bought. False if it was already revoked."""
+    return revoke_consents([consent], actor=actor, reason=reason, request=request) == 1
+
+
+def revoke_consents(
+    consents: Iterable[Consent],
+    *,
+    actor: audit.ActorInfo,
+    reason: str,
+    request: HttpRequest | None = None,
+) -> int:
+    """Revoke several consents; the upstream is told after the local revocation committed."""
+    taken: list[_UpstreamSecrets | None] = []
+    count = 0
+    with transaction.atomic():
+        for consent in consents:
+            before = consent.revoked_at
+            secrets = _retire(consent, actor=actor, reason=reason, request=request, expired=False)
+            if consent.revoked_at is not None and before is None:
+                count += 1
+            taken.append(secrets)
+    for secrets in taken:
+        _revoke_upstream(secrets, actor)
+    return count
+
+
+def expire_consent(consent: Consent) -> bool:
+    """Retire a consent past its expires_at, with the same cascade (hygiene command)."""
+    with transaction.atomic():
+        secrets = _retire(consent, actor=audit.SYSTEM, reason="expired", request=None, expired=True)
+    _revoke_upstream(secrets, audit.SYSTEM)
+    return consent.expired_at is not None

@@ -1,0 +1,127 @@
+"""Events of the token endpoint: issued, refreshed, revoked, reused (AS-41, AS-44, UP-09)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+from oauth2_provider.models import get_access_token_model, get_refresh_token_model
+from oauthlib.common import Request
+
+from .. import audit
+from ..models import AuditEvent, AuthorizationTransaction, Consent, MCPClient
+from .revocation import revoke_consents
+
+
+def _checksum(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def record_token_issued(token: dict[str, Any], request: Request) -> None:
+    """Called inside DOT's save transaction for every issued token pair."""
+    application = request.client
+    refresh = token.get("refresh_token")
+    now = timezone.now()
+    family = None
+    if refresh:
+        family = (
+            get_refresh_token_model()
+            .objects.filter(token_checksum=_checksum(refresh))
+            .values_list("token_family", flat=True)
+            .first()
+        )
+    if request.grant_type == "authorization_code":
+        # AS-41: remember which family this code bought, to revoke it if the code comes back.
+        AuthorizationTransaction.objects.filter(
+            code_hash=request.code, code_redeemed_at__isnull=True
+        ).update(code_redeemed_at=now, token_family=family)
+    client = MCPClient.objects.filter(application=application).first()
+    MCPClient.objects.filter(application=application).update(last_used_at=now)
+    user = request.user
+    Consent.objects.filter(
+        user=user, client=client, revoked_at__isnull=True, expired_at__isnull=True
+    ).update(last_used_at=now)
+    audit.record(
+        AuditEvent.Action.TOKEN_ISSUED
+        if request.grant_type == "authorization_code"
+        else AuditEvent.Action.TOKEN_REFRESHED,
+        actor=audit.client_actor(client),
+        client=client,
+        subject_user_id=getattr(user, "pk", None),
+        details={
+            "grant_type": request.grant_type,
+            "scopes_granted": token.get("scope", ""),
+            "resource": list(getattr(request, "resource", None) or []),
+            "expires_in": token.get("expires_in"),
+            "family": str(family) if family else None,
+        },
+    )
+
+
+def record_refresh_token_reuse(raw: str, application: Any) -> None:
+    """A refresh token DOT refused: audit it when it was a rotated one presented again."""
+    reused = (
+        get_refresh_token_model()
+        .objects.filter(
+            token_checksum=_checksum(raw), application=application, revoked__isnull=False
+        )
+        .first()
+    )
+    if reused is None:
+        return
+    client = MCPClient.objects.filter(application=application).first()
+    audit.record(
+        AuditEvent.Action.REFRESH_TOKEN_REUSE,
+        actor=audit.client_actor(client),
+        client=client,
+        subject_user_id=reused.user_id,
+        details={
+            "family": str(reused.token_family) if reused.token_family else None,
+            "family_revoked": True,
+        },
+    )
+
+
+def token_owner(raw: str, application: Any) -> Any:
+    """The user of a token of ``application`` (None for unknown tokens or other clients)."""
+    if application is None or not raw:
+        return None
+    checksum = _checksum(raw)
+    for model in (get_refresh_token_model(), get_access_token_model()):
+        row = (
+            model.objects.filter(token_checksum=checksum, application=application)
+            .select_related("user")
+            .first()
+        )
+        if row is not None:
+            return row.user
+    return None
+
+
+def record_token_revoked(user: Any, application: Any) -> None:
+    """After an RFC 7009 revocation: audit, and end the consent once no token is left (UP-09)."""
+    client = MCPClient.objects.filter(application=application).first()
+    live = (
+        get_refresh_token_model()
+        .objects.filter(user=user, application=application, revoked__isnull=True)
+        .exists()
+    )
+    with transaction.atomic():
+        audit.record(
+            AuditEvent.Action.TOKEN_REVOKED,
+            actor=audit.client_actor(client),
+            client=client,
+            subject_user_id=getattr(user, "pk", None),
+            details={"grant_still_active": live},
+        )
+    if not live and client is not None and user is not None:
+        consents = Consent.objects.filter(
+            user=user, client=client, revoked_at__isnull=True, expired_at__isnull=True
+        )
+        revoke_consents(
+            list(consents),
+            actor=audit.client_actor(client),
+            reason="the client revoked its tokens (RFC 7009)",
+        )
