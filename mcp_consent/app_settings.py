@@ -66,6 +66,20 @@ class UpstreamConfig:
     email_field: str = "email"
     name_field: str = "name"
     timeout: float = 10.0
+    api_base_url: str = ""
+
+    @property
+    def api_base(self) -> str:
+        """UP-10: the one prefix upstream API calls may reach; default: the user-info origin.
+
+        Always ends with a slash, so ``https://api.example/v1`` cannot be extended to
+        ``https://api.example/v10``.
+        """
+        base = self.api_base_url
+        if not base:
+            parts = urlsplit(self.userinfo_url)
+            base = f"{parts.scheme}://{parts.netloc}/" if parts.scheme and parts.netloc else ""
+        return base if not base or base.endswith("/") else base + "/"
 
     def upstream_scopes_for(self, mcp_scopes: list[str]) -> list[str]:
         """SM-07 / UP-05: exactly the base scopes plus the mapping of the approved MCP scopes."""
@@ -162,6 +176,58 @@ class AppSettings:
     def ADAPTER(self) -> Any:
         """The project's customisation point: an instance of the configured adapter class."""
         return import_string(self._get("ADAPTER", "mcp_consent.adapter.DefaultConsentAdapter"))()
+
+    # --- The resource-server side (mcp_consent.resource, integrations.mcp_sdk) ---------------
+
+    @property
+    def PRM_SCOPES(self) -> list[str]:
+        """SM-01/SM-06: ``scopes_supported`` of the protected resource metadata, and the scope
+        a 401 challenge asks for when the operation needs none in particular: the minimal set
+        for basic use (default: DOT's DEFAULT_SCOPES), never ``offline_access``."""
+        from oauth2_provider.settings import oauth2_settings
+
+        scopes = self._get("PRM_SCOPES", None)
+        if scopes is None:
+            scopes = oauth2_settings.DEFAULT_SCOPES
+        return [s for s in dict.fromkeys(scopes) if s != "offline_access"]
+
+    @property
+    def SCOPE_IMPLIES(self) -> dict[str, list[str]]:
+        """SM-05: scope hierarchy, e.g. ``{"items:write": ["items:read"]}`` (transitive)."""
+        return {str(k): list(v) for k, v in dict(self._get("SCOPE_IMPLIES", {})).items()}
+
+    @property
+    def RESOURCE_NAME(self) -> str:
+        """Human-readable ``resource_name`` of the protected resource metadata (RFC 9728 §2)."""
+        return str(self._get("RESOURCE_NAME", ""))
+
+    @property
+    def MCP_ALLOWED_HOSTS(self) -> list[str]:
+        """RS-10: Host values the MCP endpoint accepts (DNS rebinding); default: each resource's
+        host[:port]. ``host:*`` allows any port (the SDK's TransportSecuritySettings syntax)."""
+        hosts = self._get("MCP_ALLOWED_HOSTS", None)
+        if hosts is None:
+            hosts = [urlsplit(r).netloc for r in self.RESOURCES]
+        return list(dict.fromkeys(hosts))
+
+    @property
+    def MCP_ALLOWED_ORIGINS(self) -> list[str]:
+        """RS-10: Origin values the MCP endpoint accepts; a present, unlisted Origin gets 403.
+        Default: each resource's own origin. Add a browser-based client's origin here."""
+        origins = self._get("MCP_ALLOWED_ORIGINS", None)
+        if origins is None:
+            origins = ["{0.scheme}://{0.netloc}".format(urlsplit(r)) for r in self.RESOURCES]
+        return list(dict.fromkeys(origins))
+
+    @property
+    def INTROSPECTION_CLIENTS(self) -> dict[str, list[str]]:
+        """INT-01: client_id of each separate MCP server allowed to call /introspect/ → the
+        canonical resources it serves; it learns only about tokens for those (INT-02)."""
+        raw = dict(self._get("INTROSPECTION_CLIENTS", {}))
+        return {
+            str(client_id): [canonical_resource(r) or r for r in resources]
+            for client_id, resources in raw.items()
+        }
 
     def resource_allowed(self, uri: str) -> str | None:
         """The canonical form of ``uri`` if it names a configured MCP resource (AS-31), else None."""

@@ -36,6 +36,14 @@ class UpstreamError(Exception):
         self.reason = reason
 
 
+class UpstreamRefused(UpstreamError):
+    """The upstream's token endpoint refused the grant (e.g. invalid_grant): not an outage."""
+
+
+class UpstreamUnauthorized(UpstreamError):
+    """The upstream API answered 401 with the freshest upstream token there is (RS-11)."""
+
+
 def http_session() -> requests.Session:
     """The process-wide session to the upstream: pooled, GET retried on connect errors."""
     global _session
@@ -127,7 +135,12 @@ def _token_request(data: dict[str, str], what: str) -> dict[str, Any]:
     body = _json(response, "token endpoint")
     if response.status_code != 200 or "error" in body:
         error = str(body.get("error", "unknown"))[:64]
-        raise UpstreamError(f"token endpoint refused {what}: HTTP {response.status_code} {error}")
+        reason = f"token endpoint refused {what}: HTTP {response.status_code} {error}"
+        if "error" in body and response.status_code in (200, 400, 401):
+            # RFC 6749 §5.2 (GitHub answers these with 200): the grant itself is refused, so
+            # retrying cannot help; an outage (5xx) stays a plain UpstreamError.
+            raise UpstreamRefused(reason)
+        raise UpstreamError(reason)
     access_token = body.get("access_token")
     if not isinstance(access_token, str) or not access_token:
         raise UpstreamError("token endpoint: no access_token in the response")

@@ -11,7 +11,9 @@ from django.urls import path
 from oauth2_provider import views as dot_views
 
 from .views.authorize import AuthorizeView
+from .views.connections import ConnectionsView
 from .views.registration import RegistrationManagementView, RegistrationView
+from .views.resource import IntrospectionView, ProtectedResourceMetadataView
 from .views.token import ServerMetadataView, TokenView
 from .views.upstream import UpstreamCallbackView
 
@@ -19,6 +21,19 @@ app_name = "mcp_consent"
 
 urlpatterns = [
     path("upstream/callback/", UpstreamCallbackView.as_view(), name="upstream-callback"),
+    # RFC 9728 metadata of the MCP resources on this origin (RS-01..03): Django is the one
+    # owner of these URLs, whatever framework serves the MCP endpoint itself.
+    path(
+        ".well-known/oauth-protected-resource",
+        ProtectedResourceMetadataView.as_view(),
+        name="protected-resource-metadata",
+    ),
+    path(
+        ".well-known/oauth-protected-resource/<path:resource_path>",
+        ProtectedResourceMetadataView.as_view(),
+        name="protected-resource-metadata-path",
+    ),
+    path("connections/", ConnectionsView.as_view(), name="connections"),
 ]
 
 oauth2_urls = (
@@ -31,6 +46,9 @@ oauth2_urls = (
         path("authorize/", AuthorizeView.as_view(), name="authorize"),
         path("token/", TokenView.as_view(), name="token"),
         path("revoke/", dot_views.RevokeTokenView.as_view(), name="revoke-token"),
+        # RFC 7662 for MCP servers running as separate services (INT-01..03); DOT's metadata
+        # view advertises introspection_endpoint because this name reverses.
+        path("introspect/", IntrospectionView.as_view(), name="introspect"),
         path("register/", RegistrationView.as_view(), name="dcr-register"),
         path(
             "register/<str:client_id>/",

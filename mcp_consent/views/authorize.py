@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import secrets
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,21 +28,22 @@ from oauth2_provider.compat import login_not_required
 from oauth2_provider.exceptions import FatalClientError, OAuthToolkitError
 from oauth2_provider.views import AuthorizationView
 
-from .. import flows, ratelimit, upstream
+from .. import flows, ratelimit
 from ..app_settings import app_settings
 from ..models import Consent, MCPClient, RegistrationSource
 from ..registration import is_loopback_host
 from .common import (
     as_authorization_request,
+    browser_binding,
     error_page,
     protect_page,
     redirect_to_client,
+    send_upstream,
     too_many_requests,
 )
 
 log = logging.getLogger(__name__)
 
-BINDING_SALT = "mcp_consent.upstream-binding"
 
 # CD-15 / BCP-11 with CSRF that works: under "no-referrer" browsers send `Origin: null` with
 # the consent form's POST, which Django's CSRF protection (CD-13) must refuse. "same-origin"
@@ -271,10 +271,7 @@ class AuthorizeView(AuthorizationView):
         self, request: HttpRequest, ar: AuthorizationRequest, *, remembered: bool = False
     ) -> HttpResponse:
         """CD-41/42: the pending state exists only from here on, set with the redirect upstream."""
-        name = app_settings.TRANSACTION_COOKIE_NAME
-        binding = request.get_signed_cookie(
-            name, default=None, salt=BINDING_SALT
-        ) or secrets.token_urlsafe(32)
+        binding = browser_binding(request)
         pending = flows.begin_upstream_authorization(
             client=ar.client,
             authorization_query=ar.query,
@@ -285,22 +282,4 @@ class AuthorizeView(AuthorizationView):
             request=request,
             remembered=remembered,
         )
-        response = HttpResponse(status=303 if request.method == "POST" else 302)
-        response["Location"] = upstream.authorization_url(
-            state=pending.state,
-            scopes=pending.transaction.upstream_scopes.split(),
-            code_verifier=pending.code_verifier,
-        )
-        # CD-20..22: __Host- prefix (Secure, Path=/, no Domain), HttpOnly, SameSite=Lax so the
-        # cross-site top-level callback carries it, signed. One per browser: two tabs share it.
-        response.set_signed_cookie(
-            name,
-            binding,
-            salt=BINDING_SALT,
-            max_age=app_settings.TRANSACTION_TTL,
-            secure=True,
-            httponly=True,
-            samesite="Lax",
-            path="/",
-        )
-        return response
+        return send_upstream(request, pending, binding)

@@ -136,3 +136,49 @@ def _authorize_path() -> str:
     from django.urls import reverse
 
     return reverse("oauth2_provider:authorize")
+
+
+BINDING_SALT = "mcp_consent.upstream-binding"
+
+
+def browser_binding(request: HttpRequest) -> str:
+    """This browser's binding nonce (from its signed cookie), or a fresh 256-bit one."""
+    name = app_settings.TRANSACTION_COOKIE_NAME
+    return request.get_signed_cookie(
+        name, default=None, salt=BINDING_SALT
+    ) or secrets.token_urlsafe(32)
+
+
+def read_browser_binding(request: HttpRequest) -> str | None:
+    """The binding nonce of a callback: a missing, tampered or expired cookie is None (CD-22)."""
+    return request.get_signed_cookie(
+        app_settings.TRANSACTION_COOKIE_NAME,
+        default=None,
+        salt=BINDING_SALT,
+        max_age=app_settings.TRANSACTION_TTL,
+    )
+
+
+def send_upstream(request: HttpRequest, pending: Any, binding: str) -> HttpResponse:
+    """The redirect to the upstream with the static client ID, and the browser-binding cookie."""
+    from .. import upstream
+
+    response = HttpResponse(status=303 if request.method == "POST" else 302)
+    response["Location"] = upstream.authorization_url(
+        state=pending.state,
+        scopes=pending.transaction.upstream_scopes.split(),
+        code_verifier=pending.code_verifier,
+    )
+    # CD-20..22: __Host- prefix (Secure, Path=/, no Domain), HttpOnly, SameSite=Lax so the
+    # cross-site top-level callback carries it, signed. One per browser: two tabs share it.
+    response.set_signed_cookie(
+        app_settings.TRANSACTION_COOKIE_NAME,
+        binding,
+        salt=BINDING_SALT,
+        max_age=app_settings.TRANSACTION_TTL,
+        secure=True,
+        httponly=True,
+        samesite="Lax",
+        path="/",
+    )
+    return response

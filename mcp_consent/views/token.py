@@ -43,6 +43,13 @@ class ServerMetadataView(dot_views.OAuthServerMetadataView):
         if isinstance(response, JsonResponse) and response.status_code == 200:
             data = json.loads(response.content)
             data["response_modes_supported"] = ["query"]
+            if "introspection_endpoint" in data:
+                # INT-01: only confidential resource servers authenticate at /introspect/;
+                # "none" (DOT copies the token endpoint's list) is no way in.
+                data["introspection_endpoint_auth_methods_supported"] = [
+                    "client_secret_basic",
+                    "client_secret_post",
+                ]
             fresh = JsonResponse(data)
             for header in ("Access-Control-Allow-Origin",):
                 if header in response:

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from django.contrib.auth import login
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.decorators import method_decorator
@@ -27,8 +27,13 @@ from oauth2_provider.views.mixins import OAuthLibMixin
 from .. import flows, upstream, vault
 from ..app_settings import app_settings
 from ..models import AuthorizationTransaction
-from .authorize import BINDING_SALT
-from .common import as_authorization_request, error_page, protect_page, redirect_to_client
+from .common import (
+    as_authorization_request,
+    error_page,
+    protect_page,
+    read_browser_binding,
+    redirect_to_client,
+)
 
 log = logging.getLogger(__name__)
 Outcome = AuthorizationTransaction.Outcome
@@ -72,14 +77,18 @@ class UpstreamCallbackView(OAuthLibMixin, View):
     http_method_names = ["get"]
 
     def get(self, request: HttpRequest) -> HttpResponse:
-        binding = request.get_signed_cookie(
-            app_settings.TRANSACTION_COOKIE_NAME,
-            default=None,
-            salt=BINDING_SALT,
-            max_age=app_settings.TRANSACTION_TTL,
-        )
+        binding = read_browser_binding(request)
         try:
             tx = flows.consume_transaction(request.GET.get("state", ""), binding, request)
+        except DatabaseError:
+            log.exception("upstream callback: database unavailable")
+            return error_page(
+                request,
+                "Temporarily unavailable",
+                "This service cannot complete sign-ins right now. Nothing was shared with any application. "
+                "Try again in a few minutes from your application.",
+                status=503,
+            )
         except flows.CallbackRefused as refused:
             # CD-43..47: no code exchange, no redirect to any client (audited with the reason).
             log.info("upstream callback refused: %s", refused.reason)
@@ -119,14 +128,34 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                 post=False,
             )
 
-        with transaction.atomic():
-            user, _consent = flows.complete_authorization(tx, answer, request)
-            resume = as_authorization_request(request, tx.authorization_query, user=user)
-            uri, _headers, _body, _status = self.create_authorization_response(
-                resume, " ".join(tx.scopes.split()), credentials, allow=True
+        try:
+            with transaction.atomic():
+                user, _consent = flows.complete_authorization(tx, answer, request)
+                resume = as_authorization_request(request, tx.authorization_query, user=user)
+                uri, _headers, _body, _status = self.create_authorization_response(
+                    resume, " ".join(tx.scopes.split()), credentials, allow=True
+                )
+                issued = parse_qs(urlsplit(uri).query).get("code", [""])[0]
+                flows.record_issued_code(tx, issued)
+        except DatabaseError:
+            # Rolled back as one: no consent, no upstream token, no code. The client hears
+            # back with a retryable error instead of the person meeting a bare 500.
+            log.exception("upstream callback: database error while recording the grant")
+            try:
+                flows.fail_transaction(
+                    tx, Outcome.FAILED, "database error while recording the grant", request
+                )
+            except DatabaseError:
+                pass
+            return redirect_to_client(
+                tx.redirect_uri,
+                {
+                    "error": "temporarily_unavailable",
+                    "error_description": "The authorization server could not record the grant; try again.",
+                    "state": state,
+                },
+                post=False,
             )
-            issued = parse_qs(urlsplit(uri).query).get("code", [""])[0]
-            flows.record_issued_code(tx, issued)
         # The session is rotated on login (session fixation); pending state never lived in it.
         login(request, user, backend=AUTH_BACKEND)  # type: ignore[arg-type]
         return redirect_to_client(uri, {}, post=False)

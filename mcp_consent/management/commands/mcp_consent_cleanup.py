@@ -1,0 +1,77 @@
+"""Hygiene: expire pending upstream transactions and consents, delete long-unused DCR clients.
+
+Run it from cron (e.g. hourly). Every change goes through the flows, so each deletion and
+expiry has its cascade (tokens, upstream tokens) and its audit event.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.core.management.base import BaseCommand
+from django.db.models import Q
+from django.utils import timezone
+
+from mcp_consent import audit, flows
+from mcp_consent.app_settings import app_settings
+from mcp_consent.models import AuthorizationTransaction, Consent, MCPClient, RegistrationSource
+
+
+class Command(BaseCommand):
+    help = "Expire pending transactions and consents; delete DCR clients unused for UNUSED_CLIENT_DAYS."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--unused-days",
+            type=int,
+            default=None,
+            help="Override MCP_CONSENT['UNUSED_CLIENT_DAYS'].",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Report what would change, change nothing."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        now = timezone.now()
+        dry = options["dry_run"]
+        days = (
+            options["unused_days"]
+            if options["unused_days"] is not None
+            else app_settings.UNUSED_CLIENT_DAYS
+        )
+
+        pending = AuthorizationTransaction.objects.filter(
+            consumed_at__isnull=True, expires_at__lte=now
+        )
+        expired_tx = pending.count()
+        if not dry:
+            pending.update(
+                consumed_at=now,
+                outcome=AuthorizationTransaction.Outcome.FAILED,
+                failure_reason="expired",
+            )
+
+        consents = list(
+            Consent.objects.filter(
+                revoked_at__isnull=True, expired_at__isnull=True, expires_at__lte=now
+            )
+        )
+        if not dry:
+            for consent in consents:
+                flows.expire_consent(consent)
+
+        cutoff = now - timedelta(days=days)
+        unused = list(
+            MCPClient.objects.filter(registration_source=RegistrationSource.DCR).filter(
+                Q(last_used_at__isnull=True, created_at__lte=cutoff) | Q(last_used_at__lte=cutoff)
+            )
+        )
+        if not dry:
+            for client in unused:
+                flows.delete_client(client, actor=audit.SYSTEM, reason=f"unused for {days} days")
+        verb = "would be" if dry else "were"
+        self.stdout.write(
+            f"{expired_tx} pending transaction(s), {len(consents)} consent(s) and "
+            f"{len(unused)} unused DCR client(s) {verb} expired or deleted"
+        )
