@@ -1,0 +1,84 @@
+"""The hygiene command: expire what is stale, delete DCR clients nobody used (issue 4)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from mcp_consent.models import (
+    AuditEvent,
+    AuthorizationTransaction,
+    Consent,
+    MCPClient,
+    RegistrationSource,
+    UpstreamToken,
+)
+from project.demo_upstream.models import Token
+from tests.browser_client import Browser, authorize_params
+from tests.factories import MCPClientFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command("mcp_consent_cleanup", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_pending_transactions_expire() -> None:
+    browser = Browser()
+    page = browser.authorize(authorize_params(MCPClientFactory()))
+    browser.post_form(page, "approve")
+    AuthorizationTransaction.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert "1 pending transaction(s)" in run()
+    tx = AuthorizationTransaction.objects.get()
+    assert tx.outcome == "failed" and tx.failure_reason == "expired" and tx.consumed_at is not None
+
+
+def test_expired_consents_are_retired_with_their_cascade() -> None:
+    client = MCPClientFactory()
+    browser = Browser()
+    browser.login_upstream()
+    browser.run_flow(authorize_params(client))
+    Consent.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    run()
+    consent = Consent.objects.get()
+    assert consent.expired_at is not None and consent.status == Consent.Status.EXPIRED
+    assert not UpstreamToken.objects.exists()
+    assert not Token.objects.filter(revoked_at__isnull=True).exists()
+    assert (
+        AuditEvent.objects.filter(
+            action=AuditEvent.Action.CONSENT_EXPIRED, actor_type="system"
+        ).count()
+        == 1
+    )
+
+
+def test_unused_dcr_clients_are_deleted_after_n_days() -> None:
+    old_unused = MCPClientFactory(client_name="old unused")
+    recent = MCPClientFactory(client_name="recent")
+    old_used = MCPClientFactory(client_name="old but used")
+    admin_client = MCPClientFactory(client_name="admin", source=RegistrationSource.ADMIN)
+    long_ago = timezone.now() - timedelta(days=40)
+    MCPClient.objects.filter(pk__in=[old_unused.pk, old_used.pk, admin_client.pk]).update(
+        created_at=long_ago
+    )
+    MCPClient.objects.filter(pk=old_used.pk).update(last_used_at=timezone.now() - timedelta(days=2))
+    assert "1 unused DCR client(s) would be" in run("--dry-run")
+    assert MCPClient.objects.count() == 4
+    run()
+    assert set(MCPClient.objects.values_list("pk", flat=True)) == {
+        recent.pk,
+        old_used.pk,
+        admin_client.pk,
+    }
+    deleted = AuditEvent.objects.get(action=AuditEvent.Action.CLIENT_DELETED)
+    assert (
+        deleted.client_id == old_unused.application.client_id
+        and "unused for 30 days" in deleted.details["reason"]
+    )

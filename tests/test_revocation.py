@@ -1,0 +1,449 @@
+"""Revocation that cascades, from every door: admin, Connected apps, RFC 7592, RFC 7009 (issue 4).
+
+consent -> DOT grants, access and refresh tokens -> the upstream token, revoked at the
+upstream's RFC 7009 endpoint, then deleted; idempotent; audited; signalled on commit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.test import Client
+from django.urls import reverse
+from oauth2_provider.models import get_access_token_model, get_refresh_token_model
+
+from mcp_consent import audit, flows, signals
+from mcp_consent.models import AuditEvent, Consent, MCPClient, UpstreamToken
+from project.demo_upstream.models import RequestLog, Token
+from tests.browser_client import PROXY_HOST, Browser, authorize_params, code_from, form_fields
+from tests.conftest import pkce_pair
+from tests.factories import MCPClientFactory
+
+pytestmark = pytest.mark.django_db
+A = AuditEvent.Action
+REDIRECT = "https://app.example/cb"
+
+
+@dataclass
+class Connected:
+    client: MCPClient
+    browser: Browser
+    access_token: str
+    refresh_token: str
+
+    @property
+    def consent(self) -> Consent:
+        return Consent.objects.get(client=self.client)
+
+    def refresh(self) -> Any:
+        return Client().post(
+            "/token/",
+            {
+                "grant_type": "refresh_token",
+                "refresh_token": self.refresh_token,
+                "client_id": self.client.application.client_id,
+            },
+            HTTP_HOST=PROXY_HOST,
+        )
+
+
+def connect(
+    client: MCPClient | None = None, browser: Browser | None = None, **factory: Any
+) -> Connected:
+    client = client or MCPClientFactory(redirect_uris=[REDIRECT], **factory)
+    if browser is None:
+        browser = Browser()
+        browser.login_upstream()
+    verifier, challenge = pkce_pair()
+    final = browser.run_flow(authorize_params(client, challenge=challenge))
+    body = (
+        Client()
+        .post(
+            "/token/",
+            {
+                "grant_type": "authorization_code",
+                "code": code_from(final),
+                "client_id": client.application.client_id,
+                "redirect_uri": client.redirect_uris.first().uri,
+                "code_verifier": verifier,
+            },
+            HTTP_HOST=PROXY_HOST,
+        )
+        .json()
+    )
+    return Connected(client, browser, body["access_token"], body["refresh_token"])
+
+
+def access_token_valid(raw: str) -> bool:
+    """What any resource server checks: the token row exists and is valid for its resource."""
+    import hashlib
+
+    row = (
+        get_access_token_model()
+        .objects.filter(token_checksum=hashlib.sha256(raw.encode()).hexdigest())
+        .first()
+    )
+    return row is not None and row.is_valid()
+
+
+def upstream_revocations() -> int:
+    return RequestLog.objects.filter(path__endswith="/demo-upstream/revoke").count()
+
+
+def assert_fully_revoked(connected: Connected) -> None:
+    consent = connected.consent
+    assert consent.revoked_at is not None and consent.status == Consent.Status.REVOKED
+    assert not access_token_valid(connected.access_token)
+    assert connected.refresh().json()["error"] in {"invalid_grant", "invalid_client"}
+    assert not UpstreamToken.objects.filter(consent=consent).exists()
+    # The demo upstream recorded the revocation of the upstream tokens it had issued.
+    assert not Token.objects.filter(revoked_at__isnull=True).exists()
+
+
+@pytest.fixture
+def operator_client() -> Client:
+    user = get_user_model().objects.create_superuser("operator", "op@example.com", "pw")
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_operator_revokes_in_the_admin(operator_client, django_capture_on_commit_callbacks) -> None:
+    """Issue 4 item 6: admin revoke -> access token refused at once, refresh fails, upstream told."""
+    connected = connect()
+    assert access_token_valid(connected.access_token)
+    sent: list[Consent] = []
+    signals.consent_revoked.connect(
+        lambda sender, consent, **kw: sent.append(consent), weak=False, dispatch_uid="t"
+    )
+    before = upstream_revocations()
+    url = reverse("admin:mcp_consent_consent_changelist")
+    data = {"action": "revoke_consents", "_selected_action": [connected.consent.pk]}
+    confirm = operator_client.post(url, data)
+    assert confirm.status_code == 200 and b"Reason" in confirm.content
+    with django_capture_on_commit_callbacks(execute=True):
+        done = operator_client.post(url, {**data, "apply": "1", "reason": "lost laptop"})
+    assert done.status_code == 302
+    assert_fully_revoked(connected)
+    assert upstream_revocations() > before
+    revoked = AuditEvent.objects.get(action=A.CONSENT_REVOKED)
+    assert revoked.actor_type == "operator" and revoked.details["reason"] == "lost laptop"
+    assert (
+        AuditEvent.objects.get(action=A.UPSTREAM_TOKEN_REVOKED).details["outcome"]
+        == "revoked at the upstream"
+    )
+    assert [c.pk for c in sent] == [connected.consent.pk]
+    signals.consent_revoked.disconnect(dispatch_uid="t")
+
+
+def test_revocation_is_idempotent() -> None:
+    connected = connect()
+    actor = audit.SYSTEM
+    assert flows.revoke_consent(connected.consent, actor=actor, reason="first") is True
+    assert flows.revoke_consent(connected.consent, actor=actor, reason="again") is False
+    assert AuditEvent.objects.filter(action=A.CONSENT_REVOKED).count() == 1
+    assert connected.consent.revoke_reason == "first"
+
+
+def test_revoking_one_client_leaves_the_others_alone() -> None:
+    browser = Browser()
+    browser.login_upstream()
+    first = connect(browser=browser)
+    second = connect(browser=browser, client_name="Other App")
+    flows.revoke_consent(first.consent, actor=audit.SYSTEM, reason="test")
+    assert not access_token_valid(first.access_token)
+    assert access_token_valid(second.access_token)
+    assert second.refresh().status_code == 200
+    assert UpstreamToken.objects.filter(consent=second.consent).exists()
+
+
+def test_user_revokes_on_connected_apps() -> None:
+    """Item 4: the same cascade from the person's own page, POST with CSRF."""
+    connected = connect()
+    page = connected.browser.get("/connections/")
+    html = page.content.decode()
+    assert (
+        page.status_code == 200
+        and "Acme Agent" in html
+        and "app.example" in html
+        and "Read your items" in html
+    )
+    token = form_fields(html)["csrfmiddlewaretoken"]
+    revoked = connected.browser.client.post(
+        "/connections/",
+        {"action": "revoke", "consent": connected.consent.pk, "csrfmiddlewaretoken": token},
+        HTTP_HOST=PROXY_HOST,
+    )
+    assert revoked.status_code == 303
+    assert_fully_revoked(connected)
+    after = connected.browser.get("/connections/").content.decode()
+    assert "No application has access right now." in after and "Consent revoked" in after
+    assert AuditEvent.objects.get(action=A.CONSENT_REVOKED).actor_type == "user"
+
+
+def test_connected_apps_revoke_needs_csrf_and_ownership() -> None:
+    owner = connect()
+    other = Browser()
+    other.login_upstream("hubot")
+    connect(browser=other, client_name="Hubot's App")
+    strict = other.client
+    page = other.get("/connections/")
+    token = form_fields(page.content.decode())["csrfmiddlewaretoken"]
+    # Someone else's consent is not found, and nothing changes.
+    response = strict.post(
+        "/connections/",
+        {"action": "revoke", "consent": owner.consent.pk, "csrfmiddlewaretoken": token},
+        HTTP_HOST=PROXY_HOST,
+    )
+    assert response.status_code == 404
+    # Without the CSRF token: refused.
+    response = strict.post(
+        "/connections/", {"action": "revoke", "consent": owner.consent.pk}, HTTP_HOST=PROXY_HOST
+    )
+    assert response.status_code == 403
+    assert owner.consent.revoked_at is None
+
+
+def test_connected_apps_signs_in_through_the_upstream_without_a_client() -> None:
+    """Item 4: no local password: the upstream leg with only the base scopes, no consent."""
+    browser = Browser()
+    page = browser.get("/connections/")
+    assert "Sign in with Demo Hub" in page.content.decode()
+    token = form_fields(page.content.decode())["csrfmiddlewaretoken"]
+    to_upstream = browser.client.post(
+        "/connections/", {"action": "sign-in", "csrfmiddlewaretoken": token}, HTTP_HOST=PROXY_HOST
+    )
+    assert to_upstream.status_code == 303
+    assert "scope=read%3Auser&" in to_upstream["Location"]
+    browser.login_upstream()
+    callback = browser.through_upstream(to_upstream["Location"])
+    landed = browser.get(callback["Location"])
+    assert landed.status_code == 302 and landed["Location"] == "/connections/"
+    assert "Signed in as octocat@upstream" in browser.get("/connections/").content.decode()
+    assert not Consent.objects.exists() and not UpstreamToken.objects.exists()
+    assert AuditEvent.objects.filter(action=A.SIGNED_IN).count() == 1
+
+
+def test_rfc7592_delete_cascades(django_capture_on_commit_callbacks) -> None:
+    """MGMT-04 / UP-09: DELETE by the client revokes everything it held, upstream included."""
+    connected = connect()
+    token = connected.client.registered.registration_access_token
+    client_id = connected.client.application.client_id
+    response = Client().delete(
+        f"/register/{client_id}/", HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_HOST=PROXY_HOST
+    )
+    assert response.status_code == 204
+    assert not access_token_valid(connected.access_token)
+    assert not Consent.objects.exists() and not UpstreamToken.objects.exists()
+    assert not Token.objects.filter(revoked_at__isnull=True).exists()
+    deleted = AuditEvent.objects.get(action=A.CLIENT_DELETED)
+    assert deleted.client_id == client_id and deleted.actor_type == "client"
+    again = Client().get(
+        f"/register/{client_id}/", HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_HOST=PROXY_HOST
+    )
+    assert again.status_code == 401
+
+
+def _put(connected: Connected, **changes: Any) -> Any:
+    token = connected.client.registered.registration_access_token
+    client_id = connected.client.application.client_id
+    body = {
+        "client_id": client_id,
+        "client_name": "Acme Agent",
+        "redirect_uris": [REDIRECT],
+        "token_endpoint_auth_method": "none",
+        **changes,
+    }
+    return Client().put(
+        f"/register/{client_id}/",
+        json.dumps(body),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+        HTTP_HOST=PROXY_HOST,
+    )
+
+
+def test_mgmt06_renaming_a_client_invalidates_its_consents() -> None:
+    connected = connect()
+    assert _put(connected, client_name="Totally Different Name").status_code == 200
+    assert_fully_revoked(connected)
+    assert connected.consent.revoke_reason == "client metadata changed"
+
+
+def test_mgmt06_changing_redirect_uris_invalidates_only_consents_bound_to_removed_ones() -> None:
+    browser = Browser()
+    browser.login_upstream()
+    client = MCPClientFactory(redirect_uris=[REDIRECT, "https://app.example/other"])
+    kept = connect(client=client, browser=browser)  # bound to REDIRECT (the first)
+    assert _put(kept, redirect_uris=[REDIRECT, "https://app.example/new"]).status_code == 200
+    assert kept.consent.revoked_at is None and access_token_valid(kept.access_token)
+    assert _put(kept, redirect_uris=["https://app.example/new"]).status_code == 200
+    assert kept.consent.revoked_at is not None
+
+
+def test_rfc7009_revoking_the_last_token_ends_the_consent() -> None:
+    """UP-09 / REV-01: the client revoking its refresh token also retires the upstream token."""
+    connected = connect()
+    response = Client().post(
+        "/revoke/",
+        {"token": connected.refresh_token, "client_id": connected.client.application.client_id},
+        HTTP_HOST=PROXY_HOST,
+    )
+    assert response.status_code == 200
+    assert_fully_revoked(connected)
+    assert AuditEvent.objects.filter(action=A.TOKEN_REVOKED).count() == 1
+
+
+def test_rfc7009_other_clients_token_is_untouched() -> None:
+    """REV-02: client B cannot revoke client A's token (200 by RFC 7009, but nothing happens)."""
+    victim = connect()
+    other = MCPClientFactory(client_name="Other")
+    response = Client().post(
+        "/revoke/",
+        {"token": victim.refresh_token, "client_id": other.application.client_id},
+        HTTP_HOST=PROXY_HOST,
+    )
+    assert response.status_code == 200
+    assert victim.refresh().status_code == 200 and victim.consent.revoked_at is None
+
+
+def test_disabling_a_client_in_the_admin(operator_client) -> None:
+    connected = connect()
+    url = reverse("admin:mcp_consent_mcpclient_changelist")
+    data = {
+        "action": "disable_clients",
+        "_selected_action": [connected.client.pk],
+        "apply": "1",
+        "reason": "abuse report",
+    }
+    assert operator_client.post(url, data).status_code == 302
+    assert_fully_revoked(connected)
+    page = Browser().authorize(authorize_params(connected.client))
+    assert page.status_code == 400 and not page.has_header("Location")
+    assert (
+        AuditEvent.objects.filter(action=A.CLIENT_DISABLED).get().details["reason"]
+        == "abuse report"
+    )
+    token = connected.client.registered.registration_access_token
+    response = Client().get(
+        f"/register/{connected.client.application.client_id}/",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+        HTTP_HOST=PROXY_HOST,
+    )
+    assert response.status_code == 401
+
+
+def test_admin_delete_button_uses_the_cascade(operator_client) -> None:
+    connected = connect()
+    url = reverse("admin:mcp_consent_mcpclient_changelist")
+    data = {
+        "action": "delete_clients",
+        "_selected_action": [connected.client.pk],
+        "apply": "1",
+        "reason": "spam",
+    }
+    assert operator_client.post(url, data).status_code == 302
+    assert not MCPClient.objects.exists() and not access_token_valid(connected.access_token)
+    assert not Token.objects.filter(revoked_at__isnull=True).exists()
+    assert AuditEvent.objects.get(action=A.CLIENT_DELETED).details["reason"] == "spam"
+
+
+@pytest.fixture
+def auditor() -> Client:
+    user = get_user_model().objects.create_user("auditor", "a@example.com", "pw", is_staff=True)
+    user.groups.add(Group.objects.get(name="consent auditor"))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_auditor_group_reads_everything_and_changes_nothing(auditor) -> None:
+    """Issue 4 item 2/6: the data-migration group can view, not change, revoke or delete."""
+    connected = connect()
+    for name in (
+        "mcpclient",
+        "consent",
+        "auditevent",
+        "upstreamtoken",
+        "authorizationtransaction",
+        "upstreamidentity",
+    ):
+        assert auditor.get(reverse(f"admin:mcp_consent_{name}_changelist")).status_code == 200, name
+    change_url = reverse("admin:mcp_consent_consent_change", args=[connected.consent.pk])
+    assert auditor.get(change_url).status_code == 200
+    # Actions that change anything are not offered, and posting them does nothing.
+    listing = auditor.get(reverse("admin:mcp_consent_consent_changelist")).content.decode()
+    assert "revoke_consents" not in listing
+    auditor.post(
+        reverse("admin:mcp_consent_consent_changelist"),
+        {
+            "action": "revoke_consents",
+            "_selected_action": [connected.consent.pk],
+            "apply": "1",
+            "reason": "x",
+        },
+    )
+    auditor.post(
+        reverse("admin:mcp_consent_mcpclient_changelist"),
+        {
+            "action": "delete_clients",
+            "_selected_action": [connected.client.pk],
+            "apply": "1",
+            "reason": "x",
+        },
+    )
+    assert connected.consent.revoked_at is None and MCPClient.objects.exists()
+    assert auditor.post(change_url, {}).status_code == 403
+    assert (
+        auditor.get(
+            reverse("admin:mcp_consent_mcpclient_delete", args=[connected.client.pk])
+        ).status_code
+        == 403
+    )
+    # The CSV export is a read: allowed.
+    export = auditor.post(
+        reverse("admin:mcp_consent_auditevent_changelist"),
+        {
+            "action": "export_csv",
+            "_selected_action": list(AuditEvent.objects.values_list("pk", flat=True)),
+        },
+    )
+    assert export.status_code == 200 and export["Content-Type"] == "text/csv"
+    body = b"".join(export.streaming_content).decode()
+    assert body.splitlines()[0].startswith("id,created_at,action")
+    assert "consent_granted" in body and connected.access_token not in body
+
+
+def test_admin_never_shows_tokens(operator_client) -> None:
+    connected = connect()
+    pages = [
+        reverse("admin:mcp_consent_upstreamtoken_changelist"),
+        reverse("admin:mcp_consent_upstreamtoken_change", args=[UpstreamToken.objects.get().pk]),
+        reverse("admin:mcp_consent_auditevent_changelist"),
+        reverse("admin:mcp_consent_consent_change", args=[connected.consent.pk]),
+    ]
+    for url in pages:
+        html = operator_client.get(url).content.decode()
+        assert connected.access_token not in html and connected.refresh_token not in html
+        assert UpstreamToken.objects.get().access_token_encrypted not in html
+
+
+def test_refresh_token_reuse_is_audited() -> None:
+    """AS-44: presenting a rotated refresh token revokes the family and leaves an audit row."""
+    connected = connect()
+    first = connected.refresh()
+    assert first.status_code == 200
+    replay = connected.refresh()
+    assert replay.json()["error"] == "invalid_grant"
+    reuse = AuditEvent.objects.get(action=A.REFRESH_TOKEN_REUSE)
+    assert reuse.details["family_revoked"] is True
+    assert (
+        not get_refresh_token_model()
+        .objects.filter(revoked__isnull=True, application=connected.client.application)
+        .exists()
+    )
