@@ -85,6 +85,16 @@ W002 = Warning(
     hint="Use PKCE S256 towards the upstream when it supports it (UP-01).",
     id="mcp_consent.W002",
 )
+W004 = Warning(
+    "Dynamic client registration is on without a rate limit for it (MCP_CONSENT['RATE_LIMITS']['register']).",
+    hint="Open registration invites floods (DCR-02): keep a per-IP limit, e.g. {'register': (20, 3600)}.",
+    id="mcp_consent.W004",
+)
+W005 = Warning(
+    "Rate limits count in a per-process cache (LocMemCache): each app server counts on its own.",
+    hint="Use a shared cache in production, e.g. Django's RedisCache (REDIS_URL in the demo project).",
+    id="mcp_consent.W005",
+)
 W003 = Warning(
     "Access tokens or codes are stored in clear (COMPLIANT_BCP_RFC9700_TOKEN_STORAGE is off).",
     hint="Set COMPLIANT_BCP_RFC9700_TOKEN_STORAGE=True (AS-47).",
@@ -145,6 +155,8 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         messages.append(E010)
     if app_settings.REMEMBER_CONSENT:
         messages.append(W001)
+    if oauth2_settings.DCR_ENABLED and not app_settings.RATE_LIMITS.get("register"):
+        messages.append(W004)
     if not upstream.pkce:
         messages.append(W002)
     return messages
@@ -168,4 +180,7 @@ def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         messages.append(E008)
     if not oauth2_settings.COMPLIANT_BCP_RFC9700_TOKEN_STORAGE:
         messages.append(W003)
+    backend = settings.CACHES.get("default", {}).get("BACKEND", "")
+    if app_settings.RATE_LIMITS and backend.endswith("LocMemCache"):
+        messages.append(W005)
     return messages

@@ -35,6 +35,8 @@ from mcp_consent.checks import (
     W001,
     W002,
     W003,
+    W004,
+    W005,
     check_configuration,
     check_deployment,
 )
@@ -74,6 +76,7 @@ def production(**changes: Any) -> override_settings:
         ENCRYPTION_KEYS=[Fernet.generate_key().decode()],
     )
     consent.update(changes.pop("consent", {}))
+    changes.setdefault("CACHES", SHARED_CACHE)
     return override_settings(
         OAUTH2_PROVIDER=oauth2(
             **{"OIDC_ISS_ENDPOINT": "https://proxy.example.com", **changes.pop("oauth2", {})}
@@ -81,6 +84,15 @@ def production(**changes: Any) -> override_settings:
         MCP_CONSENT=consent,
         **changes,
     )
+
+
+# A shared cache (production's Redis); the check reads the backend, it does not connect.
+SHARED_CACHE = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://127.0.0.1:6379/15",
+    }
+}
 
 
 # --- check_configuration ---------------------------------------------------------------------
@@ -309,6 +321,7 @@ def test_check_deploy_with_production_environment_reports_no_mcp_consent_message
             "UPSTREAM_CLIENT_ID": "x",
             "UPSTREAM_CLIENT_SECRET": "y",
             "DATABASE_URL": f"sqlite:///{tmp_path / 'check.sqlite3'}",
+            "REDIS_URL": "redis://127.0.0.1:6379/15",
         }
     )
     result = subprocess.run(  # noqa: S603 - fixed argv, our own manage.py
@@ -325,3 +338,18 @@ def test_check_deploy_with_production_environment_reports_no_mcp_consent_message
     assert "Traceback" not in output
     assert "mcp_consent." not in output
     assert result.returncode == 0, output
+
+
+def test_w004_registration_without_rate_limit_warns():
+    """W004 / DCR-02: open registration needs a per-IP limit."""
+    with override_settings(MCP_CONSENT=mcp_consent(RATE_LIMITS={"token": (10, 60)})):
+        assert W004 in check_configuration()
+    assert W004 not in check_configuration()
+
+
+def test_w005_per_process_rate_limit_cache_warns_under_deploy():
+    """W005: LocMemCache counts per process; production needs a shared cache."""
+    with production(
+        CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    ):
+        assert check_deployment() == [W005]
