@@ -182,7 +182,7 @@ def test_user_revokes_on_connected_apps() -> None:
     assert revoked.status_code == 303
     assert_fully_revoked(connected)
     after = connected.browser.get("/connections/").content.decode()
-    assert "No application has access right now." in after and "Consent revoked" in after
+    assert "No application has access right now." in after and "Access revoked" in after
     assert AuditEvent.objects.get(action=A.CONSENT_REVOKED).actor_type == "user"
 
 

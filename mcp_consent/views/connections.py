@@ -22,8 +22,17 @@ from oauth2_provider.compat import login_not_required
 
 from .. import audit, flows
 from ..app_settings import app_settings
-from ..models import AuditEvent, Consent
+from ..models import AuditEvent, Consent, MCPClient
 from .common import browser_binding, protect_page, send_upstream
+
+# What the person reads for each of their decisions.
+DECISION_TEXT = {
+    AuditEvent.Action.CONSENT_APPROVED: "You approved on the consent page",
+    AuditEvent.Action.CONSENT_DENIED: "You denied",
+    AuditEvent.Action.CONSENT_GRANTED: "Access granted after you signed in",
+    AuditEvent.Action.CONSENT_REVOKED: "Access revoked",
+    AuditEvent.Action.CONSENT_EXPIRED: "Access expired",
+}
 
 DECISIONS = [
     AuditEvent.Action.CONSENT_APPROVED,
@@ -39,6 +48,7 @@ def _row(consent: Consent) -> dict[str, Any]:
     return {
         "consent": consent,
         "name": client.display_name,
+        "client_id": client.application.client_id,
         "verified": client.verified,
         "redirect_host": urlsplit(consent.redirect_uri).netloc,
         "scopes": app_settings.ADAPTER.scope_descriptions(consent.scope_list),
@@ -70,10 +80,27 @@ class ConnectionsView(View):
             events = sorted({e.pk: e for e in [*history, *denied]}.values(), key=lambda e: -e.pk)[
                 :50
             ]
+            names = {
+                c.application.client_id: c.display_name
+                for c in MCPClient.objects.filter(
+                    application__client_id__in={e.client_id for e in events}
+                ).select_related("application")
+            }
+            decisions = [
+                {
+                    "text": DECISION_TEXT.get(e.action, e.get_action_display()),
+                    "client": names.get(e.client_id, "a deleted application"),
+                    "at": e.created_at,
+                    "reason": e.details.get("reason", "")
+                    if e.action != AuditEvent.Action.CONSENT_DENIED
+                    else "",
+                }
+                for e in events
+            ]
             context.update(
                 {
                     "connections": [_row(c) for c in active],
-                    "history": events,
+                    "history": decisions,
                     "past": [_row(c) for c in consents if c.status != Consent.Status.ACTIVE][:50],
                 }
             )
