@@ -1,3 +1,5 @@
+import logging
+
 from django.apps import AppConfig
 
 
@@ -8,3 +10,19 @@ class MCPConsentConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+
+        # BCP-18 / UP-07: oauthlib logs authorization codes and access/refresh tokens at DEBUG
+        # ("Saving grant %r", "Issuing new token to client id %r (%r), %r."). A filter on each
+        # of its loggers drops those records, whatever level LOGGING (or anyone) sets.
+        for name in [
+            n
+            for n in logging.Logger.manager.loggerDict
+            if n == "oauthlib" or n.startswith("oauthlib.")
+        ]:
+            logger = logging.getLogger(name)
+            if drop_oauthlib_debug not in logger.filters:
+                logger.addFilter(drop_oauthlib_debug)
+
+
+def drop_oauthlib_debug(record: logging.LogRecord) -> bool:
+    return record.levelno > logging.DEBUG

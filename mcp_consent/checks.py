@@ -175,6 +175,7 @@ def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         upstream.token_url,
         upstream.userinfo_url,
         upstream.revocation_url,
+        upstream.api_base,  # the MCP tools send upstream tokens there (UP-10)
     ]
     if any(url and urlsplit(url).scheme != "https" for url in urls):
         messages.append(E008)
@@ -183,4 +184,44 @@ def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     backend = settings.CACHES.get("default", {}).get("BACKEND", "")
     if app_settings.RATE_LIMITS and backend.endswith("LocMemCache"):
         messages.append(W005)
+    return messages
+
+
+# --- The resource-server side (mcp_consent.resource, integrations.mcp_sdk, /introspect/) ---------
+# IDs from 020 on, apart from the authorization-server checks above.
+
+E020 = Error(
+    "MCP_CONSENT['PRM_SCOPES'] names offline_access or a scope that is not in OAUTH2_PROVIDER['SCOPES'].",
+    hint="List the minimal scopes for basic use, e.g. ['items:read'] (SM-01); never offline_access (SM-06).",
+    id="mcp_consent.E020",
+)
+E021 = Error(
+    "MCP_CONSENT['SCOPE_IMPLIES'] names a scope that is not in OAUTH2_PROVIDER['SCOPES'].",
+    hint="Map known scopes to the scopes they include, e.g. {'items:write': ['items:read']} (SM-05).",
+    id="mcp_consent.E021",
+)
+E022 = Error(
+    "MCP_CONSENT['INTROSPECTION_CLIENTS'] lists a resource that is not in RESOURCES, or a client_id that is a URL.",
+    hint="Map the client_id printed by `manage.py mcp_consent_resource_server` to the resources that "
+    "server serves, each also in MCP_CONSENT['RESOURCES'] (INT-01, INT-02).",
+    id="mcp_consent.E022",
+)
+
+
+@register(Tags.security)
+def check_resource_server(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    messages: list[Any] = []
+    known = set(oauth2_settings.SCOPES)
+    raw = getattr(settings, "MCP_CONSENT", {})
+    prm_scopes = raw.get("PRM_SCOPES")
+    if prm_scopes is not None and any(s == "offline_access" or s not in known for s in prm_scopes):
+        messages.append(E020)
+    implied = app_settings.SCOPE_IMPLIES
+    if any(k not in known or any(v not in known for v in vs) for k, vs in implied.items()):
+        messages.append(E021)
+    resources = set(app_settings.RESOURCES)
+    for client_id, served in app_settings.INTROSPECTION_CLIENTS.items():
+        if "://" in client_id or not served or not set(served) <= resources:
+            messages.append(E022)
+            break
     return messages

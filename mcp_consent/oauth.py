@@ -159,6 +159,13 @@ class MCPOAuth2Validator(OAuth2Validator):
             return None
         return client
 
+    def _authenticate_basic_auth(self, request: Request) -> bool:
+        try:
+            return bool(super()._authenticate_basic_auth(request))
+        except ValueError:
+            # Non-ASCII bytes in a Basic header: bad credentials, not a 500 (fuzzing finding).
+            return False
+
     def validate_redirect_uri(
         self, client_id: str, redirect_uri: str, request: Request, *args: Any, **kwargs: Any
     ) -> bool:

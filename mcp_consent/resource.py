@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -38,7 +38,6 @@ from urllib.parse import parse_qsl, urlsplit
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.db import connections
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, QueryDict
-from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 
 from .app_settings import app_settings, canonical_resource
@@ -480,12 +479,3 @@ def introspect(raw: str, *, resources: Iterable[str]) -> dict[str, Any]:
         "iat": int(token.created.timestamp()),
         "token_type": "Bearer",
     }
-
-
-def seconds_left(token: VerifiedToken) -> float:
-    return (token.expires_at - timezone.now()).total_seconds()
-
-
-def headers_of(scope_headers: Iterable[tuple[bytes, bytes]]) -> Mapping[str, str]:
-    """ASGI header pairs as a lower-cased dict (the last of repeated headers)."""
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope_headers}

@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests
 from django.urls import reverse
@@ -40,8 +41,12 @@ class UpstreamRefused(UpstreamError):
     """The upstream's token endpoint refused the grant (e.g. invalid_grant): not an outage."""
 
 
-class UpstreamUnauthorized(UpstreamError):
-    """The upstream API answered 401 with the freshest upstream token there is (RS-11)."""
+class UpstreamAuthorizationRequired(UpstreamError):
+    """Only a new authorization can help: the upstream grant is gone (RS-11).
+
+    The API answered 401 even after a refresh, the refresh was refused, or there is no live
+    consent with an upstream token. The MCP endpoint turns it into a 401 for the client.
+    """
 
 
 def http_session() -> requests.Session:
@@ -194,3 +199,98 @@ def revoke_token(token: str, token_type_hint: str) -> bool:
     if response.status_code != 200:
         raise UpstreamError(f"revocation endpoint answered HTTP {response.status_code}")
     return True
+
+
+# --- The third-party API, called with a consent's upstream token (TP-03, RS-11, UP-10) ------
+
+
+class UpstreamAPISession(requests.Session):
+    """A requests.Session for the upstream API that carries one consent's upstream token.
+
+    Made by ``vault.upstream_session``; pass paths relative to ``UPSTREAM["API_BASE_URL"]``.
+
+    * UP-10 / SSRF-01..03: only URLs under the configured API base are reachable (no other
+      host, no dot segments, no encoded separators) and redirects are never followed: a
+      redirect would carry the token elsewhere or point the proxy at an internal address.
+    * TP-03: the Authorization header is always the upstream token, set last, whatever the
+      caller passed; the MCP client's token never gets here.
+    * RS-11: an upstream 401 gets one server-side refresh and one retry; a second 401 raises
+      UpstreamAuthorizationRequired. Connection failures raise UpstreamError, whose text
+      never contains a secret.
+    """
+
+    def __init__(
+        self, *, access_token: Callable[[], str], refreshed_access_token: Callable[[], str]
+    ) -> None:
+        super().__init__()
+        shared = http_session()
+        # The process-wide adapters: pooled connections, retries of idempotent calls only.
+        self.adapters = shared.adapters
+        self.headers.update(shared.headers)
+        self.headers["Accept"] = "application/json"
+        self.trust_env = shared.trust_env
+        self.base = app_settings.UPSTREAM.api_base
+        self._access_token = access_token
+        self._refreshed_access_token = refreshed_access_token
+
+    def api_url(self, url: str) -> str:
+        """``url`` resolved against the API base, or UpstreamError if it leaves the base."""
+        if not self.base:
+            raise UpstreamError("no upstream API is configured (UPSTREAM API_BASE_URL)")
+        target = urljoin(self.base, str(url))
+        parts = urlsplit(target)
+        path = parts.path.lower()
+        if (
+            not target.startswith(self.base)
+            or parts.fragment
+            or parts.username
+            or parts.password
+            or "\\" in target
+            or "%2e" in path
+            or "%2f" in path
+            or "%5c" in path
+        ):
+            raise UpstreamError("refused a URL outside the upstream API")
+        return target
+
+    def request(  # type: ignore[override]
+        self, method: str | bytes, url: str | bytes, **kwargs: Any
+    ) -> requests.Response:
+        target = self.api_url(url.decode() if isinstance(url, bytes) else url)
+        headers = {
+            k: v
+            for k, v in dict(kwargs.pop("headers", None) or {}).items()
+            if k.lower() not in {"authorization", "cookie"}
+        }
+        kwargs.pop("auth", None)
+        kwargs.pop("cookies", None)
+        kwargs["allow_redirects"] = False
+        kwargs.setdefault("timeout", app_settings.UPSTREAM.timeout)
+
+        def send(token: str) -> requests.Response:
+            try:
+                return super(UpstreamAPISession, self).request(
+                    method,
+                    target,
+                    headers={**headers, "Authorization": f"Bearer {token}"},
+                    **kwargs,
+                )
+            except requests.RequestException as exc:
+                raise UpstreamError(f"upstream API unreachable: {type(exc).__name__}") from None
+
+        response = send(self._access_token())
+        if response.status_code == 401:
+            # The stored token may have been revoked or expired early: refresh once (under the
+            # row lock, so concurrent callers refresh once) and retry. A 401 means the request
+            # was not processed, so the retry is safe for any method.
+            response.close()
+            response = send(self._refreshed_access_token())
+            if response.status_code == 401:
+                response.close()
+                raise UpstreamAuthorizationRequired("the upstream API refused the refreshed token")
+        return response
+
+    def close(self) -> None:
+        # The adapters belong to the process-wide session: closing them here would drop
+        # every pooled connection of the process.
+        self.cookies.clear()

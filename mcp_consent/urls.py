@@ -8,13 +8,15 @@ reverse ``oauth2_provider:<name>``): no application-management, device or OIDC v
 """
 
 from django.urls import path
+from django.views.decorators.debug import sensitive_post_parameters
 from oauth2_provider import views as dot_views
 
+from .cors import public_cors
 from .views.authorize import AuthorizeView
 from .views.connections import ConnectionsView
 from .views.registration import RegistrationManagementView, RegistrationView
 from .views.resource import IntrospectionView, ProtectedResourceMetadataView
-from .views.token import ServerMetadataView, TokenView
+from .views.token import SENSITIVE_POST, ServerMetadataView, TokenView
 from .views.upstream import UpstreamCallbackView
 
 app_name = "mcp_consent"
@@ -25,12 +27,12 @@ urlpatterns = [
     # owner of these URLs, whatever framework serves the MCP endpoint itself.
     path(
         ".well-known/oauth-protected-resource",
-        ProtectedResourceMetadataView.as_view(),
+        public_cors(ProtectedResourceMetadataView.as_view(), ["GET"]),
         name="protected-resource-metadata",
     ),
     path(
         ".well-known/oauth-protected-resource/<path:resource_path>",
-        ProtectedResourceMetadataView.as_view(),
+        public_cors(ProtectedResourceMetadataView.as_view(), ["GET"]),
         name="protected-resource-metadata-path",
     ),
     path("connections/", ConnectionsView.as_view(), name="connections"),
@@ -40,16 +42,28 @@ oauth2_urls = (
     [
         path(
             ".well-known/oauth-authorization-server",
-            ServerMetadataView.as_view(),
+            public_cors(ServerMetadataView.as_view(), ["GET"]),
             name="oauth-server-metadata",
         ),
         path("authorize/", AuthorizeView.as_view(), name="authorize"),
-        path("token/", TokenView.as_view(), name="token"),
-        path("revoke/", dot_views.RevokeTokenView.as_view(), name="revoke-token"),
+        # Browser-based MCP clients call these with fetch (mcp_consent.cors); /authorize/
+        # never gets CORS (CD-17).
+        path("token/", public_cors(TokenView.as_view()), name="token"),
+        path(
+            "revoke/",
+            public_cors(
+                sensitive_post_parameters(*SENSITIVE_POST)(dot_views.RevokeTokenView.as_view())
+            ),
+            name="revoke-token",
+        ),
         # RFC 7662 for MCP servers running as separate services (INT-01..03); DOT's metadata
         # view advertises introspection_endpoint because this name reverses.
-        path("introspect/", IntrospectionView.as_view(), name="introspect"),
-        path("register/", RegistrationView.as_view(), name="dcr-register"),
+        path(
+            "introspect/",
+            sensitive_post_parameters(*SENSITIVE_POST)(IntrospectionView.as_view()),
+            name="introspect",
+        ),
+        path("register/", public_cors(RegistrationView.as_view()), name="dcr-register"),
         path(
             "register/<str:client_id>/",
             RegistrationManagementView.as_view(),

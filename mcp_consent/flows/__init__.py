@@ -30,6 +30,7 @@ from .clients import (
     update_client,
 )
 from .common import client_ip, secret_hash, user_agent
+from .resource_servers import create_resource_server
 from .revocation import expire_consent, revoke_consent, revoke_consents, revoke_oauth_tokens
 from .tokens import (
     record_refresh_token_reuse,
@@ -54,6 +55,7 @@ __all__ = [
     "complete_authorization",
     "complete_sign_in",
     "consume_transaction",
+    "create_resource_server",
     "delete_client",
     "disable_client",
     "expire_consent",

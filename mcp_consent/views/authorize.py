@@ -257,7 +257,9 @@ class AuthorizeView(AuthorizationView):
             )
         if decision != "approve":
             return self.consent_page(request, ar, notice="Choose Approve or Deny.", status=400)
-        if not hmac.compare_digest(request.POST.get("fingerprint", ""), ar.fingerprint()):
+        if not hmac.compare_digest(
+            request.POST.get("fingerprint", "").encode(), ar.fingerprint().encode()
+        ):
             # The client or the request changed since the page was shown: show it again.
             return self.consent_page(
                 request,

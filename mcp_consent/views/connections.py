@@ -26,7 +26,7 @@ from ..models import AuditEvent, Consent, MCPClient
 from .common import browser_binding, protect_page, send_upstream
 
 # What the person reads for each of their decisions.
-DECISION_TEXT = {
+DECISION_TEXT: dict[str, str] = {
     AuditEvent.Action.CONSENT_APPROVED: "You approved on the consent page",
     AuditEvent.Action.CONSENT_DENIED: "You denied",
     AuditEvent.Action.CONSENT_GRANTED: "Access granted after you signed in",

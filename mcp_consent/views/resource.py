@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from typing import Any
-from urllib.parse import unquote_plus, urlencode, urlsplit
+from urllib.parse import unquote_plus, urlencode
 
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.utils.decorators import method_decorator
@@ -145,7 +145,8 @@ class IntrospectionView(IntrospectTokenView):
             request.build_absolute_uri(),
             http_method="POST",
             body=urlencode(list(request.POST.items())),
-            headers={"Authorization": request.headers.get("Authorization", "")},
+            # DOT's validator reads the WSGI-style name (as OAuthLibCore passes request.META).
+            headers={"HTTP_AUTHORIZATION": request.headers.get("Authorization", "")},
         )
         # DOT's own client authentication (hashed secrets, Basic or body), not mcp_consent's
         # validator: a resource server is not an MCP client and has no consent to give.
@@ -158,8 +159,3 @@ class IntrospectionView(IntrospectTokenView):
             # A public client "authenticates" with an empty secret: that is no authentication.
             return None
         return allowed[client_id]
-
-
-def resource_paths() -> list[str]:
-    """Paths of the configured resources (for documentation and the demo's router)."""
-    return [urlsplit(r).path for r in app_settings.RESOURCES]

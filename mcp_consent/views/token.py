@@ -10,13 +10,28 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
 from oauth2_provider import views as dot_views
 
 from .. import flows, ratelimit
 from .common import too_many_requests
 
+# Secrets that Django's error reports (mails to ADMINS, the DEBUG page) must never show.
+SENSITIVE_POST = (
+    "code",
+    "code_verifier",
+    "refresh_token",
+    "client_secret",
+    "token",
+    "password",
+    "assertion",
+)
 
+
+@method_decorator(sensitive_post_parameters(*SENSITIVE_POST), name="post")
 class TokenView(dot_views.TokenView):
     """POST /token/: every grant type goes through oauthlib's grant allowlist (AS-48)."""
 
@@ -26,6 +41,15 @@ class TokenView(dot_views.TokenView):
             if limited.first_refusal:
                 flows.record_rate_limited("token", request)
             return too_many_requests(request, limited)
+        try:
+            request.POST  # noqa: B018 - parse now: an oversized body is an OAuth error, not HTML
+        except RequestDataTooBig:
+            response = JsonResponse(
+                {"error": "invalid_request", "error_description": "request body too large"},
+                status=400,
+            )
+            response["Cache-Control"] = "no-store"
+            return response
         response = self.authorization_flow_token_response(request)
         if response.status_code != 200:
             # AS-48 / RFC 6749 §5.2: every error is JSON and never cached.

@@ -1,0 +1,484 @@
+"""mcp_consent for the official MCP Python SDK (``mcp`` 2.x): protect an MCPServer.
+
+The pieces, all verifying through ``mcp_consent.resource`` (one code path)::
+
+    from mcp.server.mcpserver import Context, MCPServer
+    from mcp_consent.integrations import mcp_sdk
+
+    server = MCPServer(
+        "My MCP server",
+        token_verifier=mcp_sdk.ConsentTokenVerifier(),
+        auth=mcp_sdk.auth_settings(),          # validate_token_resource=True
+    )
+
+    @server.tool()
+    async def whoami(ctx: Context) -> dict:
+        token = mcp_sdk.verified_token(ctx)
+        return await mcp_sdk.call_upstream(token, lambda api: api.get("user").json())
+
+    mcp_app = mcp_sdk.ProtectedMCPApp(
+        server.streamable_http_app(
+            stateless_http=True, json_response=True, transport_security=mcp_sdk.transport_security()
+        ),
+        tool_scopes={"list_items": ["items:read"]},
+    )
+    application = mcp_sdk.MCPRouter(django_asgi_app, mcp_app)   # /mcp + lifespan → SDK
+
+* ``ConsentTokenVerifier`` is the SDK's ``TokenVerifier``: enough on its own for the SDK's
+  ``AuthSettings(validate_token_resource=True)``; it returns the SDK's AccessToken with the
+  resource, the subject (the local user) and ``iss``, so the SDK binds sessions and request
+  state to the user (SH-04), and with the scopes widened by the hierarchy (SM-05).
+* ``ProtectedMCPApp`` goes in front of the SDK app and answers what the SDK answers
+  imprecisely: RFC 6750 / RFC 9728 challenges with ``scope`` and without ``error`` when no
+  token was sent (RS-04, RS-05), 403 ``insufficient_scope`` for per-tool scopes (RS-06),
+  tokens outside the header (RS-09), Host/Origin before anything else (RS-10), and the 401
+  that makes a client re-authorize when the upstream grant is gone (RS-11). The SDK's own
+  checks still run behind it.
+* ``MCPRouter`` serves Django and the SDK app as one ASGI application; Django keeps the
+  well-known metadata URLs (one owner, DOT-NOTES "One ASGI app").
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
+
+import requests
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.transport_security import (
+    DEFAULT_MAX_REQUEST_BODY_SIZE,
+    TransportSecurityMiddleware,
+    TransportSecuritySettings,
+)
+from pydantic import PrivateAttr
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import resource, upstream, vault
+from ..app_settings import app_settings, canonical_resource
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+# --- The SDK's TokenVerifier -------------------------------------------------------------------
+
+
+class ConsentAccessToken(AccessToken):
+    """The SDK's AccessToken, carrying the VerifiedToken it was made from."""
+
+    _verified: resource.VerifiedToken | None = PrivateAttr(default=None)
+
+    @property
+    def verified(self) -> resource.VerifiedToken | None:
+        return self._verified
+
+
+def sdk_access_token(raw: str, verified: resource.VerifiedToken) -> ConsentAccessToken:
+    token = ConsentAccessToken(
+        token=raw,
+        client_id=verified.client_id,
+        # SM-05: the SDK compares scopes flatly (AuthSettings.required_scopes); hand it the
+        # scopes the hierarchy implies too.
+        scopes=sorted(verified.effective_scopes),
+        expires_at=int(verified.expires_at.timestamp()),
+        resource=verified.resource,
+        # SH-04: the SDK binds sessions and request state to (client_id, iss, sub).
+        subject=verified.subject,
+        claims={"iss": verified.issuer, "aud": list(verified.audiences)},
+    )
+    token._verified = verified
+    return token
+
+
+# The token ProtectedMCPApp verified for the request being served, so that the SDK's call to
+# the verifier for the same request costs no second query.
+_verified_here: contextvars.ContextVar[tuple[str, ConsentAccessToken] | None] = (
+    contextvars.ContextVar("mcp_consent_verified_here", default=None)
+)
+
+
+class ConsentTokenVerifier:
+    """``mcp.server.auth.provider.TokenVerifier`` backed by mcp_consent (RS-08, TP-01, TP-02).
+
+    ``resource`` defaults to the only configured MCP resource. Returns None for every token
+    ``resource.verify_token`` refuses; the ORM work runs in a worker thread (async-safe) and
+    its connections are released afterwards.
+    """
+
+    def __init__(self, resource: str | None = None) -> None:
+        self.resource = canonical_resource(resource) if resource else None
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        here = _verified_here.get()
+        if here is not None and hmac.compare_digest(here[0], resource.checksum(token)):
+            return here[1]
+
+        def verify() -> resource.VerifiedToken | None:
+            try:
+                return resource.verify_token(token, resource=self.resource)
+            except resource.BearerError:
+                return None
+            finally:
+                resource.release_connections()
+
+        verified = await sync_to_async(verify, thread_sensitive=True)()
+        return sdk_access_token(token, verified) if verified is not None else None
+
+
+def auth_settings(
+    resource_uri: str | None = None, *, required_scopes: list[str] | None = None
+) -> AuthSettings:
+    """The SDK's AuthSettings for a resource protected by mcp_consent tokens.
+
+    ``validate_token_resource=True``: the SDK checks the audience too (defence in depth).
+    """
+    return AuthSettings(
+        issuer_url=app_settings.ISSUER,  # type: ignore[arg-type]
+        resource_server_url=resource_uri or resource.default_resource(),  # type: ignore[arg-type]
+        required_scopes=required_scopes,
+        validate_token_resource=True,
+    )
+
+
+def transport_security() -> TransportSecuritySettings:
+    """RS-10: the SDK's DNS-rebinding protection with MCP_ALLOWED_HOSTS / MCP_ALLOWED_ORIGINS."""
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=app_settings.MCP_ALLOWED_HOSTS,
+        allowed_origins=app_settings.MCP_ALLOWED_ORIGINS,
+    )
+
+
+# --- In front of the SDK app ---------------------------------------------------------------------
+
+
+@dataclass
+class _RequestState:
+    """Per HTTP request, shared with the tools it runs (contextvars copy the reference)."""
+
+    reauthorize: bool = False
+    scopes: list[str] = field(default_factory=list)
+
+
+_request_state: contextvars.ContextVar[_RequestState | None] = contextvars.ContextVar(
+    "mcp_consent_request_state", default=None
+)
+
+
+async def _send_json(send: Send, status: int, body: Any, headers: Mapping[str, str]) -> None:
+    payload = json.dumps(body).encode()
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(payload)),
+    ]
+    raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+MCP_CORS_EXPOSED = "WWW-Authenticate, Mcp-Session-Id, MCP-Protocol-Version"
+
+
+async def _send_preflight(send: Send, origin: str, headers: Mapping[str, str]) -> None:
+    """RS-10: a CORS preflight from an allowed origin (never ``*``, never credentials)."""
+    requested = headers.get("access-control-request-headers", "")
+    raw_headers = [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
+        (b"access-control-allow-headers", requested.encode("latin-1")),
+        (b"access-control-max-age", b"600"),
+        (b"vary", b"Origin"),
+        (b"content-length", b"0"),
+    ]
+    await send({"type": "http.response.start", "status": 204, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _with_cors(send: Send, origin: str) -> Send:
+    async def send_with_cors(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {
+                **message,
+                "headers": [
+                    *message.get("headers", []),
+                    (b"access-control-allow-origin", origin.encode("latin-1")),
+                    (b"access-control-expose-headers", MCP_CORS_EXPOSED.encode("latin-1")),
+                    (b"vary", b"Origin"),
+                ],
+            }
+        await send(message)
+
+    return send_with_cors
+
+
+async def _send_bearer_error(send: Send, error: resource.BearerError) -> None:
+    await _send_json(send, error.status, error.body(), error.headers())
+
+
+class ProtectedMCPApp:
+    """ASGI middleware: mcp_consent's checks and challenges in front of an MCP SDK app.
+
+    Order per request: Host/Origin (RS-10, the SDK's own rules and settings); the body (at
+    most ``max_body_size``) to learn which tools a JSON-RPC message calls; the token — from
+    the Authorization header only — verified for the resource and for every scope the
+    operation needs: the endpoint's ``required_scopes`` and, for ``tools/call``, the tool's
+    ``tool_scopes`` (RS-06, SM-02, SM-05). Then the SDK app runs with the body replayed.
+    Each request runs its ORM work in its own thread (asgiref ThreadSensitiveContext, as
+    Django's handler does) and releases its connections at the end.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        resource_uri: str | None = None,
+        required_scopes: Iterable[str] = (),
+        tool_scopes: Mapping[str, Iterable[str]] | None = None,
+        security: TransportSecuritySettings | None = None,
+        max_body_size: int = DEFAULT_MAX_REQUEST_BODY_SIZE,
+    ) -> None:
+        self.app = app
+        self.resource_uri = canonical_resource(resource_uri) if resource_uri else None
+        self.required_scopes = list(required_scopes)
+        self.tool_scopes = {name: list(scopes) for name, scopes in (tool_scopes or {}).items()}
+        self.security = TransportSecurityMiddleware(security or transport_security())
+        self.max_body_size = max_body_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        async with ThreadSensitiveContext():
+            try:
+                await self._serve(scope, receive, send)
+            finally:
+                await sync_to_async(resource.release_connections, thread_sensitive=True)()
+
+    def operation_scopes(self, body: bytes) -> list[str]:
+        """The scopes of the tools a JSON-RPC message (or batch) calls."""
+        try:
+            message = json.loads(body) if body else None
+        except (ValueError, UnicodeDecodeError):
+            return []  # the SDK answers a parse error; no tool runs
+        scopes: list[str] = []
+        for item in message if isinstance(message, list) else [message]:
+            if isinstance(item, dict) and item.get("method") == "tools/call":
+                params = item.get("params")
+                name = params.get("name") if isinstance(params, dict) else None
+                if isinstance(name, str):
+                    scopes.extend(self.tool_scopes.get(name, []))
+        return scopes
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        resource_uri = self.resource_uri or resource.default_resource()
+        # RS-10: a foreign Origin (a DNS-rebound page) or Host is refused before it learns
+        # anything else, even the challenge.
+        request = Request(scope)
+        rejection = await self.security.validate_request(request, is_post=False)
+        if rejection is not None:
+            await rejection(scope, receive, send)
+            return
+        # Past the check, a present Origin is one of MCP_ALLOWED_ORIGINS: a browser-based
+        # client there (e.g. the MCP Inspector connecting directly) may read the answers.
+        origin = request.headers.get("origin")
+        if origin:
+            if (
+                scope.get("method") == "OPTIONS"
+                and "access-control-request-method" in request.headers
+            ):
+                await _send_preflight(send, origin, request.headers)
+                return
+            send = _with_cors(send, origin)
+
+        body = b""
+        if scope.get("method") == "POST":
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body_size:
+                    await _send_json(send, 413, {"error": "request body too large"}, {})
+                    return
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+
+        required = list(dict.fromkeys(self.required_scopes + self.operation_scopes(body)))
+        authorizations = [v for k, v in scope.get("headers", []) if k.lower() == b"authorization"]
+        try:
+            if len(authorizations) > 1:
+                raise resource.InvalidRequest(
+                    "Send one Authorization header.", resource=resource_uri, scopes=required
+                )
+            authorization = authorizations[0].decode("latin-1") if authorizations else None
+            query_string = scope.get("query_string", b"").decode("latin-1")
+            # In this request's thread; its connections are released when the request ends.
+            verified = await sync_to_async(resource.authenticate, thread_sensitive=True)(
+                authorization=authorization,
+                query_string=query_string,
+                resource=resource_uri,
+                scopes=required,
+            )
+        except resource.BearerError as error:
+            await _send_bearer_error(send, error)
+            return
+
+        raw = resource.bearer_token(authorization, resource=resource_uri, scopes=required)
+        state = _RequestState(scopes=required)
+        verified_token = _verified_here.set(
+            (resource.checksum(raw), sdk_access_token(raw, verified))
+        )
+        state_token = _request_state.set(state)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        replaced = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and state.reauthorize:
+                # RS-11: the upstream grant behind this token is gone and refreshing cannot
+                # fix it: answer 401 invalid_token, which makes MCP clients authorize again
+                # (a new consent, a new upstream grant). Nothing of the upstream's answer
+                # reaches the client.
+                replaced = True
+                error = resource.InvalidToken(
+                    f"The authorization at {app_settings.UPSTREAM.name} has ended; authorize again.",
+                    resource=resource_uri,
+                    scopes=state.scopes,
+                )
+                await _send_bearer_error(send, error)
+                return
+            if not replaced:
+                await send(message)
+
+        try:
+            await self.app(scope, replay, guarded_send)
+        finally:
+            _request_state.reset(state_token)
+            _verified_here.reset(verified_token)
+
+
+# --- Inside tools --------------------------------------------------------------------------------
+
+
+def verified_token(ctx: Any = None, *, scopes: Iterable[str] = ()) -> resource.VerifiedToken:
+    """The VerifiedToken of the request a tool serves; ToolError if it lacks ``scopes``.
+
+    Read from the HTTP request that carried this message when the context has one, else
+    from the SDK's per-request auth context. The scope check repeats ProtectedMCPApp's for
+    servers mounted without it (defence in depth, SM-05 hierarchy included).
+    """
+    access: Any = None
+    request_context = getattr(ctx, "_request_context", None) if ctx is not None else None
+    http_request = getattr(request_context, "request", None)
+    if http_request is not None and hasattr(http_request, "scope"):
+        user = http_request.scope.get("user")
+        access = getattr(user, "access_token", None)
+    if access is None:
+        access = get_access_token()
+    verified = access.verified if isinstance(access, ConsentAccessToken) else None
+    if verified is None:
+        raise ToolError("This tool needs an mcp-consent access token.")
+    missing = resource.missing_scopes(verified.scopes, scopes)
+    if missing:
+        raise ToolError(f"This tool needs the scope(s): {' '.join(missing)}.")
+    return verified
+
+
+async def call_upstream(token: resource.VerifiedToken, call: Callable[[requests.Session], T]) -> T:
+    """Run ``call(api)`` with ``vault.upstream_session(token)`` in a worker thread.
+
+    RS-11: when only a new authorization can help, the HTTP request that carried this tool
+    call is answered 401 (ProtectedMCPApp) and the tool fails with a message saying so. An
+    outage is a ToolError asking to retry; the upstream's own error text is never passed on
+    (it may carry secrets).
+    """
+
+    def work() -> T:
+        try:
+            with vault.upstream_session(token) as api:
+                return call(api)
+        finally:
+            resource.release_connections()
+
+    name = app_settings.UPSTREAM.name
+    try:
+        return cast(T, await sync_to_async(work, thread_sensitive=True)())
+    except upstream.UpstreamAuthorizationRequired as exc:
+        log.info(
+            "upstream grant of client %s needs a new authorization: %s", token.client_id, exc.reason
+        )
+        state = _request_state.get()
+        if state is not None:
+            state.reauthorize = True
+        raise ToolError(f"The authorization at {name} has ended: connect this app again.") from None
+    except upstream.UpstreamError as exc:
+        log.warning("upstream API call failed: %s", exc.reason)
+        raise ToolError(f"{name} is not available right now; try again later.") from None
+
+
+# --- One ASGI application ------------------------------------------------------------------------
+
+
+class MCPRouter:
+    """Django and an MCP SDK app as one ASGI application (DOT-NOTES "One ASGI app").
+
+    HTTP requests for the MCP endpoint paths (default: the path of each configured resource)
+    and the lifespan scope go to the SDK app — its session manager's task group lives in
+    the lifespan, and Django does not handle lifespan at all. Everything else, including
+    ``/.well-known/oauth-protected-resource/...``, goes to Django: one owner per URL.
+    """
+
+    def __init__(
+        self, django_app: ASGIApp, mcp_app: ASGIApp, *, paths: Iterable[str] | None = None
+    ) -> None:
+        self.django_app = django_app
+        self.mcp_app = mcp_app
+        if paths is None:
+            paths = [urlsplit(r).path or "/" for r in app_settings.RESOURCES]
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" or (
+            scope["type"] == "http" and scope.get("path") in self.paths
+        ):
+            await self.mcp_app(scope, receive, send)
+        else:
+            await self.django_app(scope, receive, send)
+
+
+__all__ = [
+    "ConsentAccessToken",
+    "ConsentTokenVerifier",
+    "MCPRouter",
+    "ProtectedMCPApp",
+    "auth_settings",
+    "call_upstream",
+    "sdk_access_token",
+    "transport_security",
+    "verified_token",
+]
