@@ -8,6 +8,7 @@ provider, so the whole flow -- and the confused-deputy attack -- runs on one mac
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -238,6 +239,7 @@ if USE_DEMO_UPSTREAM:
         "SCOPES": ["read:user"],
         "PKCE": True,
         "REQUIRE_ISS": True,  # Demo Hub sends RFC 9207 `iss`; GitHub does not.
+        "API_BASE_URL": f"{_up}/",  # the MCP tools call /user and /api/items under it
     }
     DEMO_UPSTREAM = {
         "CLIENT_ID": UPSTREAM["CLIENT_ID"],
@@ -259,18 +261,38 @@ else:
         "SCOPES": env("UPSTREAM_SCOPES", "read:user").split(),
         "PKCE": env_bool("UPSTREAM_PKCE", True),
         "REQUIRE_ISS": env_bool("UPSTREAM_REQUIRE_ISS", False),
+        "API_BASE_URL": env("UPSTREAM_API_BASE_URL"),
     }
 
 UPSTREAM["SCOPE_MAP"] = {
     "items:read": ["repo:read"],
-    "items:write": ["repo:write"],
+    # SM-05: items:write implies items:read (SCOPE_IMPLIES below), so its upstream grant
+    # must be able to read too.
+    "items:write": ["repo:read", "repo:write"],
 }
 
+
+def env_list(name: str) -> list[str]:
+    return [v.strip() for v in env(name).split(",") if v.strip()]
+
+
 MCP_CONSENT = {
-    "RESOURCES": [MCP_RESOURCE],
+    # The demo's own MCP endpoint, plus MCP servers running as separate services.
+    "RESOURCES": [MCP_RESOURCE, *env_list("MCP_EXTRA_RESOURCES")],
     "UPSTREAM": UPSTREAM,
-    "ENCRYPTION_KEYS": [k for k in env("MCP_CONSENT_ENCRYPTION_KEY").split(",") if k.strip()],
+    "ENCRYPTION_KEYS": env_list("MCP_CONSENT_ENCRYPTION_KEY"),
     "REMEMBER_CONSENT": env_bool("MCP_CONSENT_REMEMBER_CONSENT", False),
+    # SM-05: whoever may change items may read them.
+    "SCOPE_IMPLIES": {"items:write": ["items:read"]},
+    "RESOURCE_NAME": "Demo Hub (via mcp-consent)",
+    # RS-10: /mcp's own origin and those of browser-based MCP clients, e.g. the MCP
+    # Inspector's http://localhost:6274 (comma-separated MCP_ALLOWED_ORIGINS).
+    "MCP_ALLOWED_ORIGINS": [
+        "{0.scheme}://{0.netloc}".format(urlsplit(MCP_RESOURCE)),
+        *env_list("MCP_ALLOWED_ORIGINS"),
+    ],
+    # INT-01: separate MCP servers allowed to introspect, as JSON {"client_id": [resource, ...]}.
+    "INTROSPECTION_CLIENTS": json.loads(env("MCP_INTROSPECTION_CLIENTS", "{}")),
 }
 
 LOGGING = {

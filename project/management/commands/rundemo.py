@@ -51,6 +51,14 @@ class Command(BaseCommand):
                 "rundemo serves on 127.0.0.1 only; unset PUBLIC_BASE_URL for the demo."
             )
         call_command("migrate", interactive=False, verbosity=0)
+        upstream_database = self.upstream_database_url()
+        if upstream_database:
+            subprocess.run(  # noqa: S603
+                [sys.executable, "manage.py", "migrate", "--verbosity", "0"],
+                env={**os.environ, "DATABASE_URL": upstream_database},
+                cwd=settings.BASE_DIR,
+                check=True,
+            )
 
         password = secrets.token_urlsafe(12)
         User = get_user_model()
@@ -105,10 +113,30 @@ class Command(BaseCommand):
         w(
             f"     -d code=CODE -d redirect_uri={redirect} -d code_verifier={verifier} -d resource={resource}"
         )
+        w(f"Or let an MCP client do all of it against the MCP endpoint {resource}:")
+        w(f"   MCP_URL={resource} .venv/bin/python docs/examples/sdk_client.py")
         w("")
         if options["no_serve"]:
             return
         self.serve(public.port or 80)
+
+    @staticmethod
+    def upstream_database_url() -> str | None:
+        """Demo Hub's own database when the proxy's is SQLite, as a third party has its own.
+
+        The proxy refreshes an upstream token inside a transaction that holds its row lock
+        (UP-08) while it calls Demo Hub, which writes; in one SQLite file the proxy's open
+        transaction would block that write until the call timed out. PostgreSQL locks rows,
+        so there one database serves both.
+        """
+        if not settings.USE_DEMO_UPSTREAM:
+            return None
+        if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+            return None
+        return os.environ.get(
+            "DEMO_UPSTREAM_DATABASE_URL",
+            f"sqlite:///{settings.BASE_DIR / 'db-demo-upstream.sqlite3'}",
+        )
 
     def serve(self, port: int) -> None:
         env = dict(os.environ)
@@ -125,7 +153,13 @@ class Command(BaseCommand):
         processes = [subprocess.Popen([*uvicorn, "--port", str(port)], env=env)]  # noqa: S603
         if settings.USE_DEMO_UPSTREAM:
             upstream_port = urlsplit(settings.DEMO_UPSTREAM_BASE_URL).port or 80
-            processes.append(subprocess.Popen([*uvicorn, "--port", str(upstream_port)], env=env))  # noqa: S603
+            upstream_env = dict(env)
+            upstream_database = self.upstream_database_url()
+            if upstream_database:
+                upstream_env["DATABASE_URL"] = upstream_database
+            processes.append(
+                subprocess.Popen([*uvicorn, "--port", str(upstream_port)], env=upstream_env)  # noqa: S603
+            )
 
         def stop(*_: Any) -> None:
             for process in processes:

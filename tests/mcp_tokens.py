@@ -1,0 +1,93 @@
+"""Real MCP access tokens for the resource-server tests: each from a whole flow.
+
+consent page → Approve → Demo Hub (in-process) → callback → /token/, exactly as a client
+gets one; nothing is written to the token tables directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from django.test import Client
+
+from mcp_consent import vault
+from mcp_consent.models import UpstreamToken
+from tests.browser_client import PROXY_HOST, Browser, authorize_params, code_from
+from tests.conftest import pkce_pair
+from tests.factories import MCPClientFactory
+
+RESOURCE = "http://127.0.0.1:8000/mcp"
+OTHER_RESOURCE = "http://127.0.0.1:8000/other-mcp"
+REDIRECT_URI = "https://app.example/cb"
+
+
+@dataclass
+class Issued:
+    """What a client holds after a flow, and the browser that ran it."""
+
+    client: Any
+    access_token: str
+    refresh_token: str
+    scope: str
+    browser: Browser
+
+    @property
+    def client_id(self) -> str:
+        return str(self.client.application.client_id)
+
+    @property
+    def authorization(self) -> str:
+        return f"Bearer {self.access_token}"
+
+
+def post_form(path: str, data: dict[str, str]) -> Any:
+    return Client().post(
+        path,
+        urlencode(data),
+        content_type="application/x-www-form-urlencoded",
+        HTTP_HOST=PROXY_HOST,
+    )
+
+
+def issue_token(
+    *,
+    client: Any = None,
+    scope: str | None = None,
+    resource: str = RESOURCE,
+    username: str = "octocat",
+    browser: Browser | None = None,
+) -> Issued:
+    """Run a whole authorization and redeem the code at /token/."""
+    client = client or MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    if browser is None:
+        browser = Browser()
+        browser.login_upstream(username)
+    verifier, challenge = pkce_pair()
+    extra = {"scope": scope} if scope else {}
+    final = browser.run_flow(
+        authorize_params(client, challenge=challenge, resource=resource, **extra)
+    )
+    response = post_form(
+        "/token/",
+        {
+            "grant_type": "authorization_code",
+            "code": code_from(final),
+            "client_id": client.application.client_id,
+            "redirect_uri": client.redirect_uris.first().uri,
+            "code_verifier": verifier,
+            "resource": resource,
+        },
+    )
+    assert response.status_code == 200, response.content
+    body = response.json()
+    return Issued(
+        client, body["access_token"], body.get("refresh_token", ""), body["scope"], browser
+    )
+
+
+def upstream_tokens_of(issued: Issued) -> tuple[str, str]:
+    """The plaintext upstream access and refresh token stored for ``issued``'s consent."""
+    row = UpstreamToken.objects.get(consent__client=issued.client)
+    return vault.decrypt(row.access_token_encrypted), vault.decrypt(row.refresh_token_encrypted)

@@ -1,0 +1,395 @@
+"""mcp_consent.resource and the RFC 9728 metadata: what an MCP endpoint accepts, as attackers try.
+
+Every token comes from a real flow (tests/mcp_tokens.py). The endpoint is a Django view
+protected by ``require_bearer_token``; the MCP SDK endpoint (tests/test_mcp_sdk.py) goes
+through the same ``verify_token``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.contrib.auth import get_user_model
+from django.http import HttpRequest, JsonResponse
+from django.test import Client, RequestFactory
+from django.utils import timezone
+from oauth2_provider.models import get_access_token_model
+
+from mcp_consent import audit, flows, resource
+from mcp_consent.resource import require_bearer_token
+from tests.browser_client import PROXY_HOST
+from tests.factories import MCPClientFactory
+from tests.mcp_tokens import OTHER_RESOURCE, RESOURCE, issue_token, post_form, upstream_tokens_of
+
+pytestmark = pytest.mark.django_db
+
+AccessToken = get_access_token_model()
+PRM_URL = "http://127.0.0.1:8000/.well-known/oauth-protected-resource/mcp"
+
+
+@require_bearer_token(resource=RESOURCE)
+def whoami(request: HttpRequest) -> JsonResponse:
+    token = request.mcp_token  # type: ignore[attr-defined]
+    return JsonResponse({"sub": token.subject, "client_id": token.client_id})
+
+
+@require_bearer_token(["items:write"], resource=RESOURCE)
+def write_item(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"written": True})
+
+
+@require_bearer_token(["items:read", "items:write"], resource=RESOURCE)
+def move_item(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"moved": True})
+
+
+@require_bearer_token(["items:read"], resource=RESOURCE)
+def read_items(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"items": []})
+
+
+@require_bearer_token(["items:read"], resource=RESOURCE)
+async def read_items_async(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"items": [], "sub": request.mcp_token.subject})  # type: ignore[attr-defined]
+
+
+def call(view: Any, authorization: str | None = None, *, path: str = "/mcp", **kwargs: Any) -> Any:
+    factory = RequestFactory()
+    headers = {"Authorization": authorization} if authorization else {}
+    method = kwargs.pop("method", "get")
+    request = getattr(factory, method)(path, headers=headers, HTTP_HOST=PROXY_HOST, **kwargs)
+    response = view(request)
+    if asyncio.iscoroutine(response):
+        # As Django's handlers do: from sync code through async_to_sync, so the ORM work
+        # runs on this thread (and its test transaction).
+        async def wait() -> Any:
+            return await response
+
+        response = async_to_sync(wait)()
+    return response
+
+
+def challenge(response: Any) -> dict[str, str]:
+    """The auth-params of the single Bearer challenge."""
+    header = response["WWW-Authenticate"]
+    assert header.startswith("Bearer "), header
+    return dict(re.findall(r'(\w+)="([^"]*)"', header))
+
+
+@pytest.fixture
+def issued():
+    return issue_token()
+
+
+# --- RS-04 / RS-05: no token ---------------------------------------------------------------------
+
+
+def test_rs04_no_token_is_401_with_metadata_and_scope_but_no_error() -> None:
+    """RS-04 / RS-05 / RFC 6750 §3.1: where to authorize and for what; no error code."""
+    response = call(read_items)
+    assert response.status_code == 401
+    params = challenge(response)
+    assert params == {"resource_metadata": PRM_URL, "scope": "items:read"}
+    assert "no-store" in response["Cache-Control"]
+
+
+def test_rs05_no_token_for_an_operation_without_scopes_asks_for_the_minimal_set(settings) -> None:
+    """RS-05 / SM-01: the basic set (PRM_SCOPES), never offline_access (SM-06)."""
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "PRM_SCOPES": ["items:read", "offline_access"]}
+    params = challenge(call(whoami))
+    assert params["scope"] == "items:read"
+    assert "error" not in params
+
+
+@pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Token abc", "bearer", "Bearer "])
+def test_rs04_other_schemes_and_empty_bearer_get_no_access(header: str) -> None:
+    response = call(whoami, header)
+    assert response.status_code == 401
+    assert "sub" not in response.content.decode()
+
+
+# --- Tokens that must not work --------------------------------------------------------------------
+
+
+def test_rs08_a_token_issued_for_this_resource_works(issued) -> None:
+    """RS-08: the baseline: a token from a completed flow opens the endpoint."""
+    response = call(whoami, issued.authorization)
+    assert response.status_code == 200
+    body = json.loads(response.content)
+    assert body["client_id"] == issued.client_id
+    user = get_user_model().objects.get(upstream_identities__login="octocat")
+    assert body["sub"] == str(user.pk)
+
+
+def test_tp01_an_upstream_token_is_refused(issued) -> None:
+    """TP-01: Demo Hub's own access token (the one in our vault) is not our token."""
+    upstream_access, upstream_refresh = upstream_tokens_of(issued)
+    for token in (upstream_access, upstream_refresh):
+        response = call(whoami, f"Bearer {token}")
+        assert response.status_code == 401
+        assert challenge(response)["error"] == "invalid_token"
+
+
+def test_tp02_a_token_minted_for_another_resource_is_refused(settings) -> None:
+    """TP-02 / BCP-09: same issuer, same user, same client, other audience -> 401."""
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "RESOURCES": [RESOURCE, OTHER_RESOURCE]}
+    other = issue_token(resource=OTHER_RESOURCE)
+    response = call(whoami, other.authorization)
+    assert response.status_code == 401
+    params = challenge(response)
+    assert params["error"] == "invalid_token"
+    # ... while the other server accepts it.
+    verified = resource.verify_token(other.access_token, resource=OTHER_RESOURCE)
+    assert verified.resource == OTHER_RESOURCE
+
+
+def test_tp02_a_token_without_any_audience_is_refused(issued) -> None:
+    """TP-02: DOT reads an empty resource list as "any audience"; here it means none."""
+    AccessToken.objects.filter(token_checksum=resource.checksum(issued.access_token)).update(
+        resource=[]
+    )
+    assert call(whoami, issued.authorization).status_code == 401
+
+
+def test_rs04_an_expired_token_is_refused(issued) -> None:
+    """RS-04: the token's lifetime is over (the clock moved on) -> 401 invalid_token."""
+    AccessToken.objects.filter(token_checksum=resource.checksum(issued.access_token)).update(
+        expires=timezone.now() - timedelta(seconds=1)
+    )
+    response = call(whoami, issued.authorization)
+    assert response.status_code == 401
+    assert challenge(response)["error"] == "invalid_token"
+
+
+def test_rs08_a_revoked_token_is_refused_at_once(issued) -> None:
+    """RS-08: the client revokes (RFC 7009); the very next request fails (no caching)."""
+    assert call(whoami, issued.authorization).status_code == 200
+    response = post_form("/revoke/", {"token": issued.access_token, "client_id": issued.client_id})
+    assert response.status_code == 200
+    assert call(whoami, issued.authorization).status_code == 401
+
+
+def test_a_token_refreshed_away_is_refused(issued) -> None:
+    """AS-44 meets RS-08: after a refresh the old access token opens nothing."""
+    response = post_form(
+        "/token/",
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": issued.refresh_token,
+            "client_id": issued.client_id,
+        },
+    )
+    assert response.status_code == 200
+    assert call(whoami, issued.authorization).status_code == 401
+    assert call(whoami, f"Bearer {response.json()['access_token']}").status_code == 200
+
+
+def test_a_registration_access_token_is_not_an_mcp_token() -> None:
+    """RFC 7592 registration tokens are DOT access tokens without a user or audience."""
+    client = MCPClientFactory()
+    rat = client.registered.registration_access_token  # type: ignore[attr-defined]
+    assert rat
+    assert call(whoami, f"Bearer {rat}").status_code == 401
+
+
+def test_a_disabled_clients_token_is_refused(issued) -> None:
+    """An operator disables the client: its tokens stop working (fail closed)."""
+    flows.disable_client(issued.client, actor=audit.SYSTEM, reason="test")
+    assert call(whoami, issued.authorization).status_code == 401
+
+
+def test_a_deactivated_users_token_is_refused(issued) -> None:
+    get_user_model().objects.filter(upstream_identities__login="octocat").update(is_active=False)
+    assert call(whoami, issued.authorization).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["x" * 600, "abc def", "abc\x00", "<script>", "Zm9v%3D"],
+    ids=["too-long", "space", "nul", "markup", "percent"],
+)
+def test_malformed_tokens_are_invalid_token(token: str) -> None:
+    response = call(whoami, f"Bearer {token}")
+    assert response.status_code == 401
+    assert challenge(response)["error"] == "invalid_token"
+
+
+def test_every_refusal_says_the_same_thing(issued, settings) -> None:
+    """An attacker learns nothing from the message about why a value failed."""
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "RESOURCES": [RESOURCE, OTHER_RESOURCE]}
+    unknown = call(whoami, "Bearer " + "A" * 30)
+    upstream_access, _ = upstream_tokens_of(issued)
+    upstream = call(whoami, f"Bearer {upstream_access}")
+    assert unknown.content == upstream.content
+    assert unknown["WWW-Authenticate"] == upstream["WWW-Authenticate"]
+
+
+# --- RS-09 / TP-04: only the Authorization header -------------------------------------------------
+
+
+def test_rs09_a_token_in_the_query_string_is_refused(issued) -> None:
+    """RS-09 / TP-04: ?access_token= is invalid_request, and opens nothing."""
+    response = call(whoami, path=f"/mcp?access_token={issued.access_token}")
+    assert response.status_code == 400
+    assert challenge(response)["error"] == "invalid_request"
+    assert issued.client_id not in response.content.decode()
+
+
+def test_rs09_a_query_token_is_refused_even_next_to_a_valid_header(issued) -> None:
+    """RFC 6750 §3.1: more than one method is invalid_request."""
+    response = call(whoami, issued.authorization, path=f"/mcp?access_token={issued.access_token}")
+    assert response.status_code == 400
+
+
+def test_rs09_a_token_in_a_form_body_is_refused(issued) -> None:
+    response = call(
+        whoami,
+        method="post",
+        data=f"access_token={issued.access_token}",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert response.status_code == 400
+    assert challenge(response)["error"] == "invalid_request"
+
+
+# --- RS-06 / SM-02 / SM-05: scopes ---------------------------------------------------------------
+
+
+def test_rs06_insufficient_scope_is_403_naming_what_the_operation_needs(issued) -> None:
+    """RS-06 / SM-02: 403 insufficient_scope, scope = the operation's scopes, metadata URL."""
+    assert issued.scope == "items:read"
+    response = call(write_item, issued.authorization)
+    assert response.status_code == 403
+    params = challenge(response)
+    assert params["error"] == "insufficient_scope"
+    assert params["scope"] == "items:write"
+    assert params["resource_metadata"] == PRM_URL
+    assert "written" not in response.content.decode()
+
+
+def test_sm02_one_challenge_names_every_scope_of_the_operation(issued) -> None:
+    """SM-02: all scopes of the operation in ONE challenge (also the one already granted)."""
+    params = challenge(call(move_item, issued.authorization))
+    assert params["scope"].split() == ["items:read", "items:write"]
+
+
+def test_sm05_a_broader_scope_implies_the_narrower_one() -> None:
+    """SM-05: a token for items:write (only) reads too: SCOPE_IMPLIES items:write -> items:read."""
+    writer = issue_token(scope="items:write")
+    assert writer.scope == "items:write"
+    assert call(read_items, writer.authorization).status_code == 200
+    assert call(write_item, writer.authorization).status_code == 200
+
+
+def test_sm05_without_the_hierarchy_the_narrower_scope_is_missing(settings) -> None:
+    writer = issue_token(scope="items:write")
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "SCOPE_IMPLIES": {}}
+    assert call(read_items, writer.authorization).status_code == 403
+
+
+def test_sm03_a_reduced_scope_token_works_for_what_it_covers(issued) -> None:
+    """SM-03: down-scoped tokens are accepted for operations they cover."""
+    assert call(read_items, issued.authorization).status_code == 200
+
+
+# --- Both kinds of views, one query --------------------------------------------------------------
+
+
+def test_async_views_are_protected_the_same_way(issued) -> None:
+    assert call(read_items_async).status_code == 401
+    response = call(read_items_async, issued.authorization)
+    assert response.status_code == 200
+    assert json.loads(response.content)["sub"]
+
+
+def test_the_hot_path_is_one_query(issued, django_assert_num_queries) -> None:
+    """One query by token checksum (application, MCP client and user joined in)."""
+    with django_assert_num_queries(1):
+        verified = resource.verify_token(issued.access_token, scopes=["items:read"])
+    assert verified.client_id == issued.client_id
+
+
+def test_the_plain_function_for_other_frameworks(issued) -> None:
+    """``authenticate`` gives any framework the token or the complete HTTP answer."""
+    verified = resource.authenticate(authorization=issued.authorization, scopes=["items:read"])
+    assert verified.resource == RESOURCE and verified.issuer == "http://127.0.0.1:8000"
+    with pytest.raises(resource.InsufficientScope) as refused:
+        resource.authenticate(authorization=issued.authorization, scopes=["items:write"])
+    assert refused.value.status == 403
+    assert 'error="insufficient_scope"' in refused.value.headers()["WWW-Authenticate"]
+    with pytest.raises(resource.InvalidRequest):
+        resource.authenticate(
+            authorization=issued.authorization, query_string=f"access_token={issued.access_token}"
+        )
+
+
+# --- RFC 9728 protected resource metadata ---------------------------------------------------------
+
+
+def prm(path: str, host: str = PROXY_HOST) -> Any:
+    return Client().get(path, HTTP_HOST=host)
+
+
+def test_rs01_rs03_metadata_at_the_path_inserted_well_known_url() -> None:
+    """RS-01 / RS-03: resource is exactly the canonical URI; the issuer; header only."""
+    response = prm("/.well-known/oauth-protected-resource/mcp")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    data = response.json()
+    assert data["resource"] == RESOURCE  # byte for byte
+    assert data["authorization_servers"] == ["http://127.0.0.1:8000"]
+    assert data["bearer_methods_supported"] == ["header"]
+    metadata = Client().get("/.well-known/oauth-authorization-server", HTTP_HOST=PROXY_HOST).json()
+    assert data["authorization_servers"][0] == metadata["issuer"]
+
+
+def test_rs02_metadata_at_the_root_well_known_url_too() -> None:
+    """RS-02: clients fall back to the root; it describes the one resource on this origin."""
+    assert prm("/.well-known/oauth-protected-resource").json()["resource"] == RESOURCE
+
+
+def test_rs02_the_challenge_points_at_a_document_about_this_resource() -> None:
+    """RS-02 / RS-03: following resource_metadata gives `resource` = what the client asked."""
+    url = challenge(call(whoami))["resource_metadata"]
+    assert url == PRM_URL
+    assert prm(url.removeprefix("http://127.0.0.1:8000")).json()["resource"] == RESOURCE
+
+
+def test_sm01_sm06_scopes_supported_is_minimal_and_never_offline_access(settings) -> None:
+    """SM-01: the basic set only (not DOT's whole catalogue); SM-06: no offline_access."""
+    assert prm("/.well-known/oauth-protected-resource/mcp").json()["scopes_supported"] == [
+        "items:read"
+    ]
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "PRM_SCOPES": ["items:read", "offline_access"]}
+    scopes = prm("/.well-known/oauth-protected-resource/mcp").json()["scopes_supported"]
+    assert scopes == ["items:read"]
+
+
+def test_rs03_no_metadata_for_what_is_not_a_configured_resource() -> None:
+    """RS-03: a document's `resource` must be the URL it was fetched for: unknown -> 404."""
+    for path in (
+        "/.well-known/oauth-protected-resource/other",
+        "/.well-known/oauth-protected-resource/mcp/x",
+    ):
+        assert prm(path).status_code == 404
+    # the same path on another allowed host names another resource: not ours
+    assert (
+        prm("/.well-known/oauth-protected-resource/mcp", host="localhost:8001").status_code == 404
+    )
+
+
+def test_rs02_several_resources_each_have_their_document_and_the_root_is_not_a_guess(
+    settings,
+) -> None:
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "RESOURCES": [RESOURCE, OTHER_RESOURCE]}
+    assert (
+        prm("/.well-known/oauth-protected-resource/other-mcp").json()["resource"] == OTHER_RESOURCE
+    )
+    assert prm("/.well-known/oauth-protected-resource/mcp").json()["resource"] == RESOURCE
+    assert prm("/.well-known/oauth-protected-resource").status_code == 404

@@ -1,0 +1,206 @@
+"""vault.upstream_session and upstream.UpstreamAPISession: the upstream API with a consent's token.
+
+What a tool author gets (a requests.Session) and what it will not do for them: reach
+another host, follow a redirect, send any token but the consent's upstream token, or use
+another consent's grant (TP-03, RS-11, UP-08, UP-10, SSRF-01..03).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import requests
+from django.utils import timezone
+
+from mcp_consent import audit, flows, resource, upstream, vault
+from mcp_consent.models import Consent, UpstreamToken
+from project.demo_upstream.models import Token as DemoHubToken
+from tests.conftest import UPSTREAM_ORIGIN
+from tests.factories import MCPClientFactory
+from tests.mcp_tokens import REDIRECT_URI, issue_token, upstream_tokens_of
+
+pytestmark = pytest.mark.django_db
+
+API = f"{UPSTREAM_ORIGIN}/demo-upstream/"
+
+
+@pytest.fixture
+def issued():
+    return issue_token()
+
+
+def verified(issued: Any) -> resource.VerifiedToken:
+    return resource.verify_token(issued.access_token)
+
+
+class Answer(requests.adapters.BaseAdapter):
+    """A fixed answer for one URL prefix, recording what reached it."""
+
+    def __init__(self, status: int, headers: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.status, self.headers, self.seen = status, headers or {}, []
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        self.seen.append(request)
+        response = requests.Response()
+        response.status_code = self.status
+        response.headers.update(self.headers)
+        response._content = b"{}"
+        response.url = request.url or ""
+        response.request = request
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def mount():
+    session = upstream.http_session()
+    mounted: list[str] = []
+
+    def do(prefix: str, adapter: requests.adapters.BaseAdapter) -> None:
+        session.mount(prefix, adapter)
+        mounted.append(prefix)
+
+    yield do
+    for prefix in mounted:
+        session.adapters.pop(prefix, None)
+
+
+# --- UP-10 / SSRF: only the configured API -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://evil.example/user",
+        "//evil.example/user",
+        "http://localhost:8001/admin/",  # same host, outside the API base
+        "/admin/",
+        "../admin/",
+        "api/%2e%2e/%2e%2e/admin/",
+        "api%2Fitems",
+        "api\\..\\admin",
+        "http://user:pass@localhost:8001/demo-upstream/user",
+        "user#fragment",
+    ],
+)
+def test_up10_urls_outside_the_api_are_refused_before_any_connection(
+    issued, upstream_http, url
+) -> None:
+    upstream_http.requests.clear()
+    with vault.upstream_session(verified(issued)) as api, pytest.raises(upstream.UpstreamError):
+        api.get(url)
+    assert upstream_http.requests == []
+
+
+def test_up10_paths_under_the_api_base_work(issued) -> None:
+    with vault.upstream_session(verified(issued)) as api:
+        assert api.get("user").json()["login"] == "octocat"
+        assert api.get(f"{API}api/items").status_code == 200
+
+
+def test_ssrf03_redirects_are_never_followed(issued, mount) -> None:
+    """SSRF-03: a redirect would carry the token to its target; it is returned, not followed."""
+    elsewhere = Answer(200)
+    mount(f"{API}api/moved", Answer(302, {"Location": "http://169.254.169.254/latest/"}))
+    mount("http://169.254.169.254/", elsewhere)
+    with vault.upstream_session(verified(issued)) as api:
+        response = api.get("api/moved")
+    assert response.status_code == 302
+    assert elsewhere.seen == []
+
+
+# --- TP-03: exactly the consent's upstream token ------------------------------------------------------
+
+
+def test_tp03_a_callers_authorization_header_is_replaced(issued, upstream_http) -> None:
+    upstream_access, _ = upstream_tokens_of(issued)
+    upstream_http.requests.clear()
+    with vault.upstream_session(verified(issued)) as api:
+        api.get("user", headers={"Authorization": issued.authorization, "Cookie": "a=b"})
+    (sent,) = upstream_http.requests
+    assert sent.headers["Authorization"] == f"Bearer {upstream_access}"
+    assert "Cookie" not in sent.headers
+
+
+def test_rs11_the_grant_used_is_the_one_of_this_tokens_client() -> None:
+    """RS-11: one person, two clients, two consents: each token uses its own client's grant."""
+    first = issue_token()
+    second = issue_token(
+        client=MCPClientFactory(redirect_uris=[REDIRECT_URI]), browser=first.browser
+    )
+    tokens = {
+        issued.client_id: vault.decrypt(
+            UpstreamToken.objects.get(consent__client=issued.client).access_token_encrypted
+        )
+        for issued in (first, second)
+    }
+    assert len(set(tokens.values())) == 2
+    for issued in (first, second):
+        consent = vault.consent_for(verified(issued))
+        assert consent is not None and consent.client == issued.client
+        assert (
+            vault.decrypt(consent.upstream_token.access_token_encrypted) == tokens[issued.client_id]
+        )
+
+
+def test_a_revoked_consent_gives_no_upstream_session(issued) -> None:
+    """The consent behind the token is gone: only a new authorization helps (RS-11)."""
+    consent = Consent.objects.get()
+    token = verified(issued)  # verified before the revocation cascaded
+    flows.revoke_consent(consent, actor=audit.SYSTEM, reason="test")
+    with pytest.raises(upstream.UpstreamAuthorizationRequired):
+        vault.upstream_session(token)
+
+
+def test_an_expired_consent_gives_no_upstream_session(issued) -> None:
+    Consent.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    with pytest.raises(upstream.UpstreamAuthorizationRequired):
+        vault.upstream_session(verified(issued))
+
+
+# --- UP-08 / RS-11: refresh ---------------------------------------------------------------------------
+
+
+def test_up08_an_expired_upstream_token_without_refresh_token_needs_authorization(issued) -> None:
+    UpstreamToken.objects.update(
+        expires_at=timezone.now() - timedelta(seconds=1), refresh_token_encrypted=""
+    )
+    with pytest.raises(upstream.UpstreamAuthorizationRequired):
+        vault.upstream_session(verified(issued))
+
+
+def test_rs11_a_refused_refresh_needs_authorization(issued) -> None:
+    DemoHubToken.objects.update(revoked_at=timezone.now())
+    with vault.upstream_session(verified(issued)) as api:
+        with pytest.raises(upstream.UpstreamAuthorizationRequired):
+            api.get("user")
+
+
+def test_rs11_a_token_endpoint_outage_is_not_a_reauthorization(issued, mount) -> None:
+    """An outage (5xx) stays UpstreamError: retry later, do not send the user through consent."""
+    DemoHubToken.objects.update(access_expires_at=timezone.now() - timedelta(seconds=1))
+    mount(f"{API}login/oauth/access_token", Answer(503))
+    with vault.upstream_session(verified(issued)) as api:
+        with pytest.raises(upstream.UpstreamError) as failure:
+            api.get("user")
+    assert not isinstance(failure.value, upstream.UpstreamAuthorizationRequired)
+
+
+def test_rs11_still_401_after_a_refresh_needs_authorization(issued, mount) -> None:
+    mount(f"{API}user", Answer(401))
+    with vault.upstream_session(verified(issued)) as api:
+        with pytest.raises(upstream.UpstreamAuthorizationRequired):
+            api.get("user")
+
+
+def test_closing_a_session_keeps_the_process_wide_pool(issued) -> None:
+    with vault.upstream_session(verified(issued)) as api:
+        api.get("user")
+    with vault.upstream_session(verified(issued)) as api:
+        assert api.get("user").status_code == 200
+    assert upstream.http_session().adapters
