@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
-from oauth2_provider.models import get_access_token_model, get_refresh_token_model
+from oauth2_provider.models import get_refresh_token_model
 
 from mcp_consent import audit, flows, signals
 from mcp_consent.models import AuditEvent, Consent, MCPClient, UpstreamToken
@@ -80,15 +80,14 @@ def connect(
 
 
 def access_token_valid(raw: str) -> bool:
-    """What any resource server checks: the token row exists and is valid for its resource."""
-    import hashlib
+    """What the MCP endpoint checks on every request (mcp_consent.resource, RS-08)."""
+    from mcp_consent import resource
 
-    row = (
-        get_access_token_model()
-        .objects.filter(token_checksum=hashlib.sha256(raw.encode()).hexdigest())
-        .first()
-    )
-    return row is not None and row.is_valid()
+    try:
+        resource.verify_token(raw)
+    except resource.InvalidToken:
+        return False
+    return True
 
 
 def upstream_revocations() -> int:
@@ -447,3 +446,36 @@ def test_refresh_token_reuse_is_audited() -> None:
         .objects.filter(revoked__isnull=True, application=connected.client.application)
         .exists()
     )
+
+
+def test_operator_revocation_stops_the_clients_next_mcp_call(operator_client) -> None:
+    """Issue 4 "done means": an operator revokes, the client's next MCP call fails (401)."""
+    from mcp_consent import resource
+    from tests.test_mcp_sdk import http_client, serve
+
+    connected = connect()
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    headers = {
+        "Authorization": f"Bearer {connected.access_token}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+    }
+
+    async def call(app: Any) -> int:
+        async with http_client(app) as http:
+            return (await http.post("/mcp", json=listing, headers=headers)).status_code
+
+    assert serve(call) == 200
+    url = reverse("admin:mcp_consent_consent_changelist")
+    operator_client.post(
+        url,
+        {
+            "action": "revoke_consents",
+            "_selected_action": [connected.consent.pk],
+            "apply": "1",
+            "reason": "test",
+        },
+    )
+    assert serve(call) == 401
+    with pytest.raises(resource.InvalidToken):
+        resource.verify_token(connected.access_token)
