@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
+# Extra pytest arguments, e.g. PYTEST_ARGS="--junitxml=test-artifacts/junit.xml" (.ci/run).
+PYTEST_ARGS ?=
 
 .PHONY: demo test test-postgres test-browser lint typecheck clean
 
@@ -16,17 +18,19 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) manage.py rundemo
 
-## The test suite (SQLite; the browser tests run in `make test-browser`).
+## The test suite (SQLite; the browser tests run in `make test-browser`). The PostgreSQL-only
+## tests (concurrency, two app servers) skip here, saying so.
 test: $(VENV)/.installed
-	$(PY) -m pytest -m "not browser"
+	$(PY) -m pytest -m "not browser" $(PYTEST_ARGS)
 
-## The same suite on PostgreSQL (adds the concurrency tests that need real row locks).
+## The same suite on PostgreSQL, where the concurrency and two-server tests run: they fail
+## instead of skipping if the database turns out not to be PostgreSQL.
 test-postgres: $(VENV)/.installed
-	DATABASE_URL=$(POSTGRES_URL) $(PY) -m pytest -m "not browser"
+	DATABASE_URL=$(POSTGRES_URL) MCP_CONSENT_REQUIRE_POSTGRES=1 $(PY) -m pytest -m "not browser" $(PYTEST_ARGS)
 
 ## Real-browser tests: Playwright driving Debian's Chromium (apt-get install chromium).
 test-browser: $(VENV)/.installed
-	$(PY) -m pytest -m browser tests/browser
+	$(PY) -m pytest -m browser tests/browser $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
