@@ -16,6 +16,8 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from django.db import transaction
+from oauth2_provider.models import get_grant_model, get_refresh_token_model
 from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauthlib.common import Request
 from oauthlib.oauth2 import Server
@@ -148,6 +150,10 @@ class MCPOAuth2Validator(OAuth2Validator):
     def _load_application(self, client_id: str, request: Request) -> Any:
         from . import flows
 
+        if not client_id or "\x00" in client_id:
+            # PostgreSQL refuses NUL in text: an unknown client, not a 500 (fuzzing finding).
+            request.client = None
+            return None
         client = super()._load_application(client_id, request)
         if client is None:
             return None
@@ -182,6 +188,12 @@ class MCPOAuth2Validator(OAuth2Validator):
     def validate_code(
         self, client_id: str, code: str, client: Any, request: Request, *args: Any, **kwargs: Any
     ) -> bool:
+        # AS-41 under races: lock the Grant (the token view runs in one transaction), so a
+        # parallel redemption waits, then finds it consumed and takes the reuse path below.
+        if transaction.get_connection().in_atomic_block:
+            list(
+                get_grant_model().objects.select_for_update().filter(code=code, application=client)
+            )
         if super().validate_code(client_id, code, client, request, *args, **kwargs):
             return True
         from . import flows
@@ -203,6 +215,15 @@ class MCPOAuth2Validator(OAuth2Validator):
     def validate_refresh_token(
         self, refresh_token: str, client: Any, request: Request, *args: Any, **kwargs: Any
     ) -> bool:
+        # AS-44 under races: parallel uses of one refresh token queue on its row; the first
+        # rotates it, the others then see it used and DOT revokes the whole family.
+        checksum = hashlib.sha256(refresh_token.encode()).hexdigest()
+        if transaction.get_connection().in_atomic_block:
+            list(
+                get_refresh_token_model()
+                .objects.select_for_update()
+                .filter(token_checksum=checksum)
+            )
         if super().validate_refresh_token(refresh_token, client, request, *args, **kwargs):
             return True
         from . import flows

@@ -197,18 +197,6 @@ def test_parallel_redemptions_of_one_code_give_exactly_one_token() -> None:
         assert winner.body["access_token"] and winner.body["refresh_token"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (race, AS-41): DOT's code grant checks the Grant row (validate_code) without a "
-        "lock, saves the tokens (save_bearer_token, its own transaction, committed), and only "
-        "then deletes the Grant (invalidate_authorization_code). Redemptions that pass "
-        "validate_code before the first one deletes the Grant each commit an access+refresh "
-        "token pair and then answer invalid_grant: valid tokens nobody was given are left "
-        "behind, and because these replays never reach MCPOAuth2Validator.validate_code's "
-        "failure branch, the winner's tokens are not revoked either"
-    ),
-)
 def test_parallel_redemptions_of_one_code_leave_no_usable_token() -> None:
     """AS-41: N-1 of the racers replayed the code, so what it bought is revoked; and the
     losers did not leave tokens of their own behind."""
@@ -262,19 +250,6 @@ def test_parallel_callbacks_with_one_state_give_exactly_one_grant(
 # --- 3. one refresh token, many refreshes (AS-44) -----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (race, AS-44): DOT validates the refresh token without a lock "
-        "(OAuth2Validator.validate_refresh_token), so all N requests pass; the first rotates "
-        "it, the others then find the access token minted from it (the grace-period branch of "
-        "_save_bearer_token, although REFRESH_TOKEN_GRACE_PERIOD_SECONDS=0) and 'return' that "
-        "token, whose raw value is '' under hashed storage; DOT's "
-        "authorization_flow_token_response then looks up sha256('') -> "
-        "AccessToken.DoesNotExist -> 500 for every loser, and the family is never revoked: "
-        "the winner's new refresh and access tokens stay valid"
-    ),
-)
 def test_parallel_refresh_token_reuse_revokes_the_family() -> None:
     """AS-44 / BCP-08: N simultaneous refreshes with one refresh token are a reuse: at most
     one succeeds (with real tokens), the others are invalid_grant, and afterwards no token of

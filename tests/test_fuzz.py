@@ -982,16 +982,6 @@ NUL_REQUESTS = {
 
 
 @pytest.mark.parametrize("endpoint", list(NUL_REQUESTS))
-@pytest.mark.xfail(
-    ON_POSTGRES,
-    strict=True,
-    reason=(
-        "BUG (PostgreSQL only): a client_id containing NUL reaches the Application lookup "
-        "(DOT OAuth2Validator._load_application, via mcp_consent.oauth.MCPOAuth2Validator) and "
-        "PostgreSQL refuses NUL in text: django.db.DataError -> 500 at /authorize/, /token/ "
-        "(form and Basic auth) and /revoke/"
-    ),
-)
 def test_nul_in_client_id_is_an_ordinary_error(clients: dict[str, Any], endpoint: str) -> None:
     """AS-50 / AS-48: a client_id with a NUL byte is an unknown client on every database."""
     before = snapshot()

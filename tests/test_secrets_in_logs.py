@@ -409,17 +409,6 @@ class Crash:
         return execute(sql, params, many, context)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: the error report Django mails to ADMINS (and the DEBUG page) on a 500 in /token/ "
-        "lists code and code_verifier (and refresh_token) in clear. mcp_consent.views.token."
-        "TokenView marks them with sensitive_post_parameters on post(), but DOT's inner "
-        "authorization_flow_token_response is decorated with sensitive_post_parameters("
-        "'password', 'client_secret'), which runs later and overwrites "
-        "request.sensitive_post_parameters"
-    ),
-)
 def test_token_endpoint_crash_report_hides_the_secrets(
     settings: Any, mailoutbox: list[Any]
 ) -> None:

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 from oauth2_provider.models import (
@@ -336,15 +336,16 @@ def _identity_for(grant: UpstreamGrant) -> UpstreamIdentity:
     adapter = app_settings.ADAPTER
     upstream = app_settings.UPSTREAM
     provider = upstream.issuer or upstream.authorize_url
-    identity = (
-        UpstreamIdentity.objects.select_for_update()
-        .filter(provider=provider, subject=grant.subject)
-        .first()
-    )
+    identities = UpstreamIdentity.objects.select_for_update()
+    identity = identities.filter(provider=provider, subject=grant.subject).first()
     if identity is None:
-        identity = UpstreamIdentity.objects.create(
-            provider=provider, subject=grant.subject, user=adapter.create_user(grant)
-        )
+        try:
+            with transaction.atomic():  # a savepoint: a parallel first sign-in may win
+                identity = UpstreamIdentity.objects.create(
+                    provider=provider, subject=grant.subject, user=adapter.create_user(grant)
+                )
+        except IntegrityError:
+            identity = identities.get(provider=provider, subject=grant.subject)
     identity.login, identity.email, identity.last_login_at = (
         grant.login,
         grant.email,

@@ -7,14 +7,18 @@ type or ``no-store``. RFC 8414 metadata gains ``response_modes_supported``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 from oauth2_provider import views as dot_views
+from oauth2_provider.models import get_access_token_model
+from oauth2_provider.signals import app_authorized
 
 from .. import flows, ratelimit
 from .common import too_many_requests
@@ -44,18 +48,45 @@ class TokenView(dot_views.TokenView):
         try:
             request.POST  # noqa: B018 - parse now: an oversized body is an OAuth error, not HTML
         except RequestDataTooBig:
-            response = JsonResponse(
+            too_big = JsonResponse(
                 {"error": "invalid_request", "error_description": "request body too large"},
                 status=400,
             )
-            response["Cache-Control"] = "no-store"
-            return response
-        response = self.authorization_flow_token_response(request)
+            too_big["Cache-Control"] = "no-store"
+            return too_big
+        # One transaction per token request: the row locks taken by the validator (the Grant
+        # of a code, the refresh token) serialise racing redemptions of one credential, so
+        # the losers see it consumed and revoke what the winner got (AS-41, AS-44).
+        with transaction.atomic():
+            response = self.authorization_flow_token_response(request)
         if response.status_code != 200:
             # AS-48 / RFC 6749 §5.2: every error is JSON and never cached.
             response["Content-Type"] = "application/json"
             response["Cache-Control"] = "no-store"
             response["Pragma"] = "no-cache"
+        return response
+
+    def authorization_flow_token_response(
+        self, request: HttpRequest, *args: Any, **kwargs: Any
+    ) -> HttpResponse:
+        """DOT's, without its inner sensitive_post_parameters("password", "client_secret"),
+        which would replace ours and let crash reports show codes and tokens (BCP-18)."""
+        url, headers, body, status = self.create_token_response(request)
+        if status == 200:
+            access_token = json.loads(body).get("access_token")
+            if not access_token:
+                # Never a 200 without a token (e.g. a refresh raced into DOT's grace branch).
+                return JsonResponse({"error": "invalid_grant"}, status=400)
+            token = (
+                get_access_token_model()
+                .objects.filter(token_checksum=hashlib.sha256(access_token.encode()).hexdigest())
+                .first()
+            )
+            if token is not None:
+                app_authorized.send(sender=self, request=request, token=token)
+        response = HttpResponse(content=body, status=status)
+        for key, value in headers.items():
+            response[key] = value
         return response
 
 

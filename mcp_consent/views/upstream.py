@@ -41,6 +41,15 @@ Outcome = AuthorizationTransaction.Outcome
 AUTH_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 
+def discard_upstream_tokens(access_token: str, refresh_token: str) -> None:
+    """UP-09: an upstream grant we could not record is revoked upstream, not left dangling."""
+    for token, hint in ((refresh_token, "refresh_token"), (access_token, "access_token")):
+        try:
+            upstream.revoke_token(token, hint)
+        except Exception as exc:  # best effort on a failure path: never mask the real answer
+            log.warning("could not revoke an unrecorded upstream token: %s", type(exc).__name__)
+
+
 @dataclass(frozen=True)
 class UpstreamFailure:
     """How an upstream failure is told to the client (never the upstream's own words)."""
@@ -141,6 +150,7 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             # Rolled back as one: no consent, no upstream token, no code. The client hears
             # back with a retryable error instead of the person meeting a bare 500.
             log.exception("upstream callback: database error while recording the grant")
+            discard_upstream_tokens(answer.access_token, answer.refresh_token)
             try:
                 flows.fail_transaction(
                     tx, Outcome.FAILED, "database error while recording the grant", request
@@ -187,7 +197,11 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             if not code:
                 raise upstream.UpstreamError("callback without code")
             tokens = upstream.exchange_code(code, vault.decrypt(tx.code_verifier_encrypted) or None)
-            return _grant(tokens, upstream.fetch_identity(tokens["access_token"]))
+            try:
+                return _grant(tokens, upstream.fetch_identity(tokens["access_token"]))
+            except upstream.UpstreamError:
+                discard_upstream_tokens(tokens["access_token"], tokens["refresh_token"])
+                raise
         except upstream.UpstreamError as exc:
             log.warning("upstream sign-in failed: %s", exc.reason)
             flows.fail_transaction(tx, Outcome.FAILED, exc.reason, request)
