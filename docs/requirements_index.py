@@ -15,9 +15,16 @@ ID = re.compile(r"\b(CD|AS|DCR|CIMD|MU|LH|UP|URL|BCP|SSRF|MGMT|REV|TP|SM|RS|SH|I
 
 
 def main() -> None:
-    requirements = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "REQUIREMENTS.md"
+    requirements = (
+        Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "REQUIREMENTS.md"
+    )
     defined = sorted(
-        set(re.findall(r"\*\*((?:CD|AS|DCR|CIMD|MU|LH|UP|URL|BCP|SSRF|MGMT|REV|TP|SM|RS|SH|INT)-\d{2})", requirements.read_text()))
+        set(
+            re.findall(
+                r"\*\*((?:CD|AS|DCR|CIMD|MU|LH|UP|URL|BCP|SSRF|MGMT|REV|TP|SM|RS|SH|INT)-\d{2})",
+                requirements.read_text(),
+            )
+        )
         | set(re.findall(r"\| (BCP-\d{2}) \|", requirements.read_text())),
         key=lambda i: (i.split("-")[0], int(i.split("-")[1])),
     )
@@ -30,7 +37,10 @@ def main() -> None:
     print("| ID | tests |")
     print("|---|---|")
     for requirement in defined:
-        files = ", ".join(f"`{f}`" for f in sorted(cited.get(requirement, ()))) or "— (not applicable or not cited; see threat-model.md)"
+        files = (
+            ", ".join(f"`{f}`" for f in sorted(cited.get(requirement, ())))
+            or "— (not applicable or not cited; see threat-model.md)"
+        )
         print(f"| {requirement} | {files} |")
 
 
