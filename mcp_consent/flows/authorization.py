@@ -40,6 +40,29 @@ class PendingUpstream:
     code_verifier: str | None
 
 
+def _new_transaction(
+    *, purpose: str, client: MCPClient | None, binding: str, request: HttpRequest, **fields: Any
+) -> PendingUpstream:
+    """A pending upstream hop: 256-bit state (CD-40) and PKCE verifier, stored hashed/encrypted."""
+    upstream = app_settings.UPSTREAM
+    state = secrets.token_urlsafe(32)
+    verifier = secrets.token_urlsafe(48) if upstream.pkce else None
+    now = timezone.now()
+    tx = AuthorizationTransaction.objects.create(
+        state_hash=secret_hash(state),
+        binding_hash=secret_hash(binding),
+        purpose=purpose,
+        client=client,
+        code_verifier_encrypted=vault.encrypt(verifier or ""),
+        ip_address=client_ip(request),
+        user_agent=user_agent(request),
+        created_at=now,
+        expires_at=now + timedelta(seconds=app_settings.TRANSACTION_TTL),
+        **fields,
+    )
+    return PendingUpstream(tx, state, verifier)
+
+
 def begin_upstream_authorization(
     *,
     client: MCPClient,
@@ -54,88 +77,69 @@ def begin_upstream_authorization(
     """Record an approved authorization request as a pending upstream hop (CD-41, CD-48).
 
     Called only after the user pressed Approve (or, opt-in, a remembered consent matched).
-    The upstream ``state`` has 256 random bits (CD-40) and only its hash is stored.
     """
-    upstream = app_settings.UPSTREAM
-    state = secrets.token_urlsafe(32)
-    verifier = secrets.token_urlsafe(48) if upstream.pkce else None
     user = request.user if request.user.is_authenticated else None
-    now = timezone.now()
-    tx = AuthorizationTransaction.objects.create(
-        state_hash=secret_hash(state),
-        binding_hash=secret_hash(binding),
-        client=client,
-        authorization_query=authorization_query,
-        redirect_uri=redirect_uri,
-        scopes=" ".join(scopes),
-        upstream_scopes=" ".join(upstream.upstream_scopes_for(scopes)),
-        resource=resource,
-        code_verifier_encrypted=vault.encrypt(verifier or ""),
-        user=user,
-        ip_address=client_ip(request),
-        user_agent=user_agent(request),
-        created_at=now,
-        expires_at=now + timedelta(seconds=app_settings.TRANSACTION_TTL),
-    )
     previously: set[str] = set()
     if user is not None:
         for granted in Consent.objects.filter(
             user=user, client=client, revoked_at__isnull=True, expired_at__isnull=True
         ).values_list("scopes", flat=True):
             previously |= set(granted.split())
-    audit.record(
-        AuditEvent.Action.CONSENT_APPROVED,
-        actor=audit.actor_from(request),
-        request=request,
-        client=client,
-        details={
+    with transaction.atomic():
+        pending = _new_transaction(
+            purpose=AuthorizationTransaction.Purpose.AUTHORIZE,
+            client=client,
+            binding=binding,
+            request=request,
+            authorization_query=authorization_query,
+            redirect_uri=redirect_uri,
+            scopes=" ".join(scopes),
+            upstream_scopes=" ".join(app_settings.UPSTREAM.upstream_scopes_for(scopes)),
+            resource=resource,
+            user=user,
+        )
+        _record_decision(
+            AuditEvent.Action.CONSENT_APPROVED,
+            client,
+            request,
+            scopes_requested=scopes,
+            redirect_uri=redirect_uri,
             # SM-04: an elevation is visible as requested scopes beyond the granted ones.
-            "scopes_requested": scopes,
-            "scopes_previously_granted": sorted(previously),
-            "elevation": sorted(set(scopes) - previously),
-            "redirect_uri": redirect_uri,
-            "resource": resource,
-            "remembered": remembered,
-            "correlation_id": tx.pk,
-        },
-    )
-    return PendingUpstream(tx, state, verifier)
+            scopes_previously_granted=sorted(previously),
+            elevation=sorted(set(scopes) - previously),
+            resource=resource,
+            remembered=remembered,
+            correlation_id=pending.transaction.pk,
+        )
+    return pending
 
 
 def begin_sign_in(*, binding: str, request: HttpRequest) -> PendingUpstream:
     """A sign-in for Connected apps: the same upstream leg, no client, only the base scopes."""
-    upstream = app_settings.UPSTREAM
-    state = secrets.token_urlsafe(32)
-    verifier = secrets.token_urlsafe(48) if upstream.pkce else None
-    now = timezone.now()
-    tx = AuthorizationTransaction.objects.create(
-        state_hash=secret_hash(state),
-        binding_hash=secret_hash(binding),
+    return _new_transaction(
         purpose=AuthorizationTransaction.Purpose.SIGN_IN,
         client=None,
+        binding=binding,
+        request=request,
         authorization_query="",
         redirect_uri="",
         scopes="",
-        upstream_scopes=" ".join(upstream.scopes),
+        upstream_scopes=" ".join(app_settings.UPSTREAM.scopes),
         resource="",
-        code_verifier_encrypted=vault.encrypt(verifier or ""),
-        ip_address=client_ip(request),
-        user_agent=user_agent(request),
-        created_at=now,
-        expires_at=now + timedelta(seconds=app_settings.TRANSACTION_TTL),
     )
-    return PendingUpstream(tx, state, verifier)
+
+
+def _record_decision(action: str, client: MCPClient, request: HttpRequest, **details: Any) -> None:
+    audit.record(
+        action, actor=audit.actor_from(request), request=request, client=client, details=details
+    )
 
 
 def record_consent_shown(
     client: MCPClient, scopes: list[str], redirect_uri: str, request: HttpRequest
 ) -> None:
-    audit.record(
-        AuditEvent.Action.CONSENT_SHOWN,
-        actor=audit.actor_from(request),
-        request=request,
-        client=client,
-        details={"scopes": scopes, "redirect_uri": redirect_uri},
+    _record_decision(
+        AuditEvent.Action.CONSENT_SHOWN, client, request, scopes=scopes, redirect_uri=redirect_uri
     )
 
 
@@ -143,12 +147,8 @@ def record_denial(
     client: MCPClient, scopes: list[str], redirect_uri: str, request: HttpRequest
 ) -> None:
     """CD-18: nothing stored but the decision itself, in the audit trail."""
-    audit.record(
-        AuditEvent.Action.CONSENT_DENIED,
-        actor=audit.actor_from(request),
-        request=request,
-        client=client,
-        details={"scopes": scopes, "redirect_uri": redirect_uri},
+    _record_decision(
+        AuditEvent.Action.CONSENT_DENIED, client, request, scopes=scopes, redirect_uri=redirect_uri
     )
 
 

@@ -37,8 +37,8 @@ def record_token_issued(token: dict[str, Any], request: Request) -> None:
         AuthorizationTransaction.objects.filter(
             code_hash=request.code, code_redeemed_at__isnull=True
         ).update(code_redeemed_at=now, token_family=family)
-    client = MCPClient.objects.filter(application=application).first()
-    MCPClient.objects.filter(application=application).update(last_used_at=now)
+    client = application.mcp_client  # loaded (and checked) by the validator for this request
+    MCPClient.objects.filter(pk=client.pk).update(last_used_at=now)
     user = request.user
     Consent.objects.filter(
         user=user, client=client, revoked_at__isnull=True, expired_at__isnull=True
