@@ -63,15 +63,9 @@ def _register_attacker_client(browser: Browser) -> str:
     return response.json()["client_id"]
 
 
-def test_cd00_attacker_client_lands_on_our_consent_page_and_nothing_reaches_upstream(
-    victim: Browser,
-) -> None:
-    """CD-00, CD-02, CD-41: consent page for B, no redirect upstream, no pending state, no code."""
-    client_b = _register_attacker_client(victim)
-    upstream_requests = RequestLog.objects.count()
-    transactions = AuthorizationTransaction.objects.count()
-
-    params = {
+def attacker_params(client_b: str) -> dict[str, str]:
+    """The authorize link the attacker sends the victim (client B, B's own redirect URI)."""
+    return {
         "response_type": "code",
         "client_id": client_b,
         "redirect_uri": ATTACKER_CB,
@@ -80,6 +74,17 @@ def test_cd00_attacker_client_lands_on_our_consent_page_and_nothing_reaches_upst
         "state": "x",
         "resource": "http://127.0.0.1:8000/mcp",
     }
+
+
+def test_cd00_attacker_client_lands_on_our_consent_page_and_nothing_reaches_upstream(
+    victim: Browser,
+) -> None:
+    """CD-00, CD-02, CD-41: consent page for B, no redirect upstream, no pending state, no code."""
+    client_b = _register_attacker_client(victim)
+    upstream_requests = RequestLog.objects.count()
+    transactions = AuthorizationTransaction.objects.count()
+
+    params = attacker_params(client_b)
     page = victim.authorize(params)
 
     assert page.status_code == 200
@@ -94,15 +99,7 @@ def test_cd00_attacker_client_lands_on_our_consent_page_and_nothing_reaches_upst
 def test_cd00_attacker_receives_nothing_when_victim_denies(victim: Browser) -> None:
     """CD-00, CD-18: Deny sends access_denied (no code) and stores no consent for B."""
     client_b = _register_attacker_client(victim)
-    params = {
-        "response_type": "code",
-        "client_id": client_b,
-        "redirect_uri": ATTACKER_CB,
-        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
-        "code_challenge_method": "S256",
-        "state": "x",
-        "resource": "http://127.0.0.1:8000/mcp",
-    }
+    params = attacker_params(client_b)
     upstream_requests = RequestLog.objects.count()
     denied = victim.post_form(victim.authorize(params), "deny")
     assert denied.status_code == 303
@@ -116,15 +113,7 @@ def test_cd00_attacker_receives_nothing_when_victim_denies(victim: Browser) -> N
 def test_cd00_code_reaches_attacker_only_after_explicit_approval(victim: Browser) -> None:
     """CD-00: the only way to B's redirect URI with a code is the victim pressing Approve."""
     client_b = _register_attacker_client(victim)
-    params = {
-        "response_type": "code",
-        "client_id": client_b,
-        "redirect_uri": ATTACKER_CB,
-        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
-        "code_challenge_method": "S256",
-        "state": "x",
-        "resource": "http://127.0.0.1:8000/mcp",
-    }
+    params = attacker_params(client_b)
     final = victim.run_flow(params)
     assert final["Location"].startswith(ATTACKER_CB + "?")
     assert code_from(final)
