@@ -10,7 +10,6 @@ tokens the first one produced (AS-41).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from typing import Any
@@ -25,6 +24,7 @@ from oauthlib.oauth2.rfc6749 import errors
 from oauthlib.oauth2.rfc6749.grant_types.authorization_code import code_challenge_method_s256
 
 from .app_settings import app_settings
+from .vault import secret_hash
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,6 @@ def redirect_uri_registered(uri: str, registered: list[str]) -> bool:
         ):
             return True
     return False
-
-
-def code_hash(code: str) -> str:
-    """SHA-256 of an authorization code: what the Grant row and the transaction store."""
-    return hashlib.sha256(code.encode()).hexdigest()
 
 
 def _invalid_target(description: str, request: Request) -> errors.CustomOAuth2Error:
@@ -121,7 +116,7 @@ def validate_token_resource(request: Request) -> None:
         request.resource = _allowed_resources(values, request)
     if request.grant_type == "authorization_code" and request.code:
         # AS-47: Grant rows hold the SHA-256 of the code; every DOT lookup below uses it.
-        request.code = code_hash(request.code)
+        request.code = secret_hash(request.code)
 
 
 class MCPAuthorizationServer(Server):
@@ -182,7 +177,7 @@ class MCPOAuth2Validator(OAuth2Validator):
         self, request: Request, code: dict[str, Any], expires: Any = None
     ) -> Any:
         return super()._create_authorization_code(
-            request, {**code, "code": code_hash(code["code"])}, expires
+            request, {**code, "code": secret_hash(code["code"])}, expires
         )
 
     def validate_code(
@@ -217,7 +212,7 @@ class MCPOAuth2Validator(OAuth2Validator):
     ) -> bool:
         # AS-44 under races: parallel uses of one refresh token queue on its row; the first
         # rotates it, the others then see it used and DOT revokes the whole family.
-        checksum = hashlib.sha256(refresh_token.encode()).hexdigest()
+        checksum = secret_hash(refresh_token)
         if transaction.get_connection().in_atomic_block:
             list(
                 get_refresh_token_model()

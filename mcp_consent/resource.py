@@ -27,7 +27,6 @@ application's MCPClient and the user joined in.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from django.http import HttpRequest, HttpResponseBase, JsonResponse, QueryDict
 from oauth2_provider.models import get_access_token_model
 
 from .app_settings import app_settings, canonical_resource
+from .vault import secret_hash
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 B64TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -196,9 +196,7 @@ class VerifiedToken:
         return not missing_scopes(self.scopes, required)
 
 
-def checksum(raw: str) -> str:
-    """What DOT stores for a token (COMPLIANT_BCP_RFC9700_TOKEN_STORAGE): its SHA-256."""
-    return hashlib.sha256(raw.encode()).hexdigest()
+checksum = secret_hash  # DOT's token_checksum of a raw token (one definition: vault)
 
 
 def _load(raw: str) -> Any:

@@ -10,6 +10,7 @@ key is derived from SECRET_KEY so the demo runs; ``check --deploy`` refuses that
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -23,6 +24,12 @@ if TYPE_CHECKING:
     from .models import Consent, UpstreamToken
     from .resource import VerifiedToken
     from .upstream import UpstreamAPISession
+
+
+def secret_hash(value: str) -> str:
+    """SHA-256 (hex) of a high-entropy secret: the one form in which we keep codes, states,
+    browser nonces, and (as DOT's token_checksum) access and refresh tokens (AS-47)."""
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 class VaultError(Exception):

@@ -4,6 +4,7 @@ Views, the admin and management commands call these functions; nothing else writ
 Security-relevant writes append their AuditEvent in the same transaction.
 """
 
+from ..vault import secret_hash
 from .abuse import record_rate_limited, record_registration_refused
 from .authorization import (
     CallbackRefused,
@@ -29,7 +30,7 @@ from .clients import (
     register_client,
     update_client,
 )
-from .common import client_ip, secret_hash, user_agent
+from .common import client_ip, user_agent
 from .resource_servers import create_resource_server
 from .revocation import expire_consent, revoke_consent, revoke_consents, revoke_oauth_tokens
 from .tokens import (

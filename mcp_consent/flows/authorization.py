@@ -26,7 +26,8 @@ from ..models import (
     UpstreamIdentity,
     UpstreamToken,
 )
-from .common import client_ip, secret_hash, user_agent
+from ..vault import secret_hash
+from .common import client_ip, user_agent
 
 # --- Consent and the upstream leg ----------------------------------------------------------
 

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from django.http import HttpRequest
-
-
-def secret_hash(value: str) -> str:
-    """SHA-256 of a high-entropy secret (state, browser nonce, code): what we store."""
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def client_ip(request: HttpRequest) -> str | None:

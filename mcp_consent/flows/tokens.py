@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from django.db import transaction
@@ -12,11 +11,8 @@ from oauthlib.common import Request
 
 from .. import audit
 from ..models import AuditEvent, AuthorizationTransaction, Consent, MCPClient
+from ..vault import secret_hash
 from .revocation import revoke_consents
-
-
-def _checksum(raw: str) -> str:
-    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 def record_token_issued(token: dict[str, Any], request: Request) -> None:
@@ -28,7 +24,7 @@ def record_token_issued(token: dict[str, Any], request: Request) -> None:
     if refresh:
         family = (
             get_refresh_token_model()
-            .objects.filter(token_checksum=_checksum(refresh))
+            .objects.filter(token_checksum=secret_hash(refresh))
             .values_list("token_family", flat=True)
             .first()
         )
@@ -65,7 +61,7 @@ def record_refresh_token_reuse(raw: str, application: Any) -> None:
     reused = (
         get_refresh_token_model()
         .objects.filter(
-            token_checksum=_checksum(raw), application=application, revoked__isnull=False
+            token_checksum=secret_hash(raw), application=application, revoked__isnull=False
         )
         .first()
     )
@@ -88,7 +84,7 @@ def token_owner(raw: str, application: Any) -> Any:
     """The user of a token of ``application`` (None for unknown tokens or other clients)."""
     if application is None or not raw:
         return None
-    checksum = _checksum(raw)
+    checksum = secret_hash(raw)
     for model in (get_refresh_token_model(), get_access_token_model()):
         row = (
             model.objects.filter(token_checksum=checksum, application=application)

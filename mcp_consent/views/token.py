@@ -7,7 +7,6 @@ type or ``no-store``. RFC 8414 metadata gains ``response_modes_supported``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -21,6 +20,7 @@ from oauth2_provider.models import get_access_token_model
 from oauth2_provider.signals import app_authorized
 
 from .. import flows, ratelimit
+from ..vault import secret_hash
 from .common import too_many_requests
 
 # Secrets that Django's error reports (mails to ADMINS, the DEBUG page) must never show.
@@ -79,7 +79,7 @@ class TokenView(dot_views.TokenView):
                 return JsonResponse({"error": "invalid_grant"}, status=400)
             token = (
                 get_access_token_model()
-                .objects.filter(token_checksum=hashlib.sha256(access_token.encode()).hexdigest())
+                .objects.filter(token_checksum=secret_hash(access_token))
                 .first()
             )
             if token is not None:
