@@ -14,7 +14,6 @@ from django.utils import timezone
 from oauth2_provider.models import (
     get_access_token_model,
     get_application_model,
-    get_refresh_token_model,
     set_token_value,
 )
 from oauth2_provider.settings import oauth2_settings
@@ -234,7 +233,7 @@ def disable_client(
     client: MCPClient, *, actor: audit.ActorInfo, reason: str, request: HttpRequest | None = None
 ) -> bool:
     """Disable a client: unusable at once, every consent revoked with its cascade. Idempotent."""
-    from .revocation import revoke_consents, revoke_oauth_tokens
+    from .revocation import revoke_everything_of
 
     with transaction.atomic():
         locked = (
@@ -252,29 +251,10 @@ def disable_client(
             client=locked,
             details={"reason": reason},
         )
-        consents = list(
-            Consent.objects.filter(client=locked, revoked_at__isnull=True, expired_at__isnull=True)
+        revoke_everything_of(
+            locked, actor=actor, reason=f"client disabled: {reason}", request=request
         )
-        revoke_consents(consents, actor=actor, reason=f"client disabled: {reason}", request=request)
-        _revoke_remaining_tokens(locked, revoke_oauth_tokens)
     return True
-
-
-def _revoke_remaining_tokens(client: MCPClient, revoke_oauth_tokens: Any) -> None:
-    """Tokens of users without a consent row (e.g. legacy) die with the client too."""
-    users = set(
-        get_access_token_model()
-        .objects.filter(application=client.application, user__isnull=False)
-        .values_list("user", flat=True)
-    ) | set(
-        get_refresh_token_model()
-        .objects.filter(application=client.application, revoked__isnull=True)
-        .values_list("user", flat=True)
-    )
-    from django.contrib.auth import get_user_model
-
-    for user in get_user_model()._default_manager.filter(pk__in=users):
-        revoke_oauth_tokens(user, client.application)
 
 
 def delete_client(
@@ -285,18 +265,16 @@ def delete_client(
     request: HttpRequest | None = None,
 ) -> None:
     """Delete a client with the same cascade (RFC 7592 DELETE, MGMT-04, UP-09)."""
-    from .revocation import revoke_consents, revoke_oauth_tokens
+    from .revocation import revoke_everything_of
 
     with transaction.atomic():
         locked = (
             MCPClient.objects.select_for_update().select_related("application").get(pk=client.pk)
         )
         application = locked.application
-        consents = list(
-            Consent.objects.filter(client=locked, revoked_at__isnull=True, expired_at__isnull=True)
+        revoke_everything_of(
+            locked, actor=actor, reason=reason or "client deleted", request=request
         )
-        revoke_consents(consents, actor=actor, reason=reason or "client deleted", request=request)
-        _revoke_remaining_tokens(locked, revoke_oauth_tokens)
         audit.record(
             AuditEvent.Action.CLIENT_DELETED,
             actor=actor,

@@ -151,6 +151,24 @@ def revoke_consents(
     return count
 
 
+def revoke_everything_of(
+    client: Any, *, actor: audit.ActorInfo, reason: str, request: HttpRequest | None = None
+) -> None:
+    """Disable/delete: every consent with its cascade, then any token left at the client."""
+    consents = Consent.objects.filter(
+        client=client, revoked_at__isnull=True, expired_at__isnull=True
+    )
+    revoke_consents(list(consents), actor=actor, reason=reason, request=request)
+    application = client.application
+    get_grant_model().objects.filter(application=application).delete()
+    for refresh in get_refresh_token_model().objects.filter(
+        application=application, revoked__isnull=True
+    ):
+        refresh.revoke()
+    # User tokens only: the RFC 7592 registration token (no user) goes with the Application.
+    get_access_token_model().objects.filter(application=application, user__isnull=False).delete()
+
+
 def expire_consent(consent: Consent) -> bool:
     """Retire a consent past its expires_at, with the same cascade (hygiene command)."""
     with transaction.atomic():
