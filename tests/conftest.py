@@ -25,6 +25,33 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+def served_in_process(client: Client, request: requests.PreparedRequest) -> requests.Response:
+    """Answer an outbound ``requests`` request with Django's test client (no socket)."""
+    url = urlsplit(request.url)
+    path = url.path + (f"?{url.query}" if url.query else "")
+    body = request.body or b""
+    if isinstance(body, str):
+        body = body.encode()
+    headers = {
+        k: v for k, v in request.headers.items() if k.lower() not in {"content-length", "host"}
+    }
+    reply = client.generic(
+        request.method or "GET",
+        path,
+        data=body,
+        content_type=request.headers.get("Content-Type", ""),
+        headers=headers,
+        HTTP_HOST=url.netloc,
+    )
+    response = requests.Response()
+    response.status_code = reply.status_code
+    response._content = reply.content
+    response.headers = CaseInsensitiveDict(dict(reply.items()))
+    response.url = request.url or ""
+    response.request = request
+    return response
+
+
 class DjangoClientAdapter(requests.adapters.BaseAdapter):
     """Serves the proxy's outbound requests to the demo upstream from this process.
 
@@ -39,29 +66,7 @@ class DjangoClientAdapter(requests.adapters.BaseAdapter):
 
     def send(self, request: requests.PreparedRequest, **kwargs: object) -> requests.Response:
         self.requests.append(request)
-        url = urlsplit(request.url)
-        path = url.path + (f"?{url.query}" if url.query else "")
-        body = request.body or b""
-        if isinstance(body, str):
-            body = body.encode()
-        headers = {
-            k: v for k, v in request.headers.items() if k.lower() not in {"content-length", "host"}
-        }
-        reply = self.client.generic(
-            request.method or "GET",
-            path,
-            data=body,
-            content_type=request.headers.get("Content-Type", ""),
-            headers=headers,
-            HTTP_HOST=url.netloc,
-        )
-        response = requests.Response()
-        response.status_code = reply.status_code
-        response._content = reply.content
-        response.headers = CaseInsensitiveDict(dict(reply.items()))
-        response.url = request.url or ""
-        response.request = request
-        return response
+        return served_in_process(self.client, request)
 
     def close(self) -> None:
         pass

@@ -15,13 +15,13 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from django.test import Client
 from requests.structures import CaseInsensitiveDict
 
 from mcp_consent import upstream
+from tests.conftest import served_in_process
 
 UPSTREAM_ORIGIN = "http://localhost:8001"
 TOKEN_URL = f"{UPSTREAM_ORIGIN}/demo-upstream/login/oauth/access_token"
@@ -79,28 +79,7 @@ class RecordingAdapter(requests.adapters.BaseAdapter):
         return client
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        url = urlsplit(request.url)
-        path = url.path + (f"?{url.query}" if url.query else "")
-        body = request.body or b""
-        if isinstance(body, str):
-            body = body.encode()
-        headers = {
-            k: v for k, v in request.headers.items() if k.lower() not in {"content-length", "host"}
-        }
-        reply = self._client().generic(
-            request.method or "GET",
-            path,
-            data=body,
-            content_type=request.headers.get("Content-Type", ""),
-            headers=headers,
-            HTTP_HOST=url.netloc,
-        )
-        response = requests.Response()
-        response.status_code = reply.status_code
-        response._content = reply.content
-        response.headers = CaseInsensitiveDict(dict(reply.items()))
-        response.url = request.url or ""
-        response.request = request
+        response = served_in_process(self._client(), request)
         with self._lock:
             self.exchanges.append((request, response))
         return response
