@@ -3,8 +3,8 @@
 Run: .venv/bin/python benchmarks/flow_queries.py  [--rounds N]
 
 Figures only, never a pass/fail: query counts are exact; times are given as ratios to the
-cheapest step of the same run (these machines are shared and noisy). DOT-NOTES.md records
-stock DOT's counts on SQLite: anonymous GET /authorize 1, completing authorize after login
+cheapest step of the same run (these machines are shared and noisy). Stock DOT 3.4.1, measured
+on SQLite, for comparison: anonymous GET /authorize 1, completing authorize after login
 8, POST /token (code) 15, POST /token (refresh) 18.
 """
 

@@ -1,6 +1,6 @@
-"""Print, for each requirement ID of ../shared/REQUIREMENTS.md, the test modules that cite it.
+"""Print, for each requirement ID of docs/requirements.md, the test modules that cite it.
 
-Run: .venv/bin/python docs/requirements_index.py [path/to/REQUIREMENTS.md] > docs/requirements-index.md
+Run: .venv/bin/python docs/requirements_index.py [REQUIREMENTS_FILE] > docs/requirements-index.md
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ ID = re.compile(r"\b(CD|AS|DCR|CIMD|MU|LH|UP|URL|BCP|SSRF|MGMT|REV|TP|SM|RS|SH|I
 
 def main() -> None:
     requirements = (
-        Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "REQUIREMENTS.md"
+        Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "requirements.md"
     )
     defined = sorted(
         set(

@@ -1,4 +1,4 @@
-"""The one customisation point of a project (STYLE.md 5): ``MCP_CONSENT["ADAPTER"]``."""
+"""The one customisation point of a project: ``MCP_CONSENT["ADAPTER"]``."""
 
 from __future__ import annotations
 

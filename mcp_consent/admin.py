@@ -1,4 +1,4 @@
-"""The operators' audit tool (STYLE.md 8): everything recorded is read-only, no secret is
+"""The operators' audit tool: everything recorded is read-only, no secret is
 shown, and every action calls the same flow functions as the endpoints and the user's page.
 
 Actions: MCP clients — disable, delete (the revocation cascade); consents — revoke with a

@@ -1,4 +1,4 @@
-"""System checks (STYLE.md 9): unsafe settings are errors, production posture under --deploy.
+"""System checks: unsafe settings are errors, production posture under --deploy.
 
 Each check has a fixed ID, message and hint; tests compare whole CheckMessage objects.
 """

@@ -1,4 +1,4 @@
-"""The records of mcp_consent (DESIGN.md "Models").
+"""The records of mcp_consent.
 
 DOT's Application stays what oauthlib validates; MCPClient and RedirectURI hold what the
 consent page and the operators need to know about each client. Consent is the per-user

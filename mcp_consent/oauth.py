@@ -1,4 +1,4 @@
-"""django-oauth-toolkit, closed where it leaves MCP-relevant gaps (DOT-NOTES "Gaps").
+"""django-oauth-toolkit, closed where it leaves MCP-relevant gaps.
 
 ``MCPAuthorizationServer`` is DOT's ``OAUTH2_SERVER_CLASS``: the oauthlib server with only
 the code and refresh grants, PKCE S256 only (checked before any page is shown, AS-21), the

@@ -1,6 +1,8 @@
 """Client-metadata policy shared by every way a client comes to exist: DCR, CIMD, the admin.
 
-DOT validates syntax; this module adds the rules DOT leaves open (DOT-NOTES "Gaps"):
+DOT 3.4 validates syntax only (its DCR view accepted ``http://evil.example.com/cb``,
+``http://127.0.0.1:*/cb`` and public clients with the implicit or password grant); this
+module adds the rules DOT leaves open:
 ``http`` only on loopback (DCR-11, BCP-14), no dangerous schemes (URL-02, DCR-13), no
 wildcards or port patterns (DCR-14, CD-32), absolute URIs without fragments (DCR-12), only
 the code and refresh grants (DCR-15), consistent auth methods (DCR-16, CIMD-06),

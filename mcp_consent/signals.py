@@ -1,4 +1,4 @@
-"""Signals for projects (STYLE.md 10), sent with ``transaction.on_commit``.
+"""Signals for projects, sent with ``transaction.on_commit``.
 
 Internal code calls functions; these exist so a project can react (notify, sync) without
 patching mcp_consent.

@@ -1,10 +1,12 @@
-"""URLs of mcp_consent. Include both lists at the origin root (DOT-NOTES "URLs and the issuer")::
+"""URLs of mcp_consent. Include both lists at the origin root::
 
     path("", include(mcp_consent.urls.oauth2_urls)),   # namespace oauth2_provider
     path("", include("mcp_consent.urls")),             # namespace mcp_consent
 
 ``oauth2_urls`` is a curated list of DOT endpoints under DOT's own namespace (its views
 reverse ``oauth2_provider:<name>``): no application-management, device or OIDC views.
+At the root because the issuer has no path: under a prefix such as ``o/`` the issuer would be
+``https://host/o`` and the RFC 8414 metadata at the root would answer 404.
 """
 
 from django.urls import path

@@ -3,7 +3,8 @@
 ``MCPRouter`` sends HTTP requests for /mcp and the lifespan scope to the SDK app (its
 session manager runs in the lifespan; Django handles no lifespan) and everything else to
 Django, which owns every well-known metadata URL, /.well-known/oauth-protected-resource/mcp
-included (one owner; DOT-NOTES "One ASGI app").
+included (one owner). The lifespan must reach the SDK app: if it went to Django, every
+authenticated MCP call would fail with 500 "Task group is not initialized".
 """
 
 import os

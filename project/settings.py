@@ -167,7 +167,7 @@ if _public.scheme == "https":
         # BCP-19: only behind a proxy that strips and sets this header itself.
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-# --- django-oauth-toolkit, configured for MCP (see DOT-NOTES.md) ---
+# --- django-oauth-toolkit, configured for MCP (each line is explained in the README) ---
 # Not swapped; named so that makemigrations can resolve DOT's swappable model.
 OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
 MCP_RESOURCE = env("MCP_RESOURCE", f"{PUBLIC_BASE_URL}/mcp")

@@ -317,7 +317,7 @@ def test_as32_canonical_variant_of_the_granted_resource_is_accepted(
 
 
 def test_as34_dot_gap_no_resource_at_authorize_then_attacker_resource_at_token() -> None:
-    """AS-34, AS-35 (DOT-NOTES gap): the grant carries the configured resource, so no other."""
+    """AS-34, AS-35 (DOT 3.4 checks the syntax of resource only): the grant carries the configured resource, so no other."""
     code = authorized(resource=None)
     assert Grant.objects.get(application=code.client.application).resource == [RESOURCE]
     assert_token_error(code.redeem(resource="https://attacker.example/"), "invalid_target")

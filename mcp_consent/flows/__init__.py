@@ -1,4 +1,4 @@
-"""Every write of mcp_consent, each one transaction (STYLE.md 3).
+"""Every write of mcp_consent, each one transaction.
 
 Views, the admin and management commands call these functions; nothing else writes.
 Security-relevant writes append their AuditEvent in the same transaction.

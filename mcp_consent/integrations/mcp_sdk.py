@@ -35,7 +35,8 @@ The pieces, all verifying through ``mcp_consent.resource`` (one code path)::
   that makes a client re-authorize when the upstream grant is gone (RS-11). The SDK's own
   checks still run behind it.
 * ``MCPRouter`` serves Django and the SDK app as one ASGI application; Django keeps the
-  well-known metadata URLs (one owner, DOT-NOTES "One ASGI app").
+  well-known metadata URLs (one owner: the SDK would serve the protected resource metadata
+  itself, at the same path as Django's).
 """
 
 from __future__ import annotations
@@ -445,7 +446,7 @@ async def call_upstream(token: resource.VerifiedToken, call: Callable[[requests.
 
 
 class MCPRouter:
-    """Django and an MCP SDK app as one ASGI application (DOT-NOTES "One ASGI app").
+    """Django and an MCP SDK app as one ASGI application.
 
     HTTP requests for the MCP endpoint paths (default: the path of each configured resource)
     and the lifespan scope go to the SDK app — its session manager's task group lives in

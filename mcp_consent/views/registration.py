@@ -1,7 +1,8 @@
 """RFC 7591 registration and RFC 7592 management, through mcp_consent's policy and flows.
 
 DOT's views accept http redirect URIs off loopback, port wildcards and non-code grants,
-and drop registered metadata from the response (DOT-NOTES "Gaps"). These subclasses keep
+and drop registered metadata from the response (no ``client_id_issued_at``, ``scope``,
+``client_uri``, ``logo_uri``; RFC 7591 §3.2.1 wants it echoed). These subclasses keep
 DOT's permission classes and registration-token authentication and replace the rest.
 """
 
