@@ -15,9 +15,7 @@ ID = re.compile(r"\b(CD|AS|DCR|CIMD|MU|LH|UP|URL|BCP|SSRF|MGMT|REV|TP|SM|RS|SH|I
 
 
 def main() -> None:
-    requirements = (
-        Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "requirements.md"
-    )
+    requirements = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "requirements.md"
     defined = sorted(
         set(
             re.findall(

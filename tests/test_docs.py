@@ -8,6 +8,7 @@ the file and line.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -28,8 +29,8 @@ TEXT_SUFFIXES = {".py", ".md", ".html", ".txt", ".toml", ".cfg", ".ini", ".sh", 
 
 
 def tracked_text_files() -> list[Path]:
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+    listed = subprocess.run(  # noqa: S603 - fixed argv
+        [shutil.which("git") or "git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -60,7 +61,9 @@ def missing_references() -> list[str]:
         where = source.relative_to(REPO_ROOT)
         for number, line in enumerate(text.splitlines(), 1):
             if NEVER_IN_PROJECT.search(line):
-                problems.append(f"{where}:{number}: names a note outside the project: {line.strip()}")
+                problems.append(
+                    f"{where}:{number}: names a note outside the project: {line.strip()}"
+                )
                 continue
             for reference in MD_REFERENCE.findall(line):
                 if reference in EXTERNAL_SOURCES or resolves(reference, source, names):
