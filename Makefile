@@ -6,7 +6,7 @@ POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 # Extra pytest arguments, e.g. PYTEST_ARGS="--junitxml=test-artifacts/junit.xml" (.ci/run).
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-postgres test-browser lint typecheck clean
+.PHONY: demo test test-postgres test-browser test-packaging lint typecheck clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test-postgres: $(VENV)/.installed
 ## Real-browser tests: Playwright driving Debian's Chromium (apt-get install chromium).
 test-browser: $(VENV)/.installed
 	$(PY) -m pytest -m browser tests/browser $(PYTEST_ARGS)
+
+## The wheel, installed in a fresh virtualenv, in a new project set up by docs/quickstart.md
+## as written; one authorization and an MCP call against a GitHub-like fake.
+test-packaging: $(VENV)/.installed
+	$(PY) tests/packaging/run.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
