@@ -91,8 +91,43 @@ class UpstreamConfig:
         return wanted
 
 
+RATE_LIMIT_DEFAULTS: dict[str, tuple[int, int]] = {
+    "register": (20, 3600),
+    "authorize": (120, 60),
+    "token": (120, 60),
+}
+"""Per-IP (requests, seconds) of each rate-limited endpoint; its keys are the known names."""
+
+
 class AppSettings:
     """The ``MCP_CONSENT`` settings, one typed property per key."""
+
+    @classmethod
+    def known_keys(cls) -> list[str]:
+        """Every key of ``MCP_CONSENT``: the upper-case properties of this class."""
+        return sorted(
+            name
+            for name, value in vars(cls).items()
+            if name.isupper() and isinstance(value, property)
+        )
+
+    def unknown_keys(self) -> list[tuple[str, str, list[str]]]:
+        """(where, key, known keys there) for every key of a settings dict that nothing reads.
+
+        Each dict with fixed keys: ``MCP_CONSENT``, its ``UPSTREAM``, its ``RATE_LIMITS``.
+        A mistyped key is otherwise dropped silently (``CLIENT_SECRE`` → no secret sent).
+        """
+        found: list[tuple[str, str, list[str]]] = []
+        nested = {
+            "UPSTREAM": sorted(name.upper() for name in UpstreamConfig.__dataclass_fields__),
+            "RATE_LIMITS": sorted(RATE_LIMIT_DEFAULTS),
+        }
+        dicts: list[tuple[str, Any, list[str]]] = [("MCP_CONSENT", self._raw, self.known_keys())]
+        dicts += [(f"MCP_CONSENT[{k!r}]", self._raw.get(k), known) for k, known in nested.items()]
+        for where, raw, known in dicts:
+            if isinstance(raw, dict):
+                found += [(where, str(key), known) for key in raw if key not in known]
+        return found
 
     @property
     def _raw(self) -> dict[str, Any]:
@@ -159,8 +194,8 @@ class AppSettings:
     @property
     def RATE_LIMITS(self) -> dict[str, tuple[int, int]]:
         """Per-IP (requests, seconds) for "register", "authorize", "token"; {} turns them off."""
-        default = {"register": (20, 3600), "authorize": (120, 60), "token": (120, 60)}
-        return {k: tuple(v) for k, v in self._get("RATE_LIMITS", default).items()}  # type: ignore[misc]
+        raw = self._get("RATE_LIMITS", RATE_LIMIT_DEFAULTS)
+        return {k: tuple(v) for k, v in raw.items()}  # type: ignore[misc]
 
     @property
     def MAX_UNUSED_DCR_CLIENTS(self) -> int:

@@ -5,6 +5,7 @@ Each check has a fixed ID, message and hint; tests compare whole CheckMessage ob
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -102,6 +103,13 @@ W003 = Warning(
 )
 
 
+def E030(where: str, key: str, known: list[str]) -> Error:
+    """A key nothing reads: a typo would otherwise be dropped without a word."""
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"Did you mean {close[0]!r}?" if close else f"The known keys: {', '.join(known)}."
+    return Error(f"{where} has an unknown key {key!r}.", hint=hint, id="mcp_consent.E030")
+
+
 def _is_subclass(value: Any, dotted: str) -> bool:
     from django.utils.module_loading import import_string
 
@@ -113,7 +121,7 @@ def _is_subclass(value: Any, dotted: str) -> bool:
 
 @register(Tags.security)
 def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    messages: list[Any] = []
+    messages: list[Any] = [E030(*unknown) for unknown in app_settings.unknown_keys()]
     raw = getattr(settings, "MCP_CONSENT", {}).get("RESOURCES", [])
     if not raw or any(canonical_resource(r) is None for r in raw):
         messages.append(E001())

@@ -32,6 +32,7 @@ from mcp_consent.checks import (
     E009,
     E010,
     E011,
+    E030,
     W001,
     W002,
     W003,
@@ -245,6 +246,73 @@ def test_several_problems_are_all_reported():
         MCP_CONSENT=mcp_consent(TRANSACTION_COOKIE_NAME="tx", REMEMBER_CONSENT=True),
     ):
         assert check_configuration() == [E004, E006, E009, W001]
+
+
+UPSTREAM_KEYS = [
+    "API_BASE_URL",
+    "AUTHORIZE_URL",
+    "CLIENT_ID",
+    "CLIENT_SECRET",
+    "EMAIL_FIELD",
+    "ISSUER",
+    "NAME",
+    "NAME_FIELD",
+    "PKCE",
+    "REQUIRE_ISS",
+    "REVOCATION_URL",
+    "SCOPES",
+    "SCOPE_MAP",
+    "SUBJECT_FIELD",
+    "TIMEOUT",
+    "TOKEN_URL",
+    "USERINFO_URL",
+    "USERNAME_FIELD",
+]
+
+
+def test_e030_mistyped_upstream_key_names_the_closest_known_one():
+    """E030: UPSTREAM dropped unknown keys silently, so CLIENT_SECRE meant no secret at all."""
+    with override_settings(MCP_CONSENT=mcp_consent(UPSTREAM=upstream(CLIENT_SECRE="s3cret"))):
+        assert check_configuration() == [
+            Error(
+                "MCP_CONSENT['UPSTREAM'] has an unknown key 'CLIENT_SECRE'.",
+                hint="Did you mean 'CLIENT_SECRET'?",
+                id="mcp_consent.E030",
+            )
+        ]
+
+
+def test_e030_unknown_keys_of_every_settings_dict():
+    """E030 for MCP_CONSENT itself and its RATE_LIMITS too; no close match lists the keys."""
+    with override_settings(
+        MCP_CONSENT=mcp_consent(
+            REMEMBER_CONSNET=True,
+            RATE_LIMITS={"register": (20, 3600), "tokens": (120, 60)},
+            UPSTREAM=upstream(XYZZY=1),
+        )
+    ):
+        assert check_configuration() == [
+            Error(
+                "MCP_CONSENT has an unknown key 'REMEMBER_CONSNET'.",
+                hint="Did you mean 'REMEMBER_CONSENT'?",
+                id="mcp_consent.E030",
+            ),
+            Error(
+                "MCP_CONSENT['UPSTREAM'] has an unknown key 'XYZZY'.",
+                hint="The known keys: " + ", ".join(UPSTREAM_KEYS) + ".",
+                id="mcp_consent.E030",
+            ),
+            Error(
+                "MCP_CONSENT['RATE_LIMITS'] has an unknown key 'tokens'.",
+                hint="Did you mean 'token'?",
+                id="mcp_consent.E030",
+            ),
+        ]
+    assert E030("MCP_CONSENT", "REMEMBER_CONSNET", ["REMEMBER_CONSENT"]) == Error(
+        "MCP_CONSENT has an unknown key 'REMEMBER_CONSNET'.",
+        hint="Did you mean 'REMEMBER_CONSENT'?",
+        id="mcp_consent.E030",
+    )
 
 
 def test_checks_are_registered_with_django():

@@ -86,3 +86,39 @@ def test_the_reference_check_fails_on_a_missing_document(tmp_path: Path) -> None
     assert not resolves("NOTES-NOT-HERE.md", source, names)
     assert MD_REFERENCE.findall("see docs/no-such-page.md for details") == ["docs/no-such-page.md"]
     assert NEVER_IN_PROJECT.search('(DOT-NOTES "Gaps")')
+
+
+# --- docs/settings.md is the settings reference of app_settings -----------------------------
+
+SETTINGS_DOC = REPO_ROOT / "docs" / "settings.md"
+
+
+def documented_keys(heading: str) -> list[str]:
+    """The keys of the table under ``## <heading>`` in docs/settings.md."""
+    section = SETTINGS_DOC.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([A-Z_]+)` \|", section, re.M)
+
+
+def test_settings_reference_documents_every_mcp_consent_key_and_no_other() -> None:
+    from mcp_consent.app_settings import AppSettings
+
+    documented = documented_keys("`MCP_CONSENT`")
+    assert len(documented) == len(set(documented))
+    assert sorted(documented) == AppSettings.known_keys()
+
+
+def test_settings_reference_documents_every_upstream_key_and_no_other() -> None:
+    from mcp_consent.app_settings import UpstreamConfig
+
+    documented = documented_keys('`MCP_CONSENT["UPSTREAM"]`')
+    assert len(documented) == len(set(documented))
+    assert sorted(documented) == sorted(f.upper() for f in UpstreamConfig.__dataclass_fields__)
+
+
+def test_adapter_page_describes_every_hook_and_no_other() -> None:
+    from mcp_consent.adapter import DefaultConsentAdapter
+
+    text = (REPO_ROOT / "docs" / "adapter.md").read_text()
+    documented = re.findall(r"^### `(\w+)\(", text, re.M)
+    hooks = [name for name in vars(DefaultConsentAdapter) if not name.startswith("_")]
+    assert sorted(documented) == sorted(hooks)
