@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.utils.module_loading import import_string
+from oauth2_provider.settings import oauth2_settings
 
 
 def canonical_resource(uri: str) -> str | None:
@@ -144,8 +145,6 @@ class AppSettings:
     @property
     def ISSUER(self) -> str:
         """The issuer identifier: DOT's OIDC_ISS_ENDPOINT, exact, without a trailing slash."""
-        from oauth2_provider.settings import oauth2_settings
-
         return str(self._get("ISSUER", oauth2_settings.OIDC_ISS_ENDPOINT or "")).rstrip("/")
 
     @property
@@ -219,8 +218,6 @@ class AppSettings:
         """SM-01/SM-06: ``scopes_supported`` of the protected resource metadata, and the scope
         a 401 challenge asks for when the operation needs none in particular: the minimal set
         for basic use (default: DOT's DEFAULT_SCOPES), never ``offline_access``."""
-        from oauth2_provider.settings import oauth2_settings
-
         scopes = self._get("PRM_SCOPES", None)
         if scopes is None:
             scopes = oauth2_settings.DEFAULT_SCOPES

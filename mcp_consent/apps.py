@@ -9,6 +9,8 @@ class MCPConsentConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Imported here, not at module level: Django's documented place to register checks
+        # (the app registry is ready, and importing mcp_consent.apps stays side-effect free).
         from . import checks  # noqa: F401  (registers the system checks)
 
         # BCP-18 / UP-07: oauthlib logs authorization codes and access/refresh tokens at DEBUG

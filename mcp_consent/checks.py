@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 from oauth2_provider.settings import oauth2_settings
 
 from .app_settings import app_settings, canonical_resource
@@ -111,8 +112,6 @@ def E030(where: str, key: str, known: list[str]) -> Error:
 
 
 def _is_subclass(value: Any, dotted: str) -> bool:
-    from django.utils.module_loading import import_string
-
     try:
         return isinstance(value, type) and issubclass(value, import_string(dotted))
     except ImportError:

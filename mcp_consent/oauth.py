@@ -23,6 +23,7 @@ from oauthlib.oauth2 import Server
 from oauthlib.oauth2.rfc6749 import errors
 from oauthlib.oauth2.rfc6749.grant_types.authorization_code import code_challenge_method_s256
 
+from . import flows
 from .app_settings import app_settings
 from .vault import secret_hash
 
@@ -143,8 +144,6 @@ class MCPOAuth2Validator(OAuth2Validator):
     """DOT's validator with mcp_consent's client registry and code handling."""
 
     def _load_application(self, client_id: str, request: Request) -> Any:
-        from . import flows
-
         if not client_id or "\x00" in client_id:
             # PostgreSQL refuses NUL in text: an unknown client, not a 500 (fuzzing finding).
             request.client = None
@@ -191,8 +190,6 @@ class MCPOAuth2Validator(OAuth2Validator):
             )
         if super().validate_code(client_id, code, client, request, *args, **kwargs):
             return True
-        from . import flows
-
         # AS-41 / BCP-10: a redeemed code presented again means it leaked; revoke what it bought.
         flows.revoke_tokens_of_reused_code(code, client)
         return False
@@ -201,8 +198,6 @@ class MCPOAuth2Validator(OAuth2Validator):
         self, token: dict[str, Any], request: Request, *args: Any, **kwargs: Any
     ) -> Any:
         """Inside DOT's transaction: link the code to its token family (AS-41) and audit."""
-        from . import flows
-
         result = super()._save_bearer_token(token, request, *args, **kwargs)
         flows.record_token_issued(token, request)
         return result
@@ -221,8 +216,6 @@ class MCPOAuth2Validator(OAuth2Validator):
             )
         if super().validate_refresh_token(refresh_token, client, request, *args, **kwargs):
             return True
-        from . import flows
-
         # AS-44: DOT revoked the family if this was a rotated token presented again; audit it.
         flows.record_refresh_token_reuse(refresh_token, client)
         return False
@@ -231,8 +224,6 @@ class MCPOAuth2Validator(OAuth2Validator):
         self, token: str, token_type_hint: str | None, request: Request, *args: Any, **kwargs: Any
     ) -> None:
         """RFC 7009 with the cascade: the client's last token revoked ends its consent (UP-09)."""
-        from . import flows
-
         owner = flows.token_owner(token, request.client)
         super().revoke_token(token, token_type_hint, request, *args, **kwargs)
         if owner is not None:

@@ -207,7 +207,7 @@ def revoke_token(token: str, token_type_hint: str) -> bool:
 class UpstreamAPISession(requests.Session):
     """A requests.Session for the upstream API that carries one consent's upstream token.
 
-    Made by ``vault.upstream_session``; pass paths relative to ``UPSTREAM["API_BASE_URL"]``.
+    Made by ``flows.upstream_tokens.upstream_session``; pass paths relative to ``UPSTREAM["API_BASE_URL"]``.
 
     * UP-10 / SSRF-01..03: only URLs under the configured API base are reachable (no other
       host, no dot segments, no encoded separators) and redirects are never followed: a

@@ -1,4 +1,4 @@
-"""vault.upstream_session and upstream.UpstreamAPISession: the upstream API with a consent's token.
+"""flows.upstream_tokens.upstream_session and upstream.UpstreamAPISession: the upstream API with a consent's token.
 
 What a tool author gets (a requests.Session) and what it will not do for them: reach
 another host, follow a redirect, send any token but the consent's upstream token, or use
@@ -15,6 +15,7 @@ import requests
 from django.utils import timezone
 
 from mcp_consent import audit, flows, resource, upstream, vault
+from mcp_consent.flows.upstream_tokens import consent_for, upstream_session
 from mcp_consent.models import Consent, UpstreamToken
 from project.demo_upstream.models import Token as DemoHubToken
 from tests.conftest import UPSTREAM_ORIGIN
@@ -92,13 +93,13 @@ def test_up10_urls_outside_the_api_are_refused_before_any_connection(
     issued, upstream_http, url
 ) -> None:
     upstream_http.requests.clear()
-    with vault.upstream_session(verified(issued)) as api, pytest.raises(upstream.UpstreamError):
+    with upstream_session(verified(issued)) as api, pytest.raises(upstream.UpstreamError):
         api.get(url)
     assert upstream_http.requests == []
 
 
 def test_up10_paths_under_the_api_base_work(issued) -> None:
-    with vault.upstream_session(verified(issued)) as api:
+    with upstream_session(verified(issued)) as api:
         assert api.get("user").json()["login"] == "octocat"
         assert api.get(f"{API}api/items").status_code == 200
 
@@ -108,7 +109,7 @@ def test_ssrf03_redirects_are_never_followed(issued, mount) -> None:
     elsewhere = Answer(200)
     mount(f"{API}api/moved", Answer(302, {"Location": "http://169.254.169.254/latest/"}))
     mount("http://169.254.169.254/", elsewhere)
-    with vault.upstream_session(verified(issued)) as api:
+    with upstream_session(verified(issued)) as api:
         response = api.get("api/moved")
     assert response.status_code == 302
     assert elsewhere.seen == []
@@ -120,7 +121,7 @@ def test_ssrf03_redirects_are_never_followed(issued, mount) -> None:
 def test_tp03_a_callers_authorization_header_is_replaced(issued, upstream_http) -> None:
     upstream_access, _ = upstream_tokens_of(issued)
     upstream_http.requests.clear()
-    with vault.upstream_session(verified(issued)) as api:
+    with upstream_session(verified(issued)) as api:
         api.get("user", headers={"Authorization": issued.authorization, "Cookie": "a=b"})
     (sent,) = upstream_http.requests
     assert sent.headers["Authorization"] == f"Bearer {upstream_access}"
@@ -141,7 +142,7 @@ def test_rs11_the_grant_used_is_the_one_of_this_tokens_client() -> None:
     }
     assert len(set(tokens.values())) == 2
     for issued in (first, second):
-        consent = vault.consent_for(verified(issued))
+        consent = consent_for(verified(issued))
         assert consent is not None and consent.client == issued.client
         assert (
             vault.decrypt(consent.upstream_token.access_token_encrypted) == tokens[issued.client_id]
@@ -154,13 +155,13 @@ def test_a_revoked_consent_gives_no_upstream_session(issued) -> None:
     token = verified(issued)  # verified before the revocation cascaded
     flows.revoke_consent(consent, actor=audit.SYSTEM, reason="test")
     with pytest.raises(upstream.UpstreamAuthorizationRequired):
-        vault.upstream_session(token)
+        upstream_session(token)
 
 
 def test_an_expired_consent_gives_no_upstream_session(issued) -> None:
     Consent.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     with pytest.raises(upstream.UpstreamAuthorizationRequired):
-        vault.upstream_session(verified(issued))
+        upstream_session(verified(issued))
 
 
 # --- UP-08 / RS-11: refresh ---------------------------------------------------------------------------
@@ -171,12 +172,12 @@ def test_up08_an_expired_upstream_token_without_refresh_token_needs_authorizatio
         expires_at=timezone.now() - timedelta(seconds=1), refresh_token_encrypted=""
     )
     with pytest.raises(upstream.UpstreamAuthorizationRequired):
-        vault.upstream_session(verified(issued))
+        upstream_session(verified(issued))
 
 
 def test_rs11_a_refused_refresh_needs_authorization(issued) -> None:
     DemoHubToken.objects.update(revoked_at=timezone.now())
-    with vault.upstream_session(verified(issued)) as api:
+    with upstream_session(verified(issued)) as api:
         with pytest.raises(upstream.UpstreamAuthorizationRequired):
             api.get("user")
 
@@ -185,7 +186,7 @@ def test_rs11_a_token_endpoint_outage_is_not_a_reauthorization(issued, mount) ->
     """An outage (5xx) stays UpstreamError: retry later, do not send the user through consent."""
     DemoHubToken.objects.update(access_expires_at=timezone.now() - timedelta(seconds=1))
     mount(f"{API}login/oauth/access_token", Answer(503))
-    with vault.upstream_session(verified(issued)) as api:
+    with upstream_session(verified(issued)) as api:
         with pytest.raises(upstream.UpstreamError) as failure:
             api.get("user")
     assert not isinstance(failure.value, upstream.UpstreamAuthorizationRequired)
@@ -193,14 +194,14 @@ def test_rs11_a_token_endpoint_outage_is_not_a_reauthorization(issued, mount) ->
 
 def test_rs11_still_401_after_a_refresh_needs_authorization(issued, mount) -> None:
     mount(f"{API}user", Answer(401))
-    with vault.upstream_session(verified(issued)) as api:
+    with upstream_session(verified(issued)) as api:
         with pytest.raises(upstream.UpstreamAuthorizationRequired):
             api.get("user")
 
 
 def test_closing_a_session_keeps_the_process_wide_pool(issued) -> None:
-    with vault.upstream_session(verified(issued)) as api:
+    with upstream_session(verified(issued)) as api:
         api.get("user")
-    with vault.upstream_session(verified(issued)) as api:
+    with upstream_session(verified(issued)) as api:
         assert api.get("user").status_code == 200
     assert upstream.http_session().adapters

@@ -27,6 +27,7 @@ from ..models import (
     RegistrationSource,
 )
 from ..registration import ClientMetadata, clean_client_metadata, fetched_cimd_metadata
+from .revocation import revoke_consents, revoke_everything_of
 
 # --- Clients -------------------------------------------------------------------------------
 
@@ -88,8 +89,6 @@ def record_client(
     changed: all of them for a new name or client URI, those of removed redirect URIs
     otherwise (MGMT-06, CIMD-12).
     """
-    from .revocation import revoke_consents
-
     actor = actor or audit.client_actor(None)
     stale: list[Consent] = []
     with transaction.atomic():
@@ -233,8 +232,6 @@ def disable_client(
     client: MCPClient, *, actor: audit.ActorInfo, reason: str, request: HttpRequest | None = None
 ) -> bool:
     """Disable a client: unusable at once, every consent revoked with its cascade. Idempotent."""
-    from .revocation import revoke_everything_of
-
     with transaction.atomic():
         locked = (
             MCPClient.objects.select_for_update().select_related("application").get(pk=client.pk)
@@ -265,8 +262,6 @@ def delete_client(
     request: HttpRequest | None = None,
 ) -> None:
     """Delete a client with the same cascade (RFC 7592 DELETE, MGMT-04, UP-09)."""
-    from .revocation import revoke_everything_of
-
     with transaction.atomic():
         locked = (
             MCPClient.objects.select_for_update().select_related("application").get(pk=client.pk)

@@ -7,7 +7,6 @@ Idempotent, audited in the same transaction, ``consent_revoked`` sent on commit 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +16,10 @@ from django.http import HttpRequest
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model, get_grant_model, get_refresh_token_model
 
-from .. import audit, signals, upstream, vault
+from .. import audit, signals, vault
 from ..models import AuditEvent, Consent, UpstreamToken
+from .upstream_tokens import revoke_upstream_grant
 
-log = logging.getLogger(__name__)
 Action = AuditEvent.Action
 
 
@@ -102,18 +101,7 @@ def _revoke_upstream(secrets: _UpstreamSecrets | None, actor: audit.ActorInfo) -
     """UP-09: tell the upstream (best effort; the local copy is gone whatever it answers)."""
     if secrets is None:
         return
-    outcome = "no revocation endpoint configured"
-    try:
-        if upstream.revoke_token(
-            secrets.refresh_token or secrets.access_token,
-            "refresh_token" if secrets.refresh_token else "access_token",
-        ):
-            if secrets.refresh_token and secrets.access_token:
-                upstream.revoke_token(secrets.access_token, "access_token")
-            outcome = "revoked at the upstream"
-    except upstream.UpstreamError as exc:
-        log.warning("upstream revocation failed: %s", exc.reason)
-        outcome = f"upstream revocation failed: {exc.reason}"
+    outcome = revoke_upstream_grant(secrets.access_token, secrets.refresh_token)
     audit.record(
         Action.UPSTREAM_TOKEN_REVOKED,
         actor=actor,

@@ -1,21 +1,68 @@
-"""The upstream vault in use: server-side refresh."""
+"""The upstream vault in use: the consent behind a verified MCP token, its upstream API
+session, the server-side refresh, and the one revocation of an upstream grant.
+
+The vault (``mcp_consent.vault``) only encrypts and decrypts; what reads consents and writes
+upstream tokens lives here, a layer above it.
+"""
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
+from typing import Any, Protocol
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
-from .. import vault
-from ..models import (
-    UpstreamToken,
-)
+from .. import upstream, vault
+from ..models import Consent, UpstreamToken
 
-# --- The upstream vault ---------------------------------------------------------------------
-
+log = logging.getLogger(__name__)
 
 REFRESH_MARGIN = timedelta(seconds=60)
+
+
+class TokenClaims(Protocol):
+    """What the vault in use reads of a verified MCP token (``resource.VerifiedToken``)."""
+
+    @property
+    def user_id(self) -> Any: ...
+
+    @property
+    def application_id(self) -> int: ...
+
+    @property
+    def resource(self) -> str: ...
+
+    @property
+    def scopes(self) -> frozenset[str]: ...
+
+
+def consent_for(token: TokenClaims) -> Consent | None:
+    """The consent behind a verified MCP token, with its upstream token (RS-11, TP-03).
+
+    Found from what the verified token says (its user, its client, the resource it was
+    verified for), never from anything the MCP client sends, so a client can only ever
+    reach the upstream grant that its own user approved for it. Of several live consents
+    the one last used for an authorization wins; it must cover the token's scopes.
+    """
+    candidates = (
+        Consent.objects.select_related("upstream_token")
+        .filter(
+            user_id=token.user_id,
+            client__application_id=token.application_id,
+            resource=token.resource,
+            revoked_at__isnull=True,
+            expires_at__gt=timezone.now(),
+            upstream_token__isnull=False,
+        )
+        .order_by(F("last_used_at").desc(nulls_last=True), "-granted_at", "-pk")
+    )
+    for consent in candidates[:20]:
+        if token.scopes <= set(consent.scope_list):
+            return consent
+    return None
 
 
 def refresh_upstream_token(token: UpstreamToken, *, force: bool = False) -> UpstreamToken:
@@ -26,8 +73,6 @@ def refresh_upstream_token(token: UpstreamToken, *, force: bool = False) -> Upst
     replaces the old one in the same UPDATE (OAuth 2.1 §4.3.2); one the upstream did not
     rotate is kept. Raises upstream.UpstreamError when the upstream refuses.
     """
-    from .. import upstream
-
     with transaction.atomic():
         locked = UpstreamToken.objects.select_for_update().get(pk=token.pk)
         fresh_enough = (
@@ -48,3 +93,77 @@ def refresh_upstream_token(token: UpstreamToken, *, force: bool = False) -> Upst
             locked.scopes = tokens["scope"]
         locked.save()
     return locked
+
+
+def _refreshed(row: UpstreamToken, *, force: bool) -> UpstreamToken:
+    """UP-08 (row lock, once across workers, atomic rotation).
+
+    A grant the upstream refuses to refresh, or one without a refresh token, can only be
+    replaced by a new authorization (UpstreamAuthorizationRequired); an outage stays an
+    UpstreamError (try again later).
+    """
+    if not vault.decrypt(row.refresh_token_encrypted):
+        raise upstream.UpstreamAuthorizationRequired("the upstream grant has no refresh token")
+    try:
+        return refresh_upstream_token(row, force=force)
+    except upstream.UpstreamRefused as exc:
+        raise upstream.UpstreamAuthorizationRequired(exc.reason) from None
+
+
+def upstream_session(token: TokenClaims) -> upstream.UpstreamAPISession:
+    """A requests.Session for the upstream API, carrying the token's consent's upstream token.
+
+    Use it with paths relative to ``UPSTREAM["API_BASE_URL"]``::
+
+        from mcp_consent.flows.upstream_tokens import upstream_session
+
+        with upstream_session(verified) as api:
+            items = api.get("api/items").json()
+
+    The upstream token is refreshed server-side before it expires (UP-08) and once more on
+    an upstream 401 (RS-11). Raises upstream.UpstreamAuthorizationRequired when only a new
+    authorization can help (no live consent, refresh refused, still 401), and
+    upstream.UpstreamError for outages. The MCP client's token is never sent (TP-03) and the
+    upstream token never leaves this process except towards the upstream (TP-05, UP-07).
+    """
+    consent = consent_for(token)
+    if consent is None:
+        raise upstream.UpstreamAuthorizationRequired("no live consent with an upstream grant")
+    current = consent.upstream_token
+    if current.expires_at is not None and current.expires_at - REFRESH_MARGIN <= timezone.now():
+        if current.expires_at <= timezone.now() or vault.decrypt(current.refresh_token_encrypted):
+            current = _refreshed(current, force=False)
+
+    def access_token() -> str:
+        return vault.decrypt(current.access_token_encrypted)
+
+    def refreshed_access_token() -> str:
+        nonlocal current
+        current = _refreshed(current, force=True)
+        return vault.decrypt(current.access_token_encrypted)
+
+    return upstream.UpstreamAPISession(
+        access_token=access_token, refreshed_access_token=refreshed_access_token
+    )
+
+
+def revoke_upstream_grant(access_token: str, refresh_token: str) -> str:
+    """UP-09: revoke an upstream grant at the upstream's RFC 7009 endpoint (best effort).
+
+    The one revocation of an upstream grant, for a consent's stored token and for one we
+    obtained but could not record. The refresh token goes first (revoking it ends the grant
+    at most providers), then the access token. Returns what happened, for the audit trail;
+    never raises: the local copy is gone (or never existed) whatever the upstream answers.
+    """
+    outcome = "no revocation endpoint configured"
+    for token, hint in ((refresh_token, "refresh_token"), (access_token, "access_token")):
+        if not token:
+            continue
+        try:
+            if upstream.revoke_token(token, hint):
+                outcome = "revoked at the upstream"
+        except Exception as exc:  # best effort on a failure path: never mask the real answer
+            reason = getattr(exc, "reason", type(exc).__name__)
+            log.warning("upstream revocation failed: %s", reason)
+            return f"upstream revocation failed: {reason}"
+    return outcome

@@ -65,8 +65,9 @@ from pydantic import PrivateAttr
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import resource, upstream, vault
+from .. import resource, upstream
 from ..app_settings import app_settings, canonical_resource
+from ..flows.upstream_tokens import upstream_session
 
 log = logging.getLogger(__name__)
 
@@ -411,7 +412,7 @@ def verified_token(ctx: Any = None, *, scopes: Iterable[str] = ()) -> resource.V
 
 
 async def call_upstream(token: resource.VerifiedToken, call: Callable[[requests.Session], T]) -> T:
-    """Run ``call(api)`` with ``vault.upstream_session(token)`` in a worker thread.
+    """Run ``call(api)`` with ``flows.upstream_tokens.upstream_session(token)`` in a worker thread.
 
     RS-11: when only a new authorization can help, the HTTP request that carried this tool
     call is answered 401 (ProtectedMCPApp) and the tool fails with a message saying so. An
@@ -421,7 +422,7 @@ async def call_upstream(token: resource.VerifiedToken, call: Callable[[requests.
 
     def work() -> T:
         try:
-            with vault.upstream_session(token) as api:
+            with upstream_session(token) as api:
                 return call(api)
         finally:
             resource.release_connections()

@@ -18,8 +18,10 @@ from django.http import (
     QueryDict,
 )
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 
+from .. import upstream
 from ..app_settings import app_settings
 
 
@@ -133,8 +135,6 @@ def as_authorization_request(
 
 
 def _authorize_path() -> str:
-    from django.urls import reverse
-
     return reverse("oauth2_provider:authorize")
 
 
@@ -161,8 +161,6 @@ def read_browser_binding(request: HttpRequest) -> str | None:
 
 def send_upstream(request: HttpRequest, pending: Any, binding: str) -> HttpResponse:
     """The redirect to the upstream with the static client ID, and the browser-binding cookie."""
-    from .. import upstream
-
     response = HttpResponse(status=303 if request.method == "POST" else 302)
     response["Location"] = upstream.authorization_url(
         state=pending.state,

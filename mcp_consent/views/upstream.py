@@ -26,6 +26,7 @@ from oauth2_provider.views.mixins import OAuthLibMixin
 
 from .. import flows, upstream, vault
 from ..app_settings import app_settings
+from ..flows import upstream_tokens
 from ..models import AuthorizationTransaction
 from .common import (
     as_authorization_request,
@@ -39,15 +40,6 @@ log = logging.getLogger(__name__)
 Outcome = AuthorizationTransaction.Outcome
 
 AUTH_BACKEND = "django.contrib.auth.backends.ModelBackend"
-
-
-def discard_upstream_tokens(access_token: str, refresh_token: str) -> None:
-    """UP-09: an upstream grant we could not record is revoked upstream, not left dangling."""
-    for token, hint in ((refresh_token, "refresh_token"), (access_token, "access_token")):
-        try:
-            upstream.revoke_token(token, hint)
-        except Exception as exc:  # best effort on a failure path: never mask the real answer
-            log.warning("could not revoke an unrecorded upstream token: %s", type(exc).__name__)
 
 
 @dataclass(frozen=True)
@@ -150,7 +142,7 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             # Rolled back as one: no consent, no upstream token, no code. The client hears
             # back with a retryable error instead of the person meeting a bare 500.
             log.exception("upstream callback: database error while recording the grant")
-            discard_upstream_tokens(answer.access_token, answer.refresh_token)
+            upstream_tokens.revoke_upstream_grant(answer.access_token, answer.refresh_token)
             try:
                 flows.fail_transaction(
                     tx, Outcome.FAILED, "database error while recording the grant", request
@@ -200,7 +192,9 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             try:
                 return _grant(tokens, upstream.fetch_identity(tokens["access_token"]))
             except upstream.UpstreamError:
-                discard_upstream_tokens(tokens["access_token"], tokens["refresh_token"])
+                upstream_tokens.revoke_upstream_grant(
+                    tokens["access_token"], tokens["refresh_token"]
+                )
                 raise
         except upstream.UpstreamError as exc:
             log.warning("upstream sign-in failed: %s", exc.reason)
