@@ -1,9 +1,9 @@
 """The layers of mcp_consent: no module imports a higher layer, and each imports on its own.
 
 models <- audit, vault, upstream, registration <- flows <- views, admin, integrations
-(issue 12, STYLE.md 3). Every import counts: at module level, inside a function, and under
-``TYPE_CHECKING``, because a lower layer that reaches up, even lazily, is the circle this
-test exists to keep out (vault -> flows -> authorization -> vault).
+(issue 12: every write is a flow, views call flows). Every import counts: at module level,
+inside a function, and under ``TYPE_CHECKING``, because a lower layer that reaches up, even
+lazily, is the circle this test exists to keep out (vault -> flows -> authorization -> vault).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ LAYERS: dict[str, int] = {
     "mcp_consent.upstream": 1,
     "mcp_consent.registration": 1,
     "mcp_consent.ratelimit": 1,
-    # 2: every write (STYLE.md 3), and the adapter whose hooks the flows call.
+    # 2: every write (the flows), and the adapter whose hooks the flows call.
     "mcp_consent.flows": 2,
     "mcp_consent.adapter": 2,
     # 3: the edges Django, DOT, the MCP SDK and operators call into.
