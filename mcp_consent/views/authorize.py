@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
-from django.shortcuts import render
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.utils.decorators import method_decorator
@@ -38,18 +37,12 @@ from .common import (
     error_page,
     protect_page,
     redirect_to_client,
+    render_form_page,
     send_upstream,
     too_many_requests,
 )
 
 log = logging.getLogger(__name__)
-
-
-# CD-15 / BCP-11 with CSRF that works: under "no-referrer" browsers send `Origin: null` with
-# the consent form's POST, which Django's CSRF protection (CD-13) must refuse. "same-origin"
-# sends a Referer only back to us; every redirect we answer (303 upstream, 302 to the
-# client) carries "no-referrer", so neither the upstream nor the client learns this URL.
-CONSENT_PAGE_REFERRER_POLICY = "same-origin"
 
 
 @dataclass
@@ -231,9 +224,7 @@ class AuthorizeView(AuthorizationView):
             "form_action": request.get_full_path(),
             "notice": notice,
         }
-        response = render(request, self.template_name, context, status=status)
-        response["Referrer-Policy"] = CONSENT_PAGE_REFERRER_POLICY
-        return response
+        return render_form_page(request, self.template_name, context, status=status)
 
     # --- 3. the decision ---------------------------------------------------------------------
 

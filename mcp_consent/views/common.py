@@ -24,14 +24,42 @@ from django.utils.cache import add_never_cache_headers
 from .. import upstream
 from ..app_settings import app_settings
 
+# CD-15 / BCP-11: the Referer must never carry one of our URLs (state, code_challenge, codes)
+# to another origin. Two policies, chosen for every response in one place (protect_page):
+# - a page whose form posts back to us gets "same-origin": under "no-referrer" Chromium sends
+#   `Origin: null` with a same-origin form POST, and Django's CSRF check (CD-13) refuses it;
+#   "same-origin" sends the Referer only to us;
+# - everything else, above all the redirects that carry codes or state to the client or the
+#   upstream and the error pages, gets "no-referrer".
+FORM_PAGE_REFERRER_POLICY = "same-origin"
+DEFAULT_REFERRER_POLICY = "no-referrer"
+
+
+def render_form_page(
+    request: HttpRequest, template_name: str, context: dict[str, Any], *, status: int = 200
+) -> HttpResponse:
+    """Render a page whose forms POST back to this origin (consent page, Connected apps).
+
+    The one way a page gets the "same-origin" referrer policy (see protect_page).
+    """
+    response = render(request, template_name, context, status=status)
+    response.posts_back = True  # type: ignore[attr-defined]
+    return response
+
+
+def referrer_policy(response: HttpResponseBase) -> str:
+    """The Referrer-Policy of one of our responses (CD-15, CD-13): see FORM_PAGE_REFERRER_POLICY."""
+    if getattr(response, "posts_back", False) and not 300 <= response.status_code < 400:
+        return FORM_PAGE_REFERRER_POLICY
+    return DEFAULT_REFERRER_POLICY
+
 
 def protect_page(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
-    """Headers of every consent, callback and error page.
+    """Headers of every consent, Connected apps, callback and error page.
 
     CD-14 / BCP-13: no framing (X-Frame-Options and CSP frame-ancestors). CD-15 / BCP-11: no
-    third-party resources and no Referer (the URL carries state and codes). No caching of
+    third-party resources and no Referer to another origin (referrer_policy). No caching of
     pages that carry a CSRF token or a code. A per-response nonce allows the inline styles.
-    Referrer-Policy is no-referrer unless the view set another (see CONSENT_PAGE_REFERRER_POLICY).
     """
 
     @functools.wraps(view)
@@ -43,7 +71,7 @@ def protect_page(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpRes
             f"default-src 'none'; style-src 'nonce-{request.csp_nonce}'; img-src 'self'; "  # type: ignore[attr-defined]
             "frame-ancestors 'none'; base-uri 'none'"
         )
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response["Referrer-Policy"] = referrer_policy(response)
         response["X-Content-Type-Options"] = "nosniff"
         add_never_cache_headers(response)
         return response

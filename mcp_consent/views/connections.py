@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 from django.contrib.auth import logout
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import render
 from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.views import View
@@ -23,7 +22,7 @@ from oauth2_provider.compat import login_not_required
 from .. import audit, flows
 from ..app_settings import app_settings
 from ..models import AuditEvent, Consent, MCPClient
-from .common import browser_binding, protect_page, send_upstream
+from .common import browser_binding, protect_page, render_form_page, send_upstream
 
 # What the person reads for each of their decisions.
 DECISION_TEXT: dict[str, str] = {
@@ -104,7 +103,7 @@ class ConnectionsView(View):
                     "past": [_row(c) for c in consents if c.status != Consent.Status.ACTIVE][:50],
                 }
             )
-        return render(request, self.template_name, context)
+        return render_form_page(request, self.template_name, context)
 
     def post(self, request: HttpRequest) -> HttpResponse:
         action = request.POST.get("action")
