@@ -30,7 +30,6 @@ from oauth2_provider.views import AuthorizationView
 from .. import flows, ratelimit
 from ..app_settings import app_settings
 from ..models import Consent, MCPClient, RegistrationSource
-from ..registration import is_loopback_host
 from .common import (
     as_authorization_request,
     browser_binding,
@@ -41,6 +40,7 @@ from .common import (
     send_upstream,
     too_many_requests,
 )
+from .risk import risk_context
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +194,6 @@ class AuthorizeView(AuthorizationView):
         client = ar.client
         upstream_config = app_settings.UPSTREAM
         redirect = urlsplit(ar.redirect_uri)
-        registered = list(
-            client.redirect_uris.filter(removed_at__isnull=True).values_list("uri", flat=True)
-        )
         max_name = app_settings.CLIENT_NAME_MAX_LENGTH
         name = client.display_name
         context = {
@@ -213,8 +210,8 @@ class AuthorizeView(AuthorizationView):
             "redirect_scheme": f"{redirect.scheme}://",
             "redirect_host": redirect.netloc,
             "redirect_rest": ar.redirect_uri[len(redirect.scheme) + 3 + len(redirect.netloc) :],
-            # LH-01: a client with only loopback redirect URIs is whatever runs on this machine.
-            "loopback_only": all(is_loopback_host(urlsplit(u).hostname) for u in registered),
+            # CD-01, CD-12, LH-01, LH-02, DCR-19: first time, namesakes, where access goes.
+            **risk_context(request, client, ar.redirect_uri),
             "scopes": app_settings.ADAPTER.scope_descriptions(ar.scopes),
             "upstream_name": upstream_config.name,
             "upstream_scopes": upstream_config.upstream_scopes_for(ar.scopes),
