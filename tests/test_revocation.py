@@ -181,7 +181,9 @@ def test_user_revokes_on_connected_apps() -> None:
     assert revoked.status_code == 303
     assert_fully_revoked(connected)
     after = connected.browser.get("/connections/").content.decode()
-    assert "No application has access right now." in after and "Access revoked" in after
+    assert "No application has access right now." in after and "Revoked by you" in after
+    # The user's own revocation reason is an audit detail, not page text (issue 9 item 3).
+    assert "revoked by the user on Connected apps" not in after
     assert AuditEvent.objects.get(action=A.CONSENT_REVOKED).actor_type == "user"
 
 
@@ -223,7 +225,10 @@ def test_connected_apps_signs_in_through_the_upstream_without_a_client() -> None
     callback = browser.through_upstream(to_upstream["Location"])
     landed = browser.get(callback["Location"])
     assert landed.status_code == 302 and landed["Location"] == "/connections/"
-    assert "Signed in as octocat@upstream" in browser.get("/connections/").content.decode()
+    page = browser.get("/connections/").content.decode()
+    # The upstream login, never the internal username (issue 9 item 3).
+    assert 'Signed in as <strong class="name">octocat</strong>' in page
+    assert "@upstream" not in page
     assert not Consent.objects.exists() and not UpstreamToken.objects.exists()
     assert AuditEvent.objects.filter(action=A.SIGNED_IN).count() == 1
 

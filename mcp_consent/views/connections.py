@@ -15,23 +15,34 @@ from django.contrib.auth import logout
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.decorators import method_decorator
+from django.utils.translation import gettext_lazy as _
 from django.views import View
 from django.views.decorators.csrf import csrf_protect
 from oauth2_provider.compat import login_not_required
 
 from .. import audit, flows
 from ..app_settings import app_settings
-from ..models import AuditEvent, Consent, MCPClient
+from ..models import AuditEvent, Consent, MCPClient, UpstreamIdentity
 from .common import browser_binding, protect_page, render_form_page, send_upstream
+from .risk import destination
 
-# What the person reads for each of their decisions.
-DECISION_TEXT: dict[str, str] = {
-    AuditEvent.Action.CONSENT_APPROVED: "You approved on the consent page",
-    AuditEvent.Action.CONSENT_DENIED: "You denied",
-    AuditEvent.Action.CONSENT_GRANTED: "Access granted after you signed in",
-    AuditEvent.Action.CONSENT_REVOKED: "Access revoked",
-    AuditEvent.Action.CONSENT_EXPIRED: "Access expired",
+# What the person reads for each of their decisions and what happened to their grants.
+DECISION_TEXT: dict[str, Any] = {
+    AuditEvent.Action.CONSENT_APPROVED: _("You approved on the consent page"),
+    AuditEvent.Action.CONSENT_DENIED: _("You denied"),
+    AuditEvent.Action.CONSENT_GRANTED: _("Access granted after you signed in"),
+    AuditEvent.Action.CONSENT_EXPIRED: _("Access expired"),
 }
+
+# Who ended a grant, in the person's words. An operator's free-text reason stays in the audit
+# trail (REV-01..04 are recorded there): it is written for operators, not for this page.
+REVOKED_BY_TEXT: dict[str, Any] = {
+    AuditEvent.Actor.USER: _("Revoked by you"),
+    AuditEvent.Actor.OPERATOR: _("Revoked by the operator"),
+    AuditEvent.Actor.CLIENT: _("Revoked by the application"),
+    AuditEvent.Actor.SYSTEM: _("Ended by this server"),
+}
+REVOKED_TEXT = _("Access revoked")
 
 DECISIONS = [
     AuditEvent.Action.CONSENT_APPROVED,
@@ -42,16 +53,38 @@ DECISIONS = [
 ]
 
 
-def _row(consent: Consent) -> dict[str, Any]:
+def _event_text(event: AuditEvent) -> Any:
+    if event.action == AuditEvent.Action.CONSENT_REVOKED:
+        return REVOKED_BY_TEXT.get(event.actor_type, REVOKED_TEXT)
+    return DECISION_TEXT.get(event.action, event.get_action_display())
+
+
+def _row(consent: Consent, revoked_by: dict[int, str]) -> dict[str, Any]:
     client = consent.client
+    host = urlsplit(consent.redirect_uri).hostname or consent.redirect_uri
+    if consent.revoked_at:
+        ended: Any = REVOKED_BY_TEXT.get(revoked_by.get(consent.pk, ""), REVOKED_TEXT)
+    elif consent.status == Consent.Status.EXPIRED:
+        ended = DECISION_TEXT[AuditEvent.Action.CONSENT_EXPIRED]
+    else:
+        ended = ""
     return {
         "consent": consent,
         "name": client.display_name,
-        "client_id": client.application.client_id,
         "verified": client.verified,
-        "redirect_host": urlsplit(consent.redirect_uri).netloc,
+        "redirect_host": host,
+        "redirect_domain": destination(host),
         "scopes": app_settings.ADAPTER.scope_descriptions(consent.scope_list),
+        "ended": ended,
     }
+
+
+def upstream_login(user: Any) -> str:
+    """The person's login at the upstream (octocat), not our internal username (octocat@upstream)."""
+    identity = UpstreamIdentity.objects.filter(user=user).order_by("-last_login_at", "-pk").first()
+    if identity is not None and (identity.login or identity.email):
+        return identity.login or identity.email
+    return str(user.get_username())
 
 
 @method_decorator(login_not_required, name="dispatch")
@@ -66,10 +99,17 @@ class ConnectionsView(View):
     def get(self, request: HttpRequest) -> HttpResponse:
         context: dict[str, Any] = {"upstream_name": app_settings.UPSTREAM.name}
         if request.user.is_authenticated:
-            consents = Consent.objects.filter(user=request.user).select_related(
-                "client__application"
+            consents = list(
+                Consent.objects.filter(user=request.user).select_related("client__application")[
+                    :200
+                ]
             )
-            active = [c for c in consents if c.status == Consent.Status.ACTIVE]
+            revoked_by = dict(
+                AuditEvent.objects.filter(
+                    action=AuditEvent.Action.CONSENT_REVOKED,
+                    consent_id__in=[c.pk for c in consents if c.revoked_at],
+                ).values_list("consent_id", "actor_type")
+            )
             history = AuditEvent.objects.filter(
                 subject_user_id=request.user.pk, action__in=DECISIONS
             ).order_by("-pk")[:50]
@@ -87,20 +127,22 @@ class ConnectionsView(View):
             }
             decisions = [
                 {
-                    "text": DECISION_TEXT.get(e.action, e.get_action_display()),
-                    "client": names.get(e.client_id, "a deleted application"),
+                    "text": _event_text(e),
+                    "client": names.get(e.client_id, ""),
                     "at": e.created_at,
-                    "reason": e.details.get("reason", "")
-                    if e.action != AuditEvent.Action.CONSENT_DENIED
-                    else "",
                 }
                 for e in events
             ]
             context.update(
                 {
-                    "connections": [_row(c) for c in active],
+                    "signed_in_as": upstream_login(request.user),
+                    "connections": [
+                        _row(c, revoked_by) for c in consents if c.status == Consent.Status.ACTIVE
+                    ],
                     "history": decisions,
-                    "past": [_row(c) for c in consents if c.status != Consent.Status.ACTIVE][:50],
+                    "past": [
+                        _row(c, revoked_by) for c in consents if c.status != Consent.Status.ACTIVE
+                    ][:50],
                 }
             )
         return render_form_page(request, self.template_name, context)

@@ -1,0 +1,81 @@
+"""Connected apps in plain words (issue 9 item 3; REV-01..04 as the person sees them).
+
+Each connection: the application's name, verified or not, the redirect host, the scopes, when
+it was approved and last used. An operator's revocation reads "Revoked by the operator"; the
+operator's free-text reason stays in the audit trail. The person is named by their upstream
+login, never by the internal username.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from mcp_consent.models import AuditEvent, Consent, RegistrationSource
+from tests.browser_client import Browser, authorize_params
+from tests.factories import MCPClientFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def connections(browser: Browser) -> str:
+    page = browser.get("/connections/")
+    assert page.status_code == 200
+    return page.content.decode()
+
+
+def text(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def test_each_connection_in_plain_words() -> None:
+    browser = Browser()
+    browser.login_upstream()
+    client = MCPClientFactory(
+        client_name="Acme Agent",
+        source=RegistrationSource.ADMIN,
+        redirect_uris=["https://agent.acme.example.com/cb"],
+    )
+    browser.run_flow(authorize_params(client, scope="items:read"))
+    Consent.objects.update(last_used_at=timezone.now())
+    page = connections(browser)
+    words = text(page)
+    assert "Acme Agent" in words and "Verified" in words
+    assert "Sends access to agent.acme.example.com (a server of example.com)" in words
+    assert "Can Read your items" in words
+    assert "Approved " in words and "Last used " in words and "not yet" not in words
+    assert "Signed in as octocat (Demo Hub)" in words
+    assert "@upstream" not in page
+    # No internal identifier to puzzle over: the client_id is for the operator's admin.
+    assert client.application.client_id not in page
+
+
+def test_operator_revocation_reads_revoked_by_the_operator_without_the_reason() -> None:
+    browser = Browser()
+    browser.login_upstream()
+    client = MCPClientFactory(client_name="Acme Agent", redirect_uris=["https://app.example/cb"])
+    browser.run_flow(authorize_params(client))
+    consent = Consent.objects.get()
+    operator = Client()
+    operator.force_login(get_user_model().objects.create_superuser("op", "op@example.com", "pw"))
+    url = reverse("admin:mcp_consent_consent_changelist")
+    data = {"action": "revoke_consents", "_selected_action": [consent.pk], "apply": "1"}
+    reason = "ticket 4711: suspicious traffic from 203.0.113.9"
+    assert operator.post(url, {**data, "reason": reason}).status_code == 302
+
+    page = connections(browser)
+    words = text(page)
+    assert "No application has access right now." in words
+    ended = re.search(r'id="past">(.*?)</ul>', page, re.S)
+    assert ended and "Revoked by the operator" in ended.group(1)
+    assert "Acme Agent" in ended.group(1)
+    assert "Revoked by the operator · Acme Agent" in words  # the decisions list too
+    assert reason not in page and "4711" not in page
+    # The reason is where it belongs: the audit trail.
+    event = AuditEvent.objects.get(action=AuditEvent.Action.CONSENT_REVOKED)
+    assert event.actor_type == "operator" and event.details["reason"] == reason
