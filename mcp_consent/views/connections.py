@@ -59,7 +59,7 @@ def _event_text(event: AuditEvent) -> Any:
     return DECISION_TEXT.get(event.action, event.get_action_display())
 
 
-def _row(consent: Consent, revoked_by: dict[int, str]) -> dict[str, Any]:
+def _row(consent: Consent, revoked_by: dict[int | None, str]) -> dict[str, Any]:
     client = consent.client
     host = urlsplit(consent.redirect_uri).hostname or consent.redirect_uri
     if consent.revoked_at:

@@ -103,7 +103,8 @@ def risk_context(request: HttpRequest, client: MCPClient, redirect_uri: str) -> 
     )
     return {
         # CD-01: said only when we know who is asking; an anonymous visitor signs in after.
-        "first_time": signed_in and not Consent.objects.filter(user=user, client=client).exists(),
+        "first_time": signed_in
+        and not Consent.objects.filter(user_id=user.pk, client=client).exists(),
         # LH-01: a client with only loopback redirect URIs is whatever runs on this machine.
         "loopback_only": loopback_only,
         # LH-02 / CD-12: the same weight for a remote address of an unverified client as for
