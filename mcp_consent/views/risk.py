@@ -95,7 +95,7 @@ def namesakes(client: MCPClient, user: Any) -> dict[str, Any]:
 def risk_context(request: HttpRequest, client: MCPClient, redirect_uri: str) -> dict[str, Any]:
     """The consent page's warnings for this person, this client and this redirect URI."""
     user = request.user
-    signed_in = user.is_authenticated
+    signed_in = user.is_authenticated and user.pk is not None
     redirect = urlsplit(redirect_uri)
     registered = [u.uri for u in client.redirect_uris.all() if u.removed_at is None]
     loopback_only = bool(registered) and all(
@@ -104,7 +104,7 @@ def risk_context(request: HttpRequest, client: MCPClient, redirect_uri: str) -> 
     return {
         # CD-01: said only when we know who is asking; an anonymous visitor signs in after.
         "first_time": signed_in
-        and not Consent.objects.filter(user_id=user.pk, client=client).exists(),
+        and not Consent.objects.filter(user_id=int(user.pk or 0), client=client).exists(),
         # LH-01: a client with only loopback redirect URIs is whatever runs on this machine.
         "loopback_only": loopback_only,
         # LH-02 / CD-12: the same weight for a remote address of an unverified client as for
