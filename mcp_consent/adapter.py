@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_user_model, login
 from django.contrib.auth.base_user import AbstractBaseUser
 from oauth2_provider.settings import oauth2_settings
 
 from .app_settings import app_settings
 
 if TYPE_CHECKING:
+    from django.http import HttpRequest
+
     from .flows import UpstreamGrant
     from .models import MCPClient
 
@@ -54,6 +56,15 @@ class DefaultConsentAdapter:
 
     def update_user(self, user: AbstractBaseUser, grant: UpstreamGrant) -> None:
         """Refresh local profile fields from the upstream identity at each sign-in."""
+
+    def login(self, request: HttpRequest, user: AbstractBaseUser) -> None:
+        """Sign the person in after the upstream callback (Django rotates the session key).
+
+        The backend is recorded in the session: the default, ModelBackend, finds the user
+        again by its primary key. Override to name your project's backend instead.
+        """
+        # django-stubs types login() for the default User; any AUTH_USER_MODEL works.
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")  # type: ignore[arg-type]
 
     def consent_lifetime(self, client: MCPClient, user: AbstractBaseUser) -> int:
         """Seconds a consent stays valid."""

@@ -46,10 +46,54 @@ def canonical_resource(uri: str) -> str | None:
     return f"{scheme}://{netloc}{path}"
 
 
+# --- Upstream provider presets (docs/providers.md) --------------------------------------------
+# Values a provider publishes, so that ``"PROVIDER": "github"`` plus the client id and secret
+# is a whole UPSTREAM. Explicit keys win over the preset. Any other OpenID Connect provider:
+# ``manage.py mcp_consent_discover <issuer>`` prints its UPSTREAM from its discovery document.
+PROVIDER_PRESETS: dict[str, dict[str, Any]] = {
+    # No RFC 9207 `iss`; the token endpoint answers form-encoded unless asked for JSON and
+    # refuses with HTTP 200 + `error`; OAuth app tokens never expire (no refresh token).
+    "github": {
+        "NAME": "GitHub",
+        "AUTHORIZE_URL": "https://github.com/login/oauth/authorize",
+        "TOKEN_URL": "https://github.com/login/oauth/access_token",
+        "USERINFO_URL": "https://api.github.com/user",
+        "API_BASE_URL": "https://api.github.com/",
+        "SCOPES": ["read:user"],
+    },
+    "google": {
+        "NAME": "Google",
+        "AUTHORIZE_URL": "https://accounts.google.com/o/oauth2/v2/auth",
+        "TOKEN_URL": "https://oauth2.googleapis.com/token",
+        "USERINFO_URL": "https://openidconnect.googleapis.com/v1/userinfo",
+        "REVOCATION_URL": "https://oauth2.googleapis.com/revoke",
+        "ISSUER": "https://accounts.google.com",
+        "API_BASE_URL": "https://www.googleapis.com/",
+        "SCOPES": ["openid", "email", "profile"],
+        "SUBJECT_FIELD": "sub",
+        "USERNAME_FIELD": "email",
+    },
+    # Microsoft identity platform v2.0 endpoints of one tenant (TENANT: the directory ID, or
+    # "organizations" / "common"); offline_access gives the refresh token.
+    "entra": {
+        "NAME": "Microsoft",
+        "AUTHORIZE_URL": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize",
+        "TOKEN_URL": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
+        "USERINFO_URL": "https://graph.microsoft.com/oidc/userinfo",
+        "API_BASE_URL": "https://graph.microsoft.com/",
+        "SCOPES": ["openid", "profile", "email", "offline_access", "User.Read"],
+        "SUBJECT_FIELD": "sub",
+        "USERNAME_FIELD": "preferred_username",
+    },
+}
+
+
 @dataclass(frozen=True)
 class UpstreamConfig:
     """The third-party OAuth provider that knows the proxy by one static client ID."""
 
+    provider: str = ""  # a key of PROVIDER_PRESETS, or "" for explicit settings only
+    tenant: str = ""  # Entra ID: the directory (tenant) ID, "organizations" or "common"
     name: str = "the upstream provider"
     authorize_url: str = ""
     token_url: str = ""
@@ -151,7 +195,12 @@ class AppSettings:
     def UPSTREAM(self) -> UpstreamConfig:
         """The upstream provider: URLs, static client credentials, scopes and scope map."""
         raw = dict(self._get("UPSTREAM", {}))
-        kwargs = {key.lower(): value for key, value in raw.items()}
+        preset = PROVIDER_PRESETS.get(str(raw.get("PROVIDER", "")), {})
+        tenant = str(raw.get("TENANT", ""))
+        defaults = {
+            k: v.format(tenant=tenant) if isinstance(v, str) else v for k, v in preset.items()
+        }
+        kwargs = {key.lower(): value for key, value in {**defaults, **raw}.items()}
         known = set(UpstreamConfig.__dataclass_fields__)
         return UpstreamConfig(**{k: v for k, v in kwargs.items() if k in known})
 

@@ -14,7 +14,7 @@ from django.core.checks import Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 from oauth2_provider.settings import oauth2_settings
 
-from .app_settings import app_settings, canonical_resource
+from .app_settings import PROVIDER_PRESETS, app_settings, canonical_resource
 
 
 def E001() -> Error:
@@ -75,6 +75,12 @@ E011 = Error(
     "The implicit or password grant is not switched off (COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT / _PASSWORD_GRANT).",
     hint="Set both gates to True (BCP-06, BCP-07).",
     id="mcp_consent.E011",
+)
+E031 = Error(
+    "MCP_CONSENT['UPSTREAM']['PROVIDER'] is not a known preset, or 'entra' has no TENANT.",
+    hint="Use 'github', 'google' or 'entra' (with TENANT), or leave PROVIDER out and set the URLs; "
+    "any OpenID Connect provider: `manage.py mcp_consent_discover <issuer>` (docs/providers.md).",
+    id="mcp_consent.E031",
 )
 W001 = Warning(
     "MCP_CONSENT['REMEMBER_CONSENT'] is on: remembered approvals skip the consent page for same-site navigations.",
@@ -149,6 +155,10 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     ):
         messages.append(E011)
     upstream = app_settings.UPSTREAM
+    if (upstream.provider and upstream.provider not in PROVIDER_PRESETS) or (
+        upstream.provider == "entra" and not upstream.tenant
+    ):
+        messages.append(E031)
     if not all(
         [upstream.authorize_url, upstream.token_url, upstream.userinfo_url, upstream.client_id]
     ):

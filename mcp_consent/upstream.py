@@ -8,18 +8,20 @@ are retried.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import quote_plus, urljoin, urlsplit
 
 import requests
 from django.urls import reverse
 from django.utils import timezone
+from oauthlib.common import add_params_to_uri, urldecode
+from oauthlib.oauth2 import WebApplicationClient
+from oauthlib.oauth2.rfc6749.parameters import prepare_token_request
 from requests.adapters import HTTPAdapter
+from requests.auth import HTTPBasicAuth
 from urllib3.util.retry import Retry
 
 from .app_settings import app_settings
@@ -70,25 +72,54 @@ def callback_url() -> str:
 
 
 def pkce_challenge(verifier: str) -> str:
-    digest = hashlib.sha256(verifier.encode()).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    """RFC 7636 §4.2 S256 challenge, by oauthlib's client."""
+    return str(WebApplicationClient(None).create_code_challenge(verifier, "S256"))
 
 
 def authorization_url(*, state: str, scopes: list[str], code_verifier: str | None) -> str:
-    """Where the approved browser goes: the upstream authorize URL with the static client."""
+    """Where the approved browser goes: the upstream authorize URL with the static client.
+
+    oauthlib's ``add_params_to_uri`` keeps the URL's own query. Not
+    ``WebApplicationClient.prepare_request_uri``: it refuses http URLs unless
+    OAUTHLIB_INSECURE_TRANSPORT is set for the whole process, and the demo upstream and the
+    test fakes run on http://localhost (production is https: ``mcp_consent.E008``).
+    """
     upstream = app_settings.UPSTREAM
-    params = {
-        "response_type": "code",
-        "client_id": upstream.client_id,
-        "redirect_uri": callback_url(),
-        "scope": " ".join(scopes),  # UP-05: exactly what the consent page showed
-        "state": state,
-    }
+    params = [
+        ("response_type", "code"),
+        ("client_id", upstream.client_id),
+        ("redirect_uri", callback_url()),
+        ("scope", " ".join(scopes)),  # UP-05: exactly what the consent page showed
+        ("state", state),
+    ]
     if code_verifier:
-        params["code_challenge"] = pkce_challenge(code_verifier)  # UP-01
-        params["code_challenge_method"] = "S256"
-    separator = "&" if "?" in upstream.authorize_url else "?"
-    return upstream.authorize_url + separator + urlencode(params)
+        params.append(("code_challenge", pkce_challenge(code_verifier)))  # UP-01
+        params.append(("code_challenge_method", "S256"))
+    return str(add_params_to_uri(upstream.authorize_url, params))
+
+
+def client_auth() -> HTTPBasicAuth:
+    """client_secret_basic as RFC 6749 §2.3.1 defines it: the client id and secret are each
+    form-encoded *before* the Basic encoding (a secret with ``+``, ``/`` or ``:`` is otherwise
+    read wrongly by a conforming server). requests and oauthlib send them unencoded."""
+    upstream = app_settings.UPSTREAM
+    return HTTPBasicAuth(quote_plus(upstream.client_id), quote_plus(upstream.client_secret))
+
+
+def _token_body(response: requests.Response) -> dict[str, Any]:
+    """The token endpoint's answer: JSON, or form-encoded from a provider that ignores our
+    ``Accept: application/json`` (GitHub's default), decoded as oauthlib's
+    ``parse_token_response`` does."""
+    try:
+        return _json(response, "token endpoint")
+    except UpstreamError:
+        content_type = response.headers.get("Content-Type", "")
+        if "application/x-www-form-urlencoded" not in content_type:
+            raise
+        try:
+            return dict(urldecode(response.text))
+        except ValueError:
+            raise UpstreamError("token endpoint: response is not form-encoded") from None
 
 
 def _json(response: requests.Response, what: str) -> dict[str, Any]:
@@ -111,17 +142,22 @@ def _expiry(seconds: Any) -> Any:
 
 def exchange_code(code: str, code_verifier: str | None) -> dict[str, Any]:
     """Redeem the upstream authorization code; returns the token response with expiries."""
-    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": callback_url()}
-    if code_verifier:
-        data["code_verifier"] = code_verifier
-    return _token_request(data, "the code")
+    body = prepare_token_request(
+        "authorization_code",
+        code=code,
+        redirect_uri=callback_url(),
+        code_verifier=code_verifier or None,
+        include_client_id=False,  # the client authenticates with HTTP Basic (client_auth)
+    )
+    return _token_request(dict(urldecode(body)), "the code")
 
 
 def refresh(refresh_token: str) -> dict[str, Any]:
     """UP-08: refresh the upstream grant server-side (the client never sees these tokens)."""
-    return _token_request(
-        {"grant_type": "refresh_token", "refresh_token": refresh_token}, "the refresh token"
+    body = prepare_token_request(
+        "refresh_token", refresh_token=refresh_token, include_client_id=False
     )
+    return _token_request(dict(urldecode(body)), "the refresh token")
 
 
 def _token_request(data: dict[str, str], what: str) -> dict[str, Any]:
@@ -130,14 +166,14 @@ def _token_request(data: dict[str, str], what: str) -> dict[str, Any]:
         response = http_session().post(
             upstream.token_url,
             data=data,
-            auth=(upstream.client_id, upstream.client_secret),
+            auth=client_auth(),
             headers={"Accept": "application/json"},
             timeout=upstream.timeout,
             allow_redirects=False,
         )
     except requests.RequestException as exc:
         raise UpstreamError(f"token endpoint unreachable: {type(exc).__name__}") from None
-    body = _json(response, "token endpoint")
+    body = _token_body(response)
     if response.status_code != 200 or "error" in body:
         error = str(body.get("error", "unknown"))[:64]
         reason = f"token endpoint refused {what}: HTTP {response.status_code} {error}"
@@ -154,7 +190,8 @@ def _token_request(data: dict[str, str], what: str) -> dict[str, Any]:
         "access_token": access_token,
         "refresh_token": refresh_token if isinstance(refresh_token, str) else "",
         "token_type": str(body.get("token_type", "bearer"))[:32],
-        "scope": str(body.get("scope", ""))[:1024],
+        # GitHub separates granted scopes with commas, RFC 6749 §3.3 with spaces.
+        "scope": " ".join(str(body.get("scope", "")).replace(",", " ").split())[:1024],
         "expires_at": _expiry(body.get("expires_in")),
         "refresh_expires_at": _expiry(body.get("refresh_token_expires_in")),
     }
@@ -190,7 +227,7 @@ def revoke_token(token: str, token_type_hint: str) -> bool:
         response = http_session().post(
             upstream.revocation_url,
             data={"token": token, "token_type_hint": token_type_hint},
-            auth=(upstream.client_id, upstream.client_secret),
+            auth=client_auth(),
             timeout=upstream.timeout,
             allow_redirects=False,
         )
@@ -199,6 +236,65 @@ def revoke_token(token: str, token_type_hint: str) -> bool:
     if response.status_code != 200:
         raise UpstreamError(f"revocation endpoint answered HTTP {response.status_code}")
     return True
+
+
+# --- Discovery of any OpenID Connect / RFC 8414 provider (manage.py mcp_consent_discover) ----
+
+
+def discover(issuer: str) -> dict[str, Any]:
+    """The UPSTREAM settings of the provider ``issuer``, from its published metadata.
+
+    Tries ``{issuer}/.well-known/openid-configuration`` (OpenID Connect Discovery 1.0 §4),
+    then RFC 8414's ``/.well-known/oauth-authorization-server`` (path inserted after the host,
+    §3.1). The document's ``issuer`` must be exactly the one asked for (RFC 8414 §3.3, OIDC
+    Discovery §4.3): a document for another issuer is how a mix-up starts (MU-03). Where the
+    provider advertises RFC 9207 (``authorization_response_iss_parameter_supported``), a
+    callback without its ``iss`` is refused (REQUIRE_ISS); PKCE only if it lists S256.
+    Run once, at configuration time: the result is pasted into settings, so no request ever
+    depends on a metadata fetch.
+    """
+    issuer = issuer.rstrip("/")
+    parts = urlsplit(issuer)
+    if parts.scheme != "https" or not parts.netloc or parts.query or parts.fragment:
+        raise UpstreamError("the issuer must be an https URL without query or fragment")
+    candidates = [
+        f"{issuer}/.well-known/openid-configuration",
+        f"{parts.scheme}://{parts.netloc}/.well-known/oauth-authorization-server{parts.path}",
+    ]
+    metadata: dict[str, Any] | None = None
+    for url in candidates:
+        try:
+            response = http_session().get(url, timeout=10, allow_redirects=False)
+        except requests.RequestException as exc:
+            raise UpstreamError(f"metadata unreachable: {type(exc).__name__}") from None
+        if response.status_code == 200:
+            metadata = _json(response, "provider metadata")
+            break
+    if metadata is None:
+        raise UpstreamError("no OpenID Connect or RFC 8414 metadata at the issuer")
+    if metadata.get("issuer") != issuer:
+        raise UpstreamError(
+            f"the metadata is for issuer {metadata.get('issuer')!r}, not {issuer!r}"
+        )
+    for required in ("authorization_endpoint", "token_endpoint"):
+        if not isinstance(metadata.get(required), str):
+            raise UpstreamError(f"the metadata has no {required}")
+    methods = metadata.get("code_challenge_methods_supported") or []
+    scopes = metadata.get("scopes_supported") or []
+    userinfo = str(metadata.get("userinfo_endpoint") or "")
+    return {
+        "NAME": parts.netloc,
+        "AUTHORIZE_URL": metadata["authorization_endpoint"],
+        "TOKEN_URL": metadata["token_endpoint"],
+        "USERINFO_URL": userinfo,
+        "REVOCATION_URL": str(metadata.get("revocation_endpoint") or ""),
+        "ISSUER": issuer,
+        "REQUIRE_ISS": metadata.get("authorization_response_iss_parameter_supported") is True,
+        "PKCE": "S256" in methods,
+        "SCOPES": [s for s in ("openid", "email", "profile") if s in scopes] or ["openid"],
+        "SUBJECT_FIELD": "sub",
+        "USERNAME_FIELD": "preferred_username",
+    }
 
 
 # --- The third-party API, called with a consent's upstream token (TP-03, RS-11, UP-10) ------

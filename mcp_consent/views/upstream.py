@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from django.contrib.auth import login
 from django.db import DatabaseError, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
@@ -38,8 +37,6 @@ from .common import (
 
 log = logging.getLogger(__name__)
 Outcome = AuthorizationTransaction.Outcome
-
-AUTH_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 
 @dataclass(frozen=True)
@@ -159,7 +156,7 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                 post=False,
             )
         # The session is rotated on login (session fixation); pending state never lived in it.
-        login(request, user, backend=AUTH_BACKEND)  # type: ignore[arg-type]
+        app_settings.ADAPTER.login(request, user)
         return redirect_to_client(uri, {}, post=False)
 
     def upstream_answer(
@@ -213,5 +210,5 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                 request, "Sign-in did not complete", f"{answer.description} Nothing was changed."
             )
         user = flows.complete_sign_in(tx, answer, request)
-        login(request, user, backend=AUTH_BACKEND)  # type: ignore[arg-type]
+        app_settings.ADAPTER.login(request, user)
         return HttpResponseRedirect(reverse("mcp_consent:connections"))
