@@ -466,5 +466,9 @@ class MCPApplicationAdmin(ApplicationAdmin):
         return False
 
 
+# Not through OAUTH2_PROVIDER["APPLICATION_ADMIN_CLASS"] (DOT 3.4): DOT's admin module imports
+# that class while it is itself being imported, and when this module loads first (it imports
+# DOT's ApplicationAdmin above) the import goes in a circle and fails. Replacing the
+# registration works in any INSTALLED_APPS order.
 admin.site.unregister(get_application_model())
 admin.site.register(get_application_model(), MCPApplicationAdmin)

@@ -38,6 +38,9 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.db import connections
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, QueryDict
 from oauth2_provider.models import get_access_token_model
+from oauth2_provider.www_authenticate import build_bearer_challenge
+from oauthlib.common import Request as OAuthlibRequest
+from oauthlib.oauth2.rfc6749.tokens import get_token_from_header
 
 from .app_settings import app_settings, canonical_resource
 from .vault import secret_hash
@@ -68,20 +71,29 @@ class BearerError(Exception):
         self.scopes = list(dict.fromkeys(scopes))
 
     def www_authenticate(self) -> str:
-        """The ``WWW-Authenticate`` value: one challenge with everything a client needs."""
-        params: list[tuple[str, str]] = []
+        """The ``WWW-Authenticate`` value: one challenge with everything a client needs.
+
+        Rendered by DOT's ``build_bearer_challenge`` (RFC 7230 quoted-strings, CR/LF and
+        quotes escaped); the parameters are ours: no ``error`` without a token (RS-04).
+        """
+        params: dict[str, str] = {}
         if self.error:
-            params.append(("error", self.error))
+            params["error"] = self.error
             if self.description:
-                params.append(("error_description", self.description))
-        params.append(("resource_metadata", metadata_url(self.resource)))  # RS-02
+                params["error_description"] = self.description
         # RS-05 / SM-02: all scopes this operation needs, in this one challenge; when it needs
         # none in particular, the minimal set for basic use (SM-01), never offline_access.
         scopes = self.scopes or app_settings.PRM_SCOPES
         scopes = [s for s in scopes if s != "offline_access"]  # SM-06
         if scopes:
-            params.append(("scope", " ".join(scopes)))
-        return "Bearer " + ", ".join(f'{name}="{_quoted(value)}"' for name, value in params)
+            params["scope"] = " ".join(scopes)
+        # RS-02: the RFC 9728 metadata URL of *this* resource (path inserted), not DOT's
+        # default root document.
+        return str(
+            build_bearer_challenge(
+                None, oauth2_error=params, resource_metadata_url=metadata_url(self.resource)
+            )
+        )
 
     def body(self) -> dict[str, str]:
         if not self.error:
@@ -114,11 +126,6 @@ class InsufficientScope(BearerError):
 
     status = 403
     error = "insufficient_scope"
-
-
-def _quoted(value: str) -> str:
-    # RFC 7230 quoted-string; our values never carry quotes, this keeps it so.
-    return value.replace("\\", "").replace('"', "").replace("\r", "").replace("\n", "")
 
 
 def metadata_url(resource: str) -> str:
@@ -305,15 +312,19 @@ def release_connections() -> None:
 
 
 def bearer_token(authorization: str | None, *, resource: str, scopes: list[str]) -> str:
-    """The token of an ``Authorization: Bearer`` header (RFC 6750 §2.1)."""
-    scheme, _, value = (authorization or "").strip().partition(" ")
-    if scheme.lower() != "bearer":
+    """The token of an ``Authorization: Bearer`` header (RFC 6750 §2.1), read by oauthlib.
+
+    The oauthlib request holds the header only: ``get_token_from_header`` falls back to an
+    ``access_token`` query or body parameter, which this resource never accepts (RS-09).
+    """
+    header = (authorization or "").strip()
+    token = get_token_from_header(OAuthlibRequest("", headers={"Authorization": header}))
+    if token:
+        return str(token)
+    if header.partition(" ")[0].lower() != "bearer":
         # RFC 6750 §3.1: no Bearer credentials at all, so the challenge names no error.
         raise MissingToken(resource=resource, scopes=scopes)
-    value = value.strip()
-    if not value:
-        raise InvalidToken("The access token is missing.", resource=resource, scopes=scopes)
-    return value
+    raise InvalidToken("The access token is missing.", resource=resource, scopes=scopes)
 
 
 def _refuse_token_outside_header(

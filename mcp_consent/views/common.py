@@ -89,7 +89,8 @@ def with_params(uri: str, params: dict[str, str | None]) -> str:
     """Append response parameters to a redirect URI, keeping its own query (AS-52).
 
     Each parameter appears once (AS-51): a same-named parameter of the registered URI is
-    replaced, and ``iss`` is always the issuer (MU-01).
+    replaced, and ``iss`` is always the issuer (MU-01). Not oauthlib's ``add_params_to_uri``:
+    it appends, so a registered ``https://app/cb?state=x`` would carry two ``state``s.
     """
     parts = urlsplit(uri)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]

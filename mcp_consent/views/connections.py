@@ -12,13 +12,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.contrib.auth import logout
+from django.contrib.auth.decorators import login_not_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.utils.translation import gettext_lazy as _
 from django.views import View
 from django.views.decorators.csrf import csrf_protect
-from oauth2_provider.compat import login_not_required
 
 from .. import audit, flows
 from ..app_settings import app_settings

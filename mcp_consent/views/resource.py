@@ -12,10 +12,10 @@ import binascii
 from typing import Any
 from urllib.parse import unquote_plus, urlencode
 
+from django.contrib.auth.decorators import login_not_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import csrf_exempt
-from oauth2_provider.compat import login_not_required
 from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauth2_provider.views import IntrospectTokenView, OAuthProtectedResourceMetadataView
 from oauthlib.common import Request as OAuthlibRequest
@@ -74,6 +74,11 @@ class ProtectedResourceMetadataView(OAuthProtectedResourceMetadataView):
 
 
 def _basic_client_id(request: HttpRequest) -> str | None:
+    # The client_id of HTTP Basic credentials (RFC 6749 §2.3.1: form-encoded inside), read
+    # by hand only to check the allowlist *before* any lookup. DOT's decoding is private
+    # (OAuth2Validator._authenticate_basic_auth) and loads the application first, which
+    # for a URL-shaped client_id means a CIMD fetch for a caller that could never be allowed.
+    # DOT then authenticates the caller itself (authorized_resources).
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "basic":
         return None

@@ -17,6 +17,8 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 from oauth2_provider import views as dot_views
 from oauth2_provider.models import get_access_token_model
+
+# DOT's own signal, sent as DOT's TokenView sends it: projects listening to it keep working.
 from oauth2_provider.signals import app_authorized
 
 from .. import flows, ratelimit
