@@ -210,6 +210,16 @@ class AppSettings:
         return list(self._get("ENCRYPTION_KEYS", []))
 
     @property
+    def AUDIT_KEYS(self) -> list[str]:
+        """SEC-06: secrets keying the audit chain's HMAC, newest first; kept outside the database."""
+        return list(self._get("AUDIT_KEYS", []))
+
+    @property
+    def AUDIT_CHAINS(self) -> int:
+        """How many independent audit chains writers spread over (one head row lock each)."""
+        return max(1, int(self._get("AUDIT_CHAINS", 16)))
+
+    @property
     def REMEMBER_CONSENT(self) -> bool:
         """Opt-in: skip the consent page for a remembered, identical, same-site approval."""
         return bool(self._get("REMEMBER_CONSENT", False))

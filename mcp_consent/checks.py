@@ -82,6 +82,13 @@ E031 = Error(
     "any OpenID Connect provider: `manage.py mcp_consent_discover <issuer>` (docs/providers.md).",
     id="mcp_consent.E031",
 )
+E012 = Error(
+    "MCP_CONSENT['AUDIT_KEYS'] is empty outside DEBUG: the audit chain would be keyed from SECRET_KEY.",
+    hint="SEC-06: generate a key with `python manage.py mcp_consent_generate_key`, set "
+    "MCP_CONSENT['AUDIT_KEYS'] = [key] from the environment (never the database), and keep old keys "
+    "in the list after the new one while their events exist.",
+    id="mcp_consent.E012",
+)
 W001 = Warning(
     "MCP_CONSENT['REMEMBER_CONSENT'] is on: remembered approvals skip the consent page for same-site navigations.",
     hint="A user-started navigation redirected by another site keeps Sec-Fetch-Site: none (GHSA-6x8h-498w-gv8c). "
@@ -170,6 +177,10 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         and settings.CSRF_COOKIE_SAMESITE in {"Lax", "Strict"}
     ):
         messages.append(E010)
+    if not settings.DEBUG and not app_settings.AUDIT_KEYS:
+        # SEC-06: a key next to the database (SECRET_KEY often is) lets whoever holds both
+        # recompute the chain; outside DEBUG a separate key is required, not only advised.
+        messages.append(E012)
     if app_settings.REMEMBER_CONSENT:
         messages.append(W001)
     if oauth2_settings.DCR_ENABLED and not app_settings.RATE_LIMITS.get("register"):

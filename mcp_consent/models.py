@@ -255,12 +255,18 @@ class AuditImmutableError(Exception):
 
 
 class AuditEvent(models.Model):
-    """One security-relevant event, hash-chained to the one before (tamper evidence).
+    """One security-relevant event, chained by a keyed hash to the one before it in its chain.
 
     Written by ``mcp_consent.audit.record`` in the same transaction as the change it
     describes. No foreign keys: deleting a user or a client must not touch the trail, so the
-    subjects are kept as plain identifiers. Never holds a secret.
+    subjects are kept as plain identifiers. Never holds a secret. SEC-06: ``version`` says how
+    ``hash`` was computed (1: unkeyed SHA-256 of rows written before the keyed chain, 2:
+    HMAC-SHA256 under the audit key ``key_id``); ``chain`` is the chain the row belongs to.
     """
+
+    class Version(models.IntegerChoices):
+        SHA256 = 1, _("SHA-256, unkeyed (before SEC-06)")
+        HMAC_SHA256 = 2, _("HMAC-SHA256 with an audit key")
 
     class Action(models.TextChoices):
         CLIENT_REGISTERED = "client_registered", _("Client registered")
@@ -284,6 +290,7 @@ class AuditEvent(models.Model):
         CODE_REUSE = "code_reuse", _("Authorization-code reuse detected")
         UPSTREAM_TOKEN_REVOKED = "upstream_token_revoked", _("Upstream token revoked")
         RATE_LIMITED = "rate_limited", _("Rate limit hit")
+        AUDIT_CHAIN_KEYED = "audit_chain_keyed", _("Audit chain keyed (older rows sealed)")
 
     class Actor(models.TextChoices):
         USER = "user", _("User")
@@ -305,12 +312,18 @@ class AuditEvent(models.Model):
     details = models.JSONField(default=dict, blank=True)
     previous_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
+    chain = models.PositiveSmallIntegerField(default=0)
+    version = models.PositiveSmallIntegerField(choices=Version.choices, default=Version.HMAC_SHA256)
+    key_id = models.CharField(max_length=16, blank=True)
 
     objects = AuditEventQuerySet.as_manager()
 
     class Meta:
         ordering = ["-pk"]
-        indexes = [models.Index(fields=["client_id", "created_at"])]
+        indexes = [
+            models.Index(fields=["client_id", "created_at"]),
+            models.Index(fields=["chain", "id"], name="mcp_consent_audit_chain_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} ({self.actor_type})"
@@ -325,10 +338,15 @@ class AuditEvent(models.Model):
 
 
 class AuditChainHead(models.Model):
-    """A single row, locked by every audit write: one chain, no forks, across processes."""
+    """The end of one audit chain, locked by each write to that chain (no forks, any process).
 
+    Issue 11: there are ``AUDIT_CHAINS`` chains, so writers of unrelated flows lock
+    different rows and do not wait for each other.
+    """
+
+    chain = models.PositiveSmallIntegerField(unique=True, default=0)
     last_hash = models.CharField(max_length=64, default="0" * 64)
     last_event_id = models.BigIntegerField(null=True, blank=True)
 
     def __str__(self) -> str:
-        return f"audit chain head (event #{self.last_event_id})"
+        return f"audit chain {self.chain} head (event #{self.last_event_id})"

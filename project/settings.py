@@ -281,6 +281,11 @@ MCP_CONSENT = {
     "RESOURCES": [MCP_RESOURCE, *env_list("MCP_EXTRA_RESOURCES")],
     "UPSTREAM": UPSTREAM,
     "ENCRYPTION_KEYS": env_list("MCP_CONSENT_ENCRYPTION_KEY"),
+    # SEC-06: the audit chain's HMAC key, kept out of the database (comma-separated, newest
+    # first). The local http demo and the tests use a fixed, obviously-insecure key, as for
+    # SECRET_KEY; with an https PUBLIC_BASE_URL there is none and `check` refuses to start.
+    "AUDIT_KEYS": env_list("MCP_CONSENT_AUDIT_KEY")
+    or (["django-insecure-mcp-consent-demo-audit-key"] if _public.scheme != "https" else []),
     "REMEMBER_CONSENT": env_bool("MCP_CONSENT_REMEMBER_CONSENT", False),
     # SM-05: whoever may change items may read them.
     "SCOPE_IMPLIES": {"items:write": ["items:read"]},

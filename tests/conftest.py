@@ -23,6 +23,33 @@ def pytest_configure(config: pytest.Config) -> None:
 
     # Tests log in to the demo upstream many times: a fast hasher keeps the suite quick.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    _flush_may_truncate_the_audit_trail()
+
+
+# SEC-06: PostgreSQL refuses TRUNCATE of the audit trail (migration 0004). Transactional
+# tests empty the test database with TRUNCATE after each test; only there, and only for
+# that statement, the two triggers are switched off (as the database owner can).
+NO_TRUNCATE_TRIGGERS = [
+    ("mcp_consent_auditevent", "mcp_consent_auditevent_no_truncate"),
+    ("mcp_consent_auditchainhead", "mcp_consent_auditchainhead_no_truncate"),
+]
+
+
+def _flush_may_truncate_the_audit_trail() -> None:
+    try:
+        from django.db.backends.postgresql.operations import DatabaseOperations
+    except ImportError:  # no psycopg: no PostgreSQL run
+        return
+    original = DatabaseOperations.execute_sql_flush
+
+    def execute_sql_flush(self: DatabaseOperations, sql_list: list[str]) -> None:
+        if any("mcp_consent_auditevent" in sql for sql in sql_list):
+            off = [f'ALTER TABLE "{t}" DISABLE TRIGGER "{n}"' for t, n in NO_TRUNCATE_TRIGGERS]
+            on = [f'ALTER TABLE "{t}" ENABLE TRIGGER "{n}"' for t, n in NO_TRUNCATE_TRIGGERS]
+            sql_list = [*off, *sql_list, *on]
+        original(self, sql_list)
+
+    DatabaseOperations.execute_sql_flush = execute_sql_flush  # type: ignore[method-assign]
 
 
 def served_in_process(client: Client, request: requests.PreparedRequest) -> requests.Response:

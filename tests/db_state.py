@@ -7,8 +7,6 @@ by a refused registration) shows up by table name in the failure message.
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db.models import Model
 from oauth2_provider.models import (
     get_access_token_model,
@@ -46,28 +44,29 @@ def grown(before: dict[str, int], after: dict[str, int] | None = None) -> dict[s
     return {k: after[k] - before[k] for k in before if after[k] > before[k]}
 
 
-def audit_event_model() -> Any | None:
-    """The AuditEvent model (issue 4) if this tree has it, else None: audit assertions are
-    made where the product can audit."""
-    return getattr(mcp_models, "AuditEvent", None)
+def audit_event_model() -> type[mcp_models.AuditEvent]:
+    """The AuditEvent model (issue 4). No fallback: a scan of a trail that is not there
+    would pass vacuously (issue 8), so a missing model is an error, not a skipped check."""
+    return mcp_models.AuditEvent
 
 
-def audit_actions(client_id: str) -> list[str] | None:
-    """Actions recorded for one client, oldest first; None without an audit trail."""
+def audit_actions(client_id: str) -> list[str]:
+    """Actions recorded for one client, oldest first."""
     model = audit_event_model()
-    if model is None:
-        return None
     return list(
         model.objects.filter(client_id=client_id).order_by("pk").values_list("action", flat=True)
     )
 
 
 def audit_text() -> str:
-    """Every recorded audit field as one string (for secret scans)."""
-    model = audit_event_model()
-    if model is None:
-        return ""
-    return "\n".join(repr(row) for row in model.objects.order_by("pk").values())
+    """Every recorded audit field as one string (for secret scans).
+
+    Fails when the trail is empty: a secret scan over no rows proves nothing, and the scans
+    run after flows that must have been audited.
+    """
+    rows = [repr(row) for row in audit_event_model().objects.order_by("pk").values()]
+    assert rows, "the audit trail is empty: the secret scan would prove nothing"
+    return "\n".join(rows)
 
 
 def require_postgresql(what: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from io import StringIO
 
@@ -11,7 +13,7 @@ from django.core.management.base import CommandError
 from django.db import connection
 
 from mcp_consent import audit
-from mcp_consent.models import AuditEvent, AuditImmutableError
+from mcp_consent.models import AuditChainHead, AuditEvent, AuditImmutableError
 from tests.browser_client import Browser, authorize_params, code_from
 from tests.conftest import pkce_pair
 from tests.factories import MCPClientFactory
@@ -187,3 +189,419 @@ def test_postgresql_itself_refuses_updates() -> None:
     event = audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id="x")
     with pytest.raises(DatabaseError), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("UPDATE mcp_consent_auditevent SET action = 'x' WHERE id = %s", [event.pk])
+
+
+# --- SEC-06: a keyed chain, anchors, no TRUNCATE; issue 11: several chains ---------------------
+
+
+def _rewrite(event_id: int, **columns: object) -> None:
+    """An intruder's UPDATE of one row (triggers switched off as the table owner could)."""
+    assignments = ", ".join(f"{name} = %s" for name in columns)
+    _raw_sql(
+        f"UPDATE mcp_consent_auditevent SET {assignments} WHERE id = %s",  # noqa: S608 - test
+        [*columns.values(), event_id],
+    )
+
+
+def _rehash_chain(chain: int, *, hasher) -> None:
+    """Recompute every hash of one chain and its head the way ``hasher`` says: what an
+    intruder who can write the table does after editing a row."""
+    previous = audit.GENESIS
+    for event in AuditEvent.objects.filter(chain=chain).order_by("pk"):
+        event.previous_hash = previous
+        digest = hasher(event)
+        _rewrite(event.pk, previous_hash=previous, hash=digest, version=event.version)
+        previous = digest
+    AuditChainHead.objects.filter(chain=chain).update(last_hash=previous)
+
+
+def _verify_fails(*args: str) -> str:
+    with pytest.raises(CommandError) as error:
+        call_command("mcp_consent_verify_audit", *args, stdout=StringIO())
+    return str(error.value)
+
+
+def _events_in_one_chain(n: int) -> list[AuditEvent]:
+    return [audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id="c") for _ in range(n)]
+
+
+def test_sec06_an_edit_rehashed_without_the_key_is_detected() -> None:
+    """SEC-06: the old attack -- edit a row, recompute SHA-256 over it, every later row and the
+    head -- no longer verifies: the hashes are HMACs under a key the database does not hold."""
+    events = _events_in_one_chain(4)
+    _rewrite(events[1].pk, actor_label="someone else")
+
+    def unkeyed(event: AuditEvent) -> str:
+        event.actor_label = "someone else" if event.pk == events[1].pk else event.actor_label
+        return hashlib.sha256(audit._content(event).encode()).hexdigest()
+
+    _rehash_chain(events[0].chain, hasher=unkeyed)
+    assert f"event #{events[0].pk}" in _verify_fails() and "was edited" in _verify_fails()
+
+
+def test_sec06_a_rewrite_with_another_key_is_detected(settings) -> None:
+    """SEC-06: a chain recomputed under a key of the intruder's choosing does not verify."""
+    events = _events_in_one_chain(3)
+    forged = audit._audit_key(b"the intruder's key")
+
+    def other_key(event: AuditEvent) -> str:
+        return hmac.new(forged.secret, audit._content(event).encode(), hashlib.sha256).hexdigest()
+
+    _rehash_chain(events[0].chain, hasher=other_key)
+    assert "was edited" in _verify_fails()
+    for event in events:
+        _rewrite(event.pk, key_id=forged.id)
+    _rehash_chain(
+        events[0].chain,
+        hasher=lambda e: other_key(AuditEvent(**{**_fields(e), "key_id": forged.id})),
+    )
+    assert "not in AUDIT_KEYS" in _verify_fails()
+
+
+def _fields(event: AuditEvent) -> dict:
+    return {f.attname: getattr(event, f.attname) for f in AuditEvent._meta.concrete_fields}
+
+
+def test_sec06_a_downgrade_to_unkeyed_rows_is_detected() -> None:
+    """SEC-06: rows marked as written before the keyed chain (version 1) and rehashed with
+    plain SHA-256 do not verify: unkeyed rows exist only in chain 0, before a keyed seal."""
+    events = _events_in_one_chain(3)
+    for event in events:
+        _rewrite(event.pk, version=AuditEvent.Version.SHA256)
+
+    def legacy(event: AuditEvent) -> str:
+        event.version = AuditEvent.Version.SHA256
+        return hashlib.sha256(audit._content(event).encode()).hexdigest()
+
+    _rehash_chain(events[0].chain, hasher=legacy)
+    message = _verify_fails()
+    assert "unkeyed" in message, message
+
+
+def test_sec06_anchor_detects_a_rewrite_by_someone_holding_the_key() -> None:
+    """SEC-06: `--anchor` prints the chains' state; later events extend it and still match;
+    a rewrite of an anchored row, even with the key, no longer matches the anchor."""
+    events = _events_in_one_chain(3)
+    out = StringIO()
+    call_command("mcp_consent_verify_audit", "--anchor", stdout=out)
+    anchor = out.getvalue().strip()
+    assert anchor.startswith("mcpa1:")
+    audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id="c")
+    audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id="other")
+    out = StringIO()
+    call_command("mcp_consent_verify_audit", "--expect-anchor", anchor, stdout=out)
+    assert "match the anchor" in out.getvalue()
+
+    key = audit.audit_keys()[0]
+    _rewrite(events[1].pk, actor_label="someone else")
+
+    def keyed(event: AuditEvent) -> str:
+        event.actor_label = "someone else" if event.pk == events[1].pk else event.actor_label
+        return audit.event_hash(event, [key]) or ""
+
+    _rehash_chain(events[0].chain, hasher=keyed)
+    call_command("mcp_consent_verify_audit", stdout=StringIO())  # the key holder's rewrite...
+    assert "does not match the anchor" in _verify_fails("--expect-anchor", anchor)  # ...caught
+
+
+def test_sec06_anchor_detects_a_shortened_chain() -> None:
+    events = _events_in_one_chain(3)
+    anchor = str(audit.verify().anchor)
+    _raw_sql("DELETE FROM mcp_consent_auditevent WHERE id = %s", [events[-1].pk])
+    AuditChainHead.objects.filter(chain=events[0].chain).update(last_hash=events[1].hash)
+    call_command("mcp_consent_verify_audit", stdout=StringIO())
+    assert "shorter than the anchor" in _verify_fails("--expect-anchor", anchor)
+
+
+def test_sec06_a_malformed_anchor_is_refused() -> None:
+    _events_in_one_chain(1)
+    assert "not an anchor" in _verify_fails("--expect-anchor", "sha256:deadbeef")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_issue11_unrelated_clients_write_to_separate_chains_and_each_verifies() -> None:
+    """Issue 11: the chain is chosen by the client id; events of one client stay in one
+    chain; verify walks every chain and an edit, a removal or a reordering in any of them is
+    named (SEC-06)."""
+    ids = [f"client-{i}" for i in range(12)]
+    events = {
+        cid: [audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id=cid)] for cid in ids
+    }
+    for cid in ids:
+        events[cid].append(audit.record(A.CLIENT_DISABLED, actor=audit.SYSTEM, client_id=cid))
+    chains = {e.chain for rows in events.values() for e in rows}
+    assert len(chains) > 3
+    for rows in events.values():
+        assert rows[0].chain == rows[1].chain == audit.chain_of(rows[0].client_id)
+    assert AuditChainHead.objects.filter(chain__in=chains).count() == len(chains)
+    call_command("mcp_consent_verify_audit", stdout=StringIO())
+
+    # Reorder two rows of one chain (not chain 0): swap their ids.
+    cid = next(c for c in ids if events[c][0].chain != 0)
+    first, second = events[cid]
+    _raw_sql("UPDATE mcp_consent_auditevent SET id = %s WHERE id = %s", [-1, first.pk])
+    _raw_sql("UPDATE mcp_consent_auditevent SET id = %s WHERE id = %s", [first.pk, second.pk])
+    _raw_sql("UPDATE mcp_consent_auditevent SET id = %s WHERE id = %s", [second.pk, -1])
+    message = _verify_fails()
+    assert f"audit chain {first.chain} broken" in message and "reordered" in message
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "tamper, problem",
+    [
+        ("UPDATE mcp_consent_auditevent SET actor_label = 'x' WHERE id = %s", "was edited"),
+        ("DELETE FROM mcp_consent_auditevent WHERE id = %s", "removed or inserted"),
+    ],
+)
+def test_issue11_tampering_in_any_chain_is_named(tamper: str, problem: str) -> None:
+    ids = [f"client-{i}" for i in range(8)]
+    rows = [audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id=c) for c in ids * 2]
+    target = next(r for r in rows[: len(ids)] if r.chain != 0)
+    _raw_sql(tamper, [target.pk])
+    message = _verify_fails()
+    assert f"audit chain {target.chain} broken" in message and problem in message
+
+
+def test_sec06_postgresql_refuses_truncate() -> None:
+    """SEC-06: TRUNCATE fires no row trigger; a statement trigger refuses it."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the database trigger exists on PostgreSQL; other backends rely on the model")
+    from django.db import DatabaseError, transaction
+
+    audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id="x")
+    for table in ("mcp_consent_auditevent", "mcp_consent_auditchainhead"):
+        with pytest.raises(DatabaseError, match="cannot be truncated"):
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(f"TRUNCATE {table} CASCADE")
+    assert AuditEvent.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sec06_rows_from_before_the_keyed_chain_keep_verifying_and_are_sealed() -> None:
+    """SEC-06: rows written by the unkeyed SHA-256 chain verify after migration 0004, which
+    seals them with a keyed row; an edit of an old row is still detected afterwards."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("mcp_consent", "0003_consent_auditor_group")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old_apps = executor.loader.project_state(before).apps
+    OldEvent = old_apps.get_model("mcp_consent", "AuditEvent")
+    OldHead = old_apps.get_model("mcp_consent", "AuditChainHead")
+    previous, ids = audit.GENESIS, []
+    for i in range(3):  # what audit.record wrote before SEC-06
+        event = OldEvent(
+            action=A.CLIENT_UPDATED,
+            actor_type="system",
+            client_id=f"old{i}",
+            previous_hash=previous,
+        )
+        event.version = AuditEvent.Version.SHA256  # _content's switch; not a column yet
+        event.chain = event.key_id = None
+        event.hash = hashlib.sha256(audit._content(event).encode()).hexdigest()
+        event.save()
+        previous = event.hash
+        ids.append(event.pk)
+    OldHead.objects.create(pk=1, last_hash=previous, last_event_id=ids[-1])
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    assert (
+        list(AuditEvent.objects.order_by("pk").values_list("version", "chain"))[:3]
+        == [(AuditEvent.Version.SHA256, 0)] * 3
+    )
+    seal = AuditEvent.objects.get(action=A.AUDIT_CHAIN_KEYED)
+    assert seal.details == {"legacy_events": 3} and seal.previous_hash == previous
+    out = StringIO()
+    call_command("mcp_consent_verify_audit", stdout=out)
+    assert "4 event(s) verified" in out.getvalue() and "3 unkeyed" in out.getvalue()
+    audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id="new")
+    call_command("mcp_consent_verify_audit", stdout=StringIO())
+
+    _rewrite(ids[1], actor_label="someone else")
+    assert "was edited" in _verify_fails()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_issue11_writers_on_different_chains_do_not_wait_for_each_other() -> None:
+    """Issue 11 on PostgreSQL: while one transaction holds its chain's head (an audited flow
+    not yet committed), a writer on another chain commits at once; a writer on the same
+    chain waits (the control: without it, this test could not fail)."""
+    import threading
+
+    from django.db import OperationalError, transaction
+
+    from tests.db_state import require_postgresql
+
+    require_postgresql("row locks held by concurrent transactions")
+    mine = "client-a"
+    other = next(
+        f"client-{i}" for i in range(100) if audit.chain_of(f"client-{i}") != audit.chain_of(mine)
+    )
+    same = next(
+        f"client-{i}"
+        for i in range(100, 1000)
+        if audit.chain_of(f"client-{i}") == audit.chain_of(mine)
+    )
+    for cid in (mine, other, same):  # the heads exist, as on a server that ran a while
+        audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id=cid)
+    holding, release = threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def holder() -> None:
+        try:
+            with transaction.atomic():
+                audit.record(A.CLIENT_DISABLED, actor=audit.SYSTEM, client_id=mine)
+                holding.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    def writer(cid: str) -> None:
+        try:
+            with transaction.atomic():
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL lock_timeout = '2s'")
+                audit.record(A.CLIENT_DISABLED, actor=audit.SYSTEM, client_id=cid)
+            results[cid] = "committed"
+        except OperationalError as exc:
+            results[cid] = exc
+        finally:
+            connection.close()
+
+    held = threading.Thread(target=holder)
+    held.start()
+    assert holding.wait(30)
+    for cid in (other, same):
+        thread = threading.Thread(target=writer, args=(cid,))
+        thread.start()
+        thread.join(30)
+    release.set()
+    held.join(30)
+    assert results[other] == "committed"
+    assert isinstance(results[same], OperationalError) and "lock timeout" in str(results[same])
+    out = StringIO()
+    call_command("mcp_consent_verify_audit", stdout=out)
+    assert "5 event(s) verified" in out.getvalue()
+
+
+# --- Issue 9 item 5 / issue 12: what is recorded is named, not guessed from key names ---------
+
+
+def test_every_action_names_the_details_it_records() -> None:
+    """STYLE 15: the allow-list covers every kind of event, and nothing else."""
+    assert set(audit.DETAILS) == set(AuditEvent.Action.values)
+
+
+# Keyword arguments of audit.record that are not details.
+RECORD_KWARGS = {"actor", "request", "client", "client_id", "consent", "subject_user_id"}
+
+
+def _audited_call_sites() -> list[tuple[str, int, set[str], set[str]]]:
+    """Every call in mcp_consent that records an event: (file, line, actions, detail keys).
+
+    Found by reading the source: ``audit.record(<Action>, ..., details={...})`` and helpers
+    called with an Action first and the details as keywords (``_record_decision``).
+    """
+    import ast
+    from pathlib import Path
+
+    import mcp_consent
+
+    def actions_of(node: ast.expr, names: dict[str, ast.expr]) -> set[str]:
+        if isinstance(node, ast.IfExp):
+            return actions_of(node.body, names) | actions_of(node.orelse, names)
+        if isinstance(node, ast.Attribute) and node.attr in AuditEvent.Action.names:
+            return {AuditEvent.Action[node.attr].value}
+        if isinstance(node, ast.Name) and node.id in names:  # action = (A if x else B)
+            return actions_of(names.pop(node.id), names)
+        return set()
+
+    sites = []
+    root = Path(mcp_consent.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        calls: list[tuple[ast.Call, dict[str, ast.expr]]] = []
+        functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+        for function in functions:
+            assigned = {
+                target.id: statement.value
+                for statement in ast.walk(function)
+                if isinstance(statement, ast.Assign)
+                for target in statement.targets
+                if isinstance(target, ast.Name)
+            }
+            for node in ast.walk(function):
+                if isinstance(node, ast.Call) and node.args:
+                    calls.append((node, assigned))
+        for node, assigned in calls:
+            is_record = isinstance(node.func, ast.Attribute) and node.func.attr == "record"
+            actions = actions_of(node.args[0], dict(assigned))
+            if not actions:
+                if is_record and getattr(node.func.value, "id", "") == "audit":
+                    sites.append((str(path.relative_to(root)), node.lineno, set(), set()))
+                continue
+            details = next((k.value for k in node.keywords if k.arg == "details"), None)
+            if isinstance(details, ast.Dict):
+                keys = {k.value for k in details.keys if isinstance(k, ast.Constant)}
+            else:
+                keys = {k.arg for k in node.keywords if k.arg and k.arg not in RECORD_KWARGS}
+            sites.append((str(path.relative_to(root)), node.lineno, actions, keys))
+    return sites
+
+
+def test_every_audited_action_keeps_its_details() -> None:
+    """Issue 9 item 5: no call site passes a detail its action does not list (it would be
+    dropped, as ``oauth_tokens_revoked`` was); the one indirect call is the helper that
+    forwards its keywords."""
+    sites = _audited_call_sites()
+    assert len(sites) >= 20, sites
+    unresolved = [(path, line) for path, line, actions, _ in sites if not actions]
+    assert [path for path, _ in unresolved] == ["flows/authorization.py"], unresolved
+    recorded = set()
+    for path, line, actions, keys in sites:
+        for action in actions:
+            recorded.add(action)
+            missing = keys - audit.DETAILS[action]
+            assert not missing, f"{path}:{line} records {missing} for {action}: list them"
+    # Every action except the migration's seal is recorded somewhere in the code.
+    assert recorded | {A.AUDIT_CHAIN_KEYED} == set(AuditEvent.Action.values)
+
+
+@pytest.mark.parametrize("action", AuditEvent.Action.values)
+def test_each_action_stores_every_listed_detail(action: str) -> None:
+    details = {key: f"value of {key}" for key in audit.DETAILS[action]}
+    event = audit.record(action, actor=audit.SYSTEM, client_id="c", details=details)
+    assert AuditEvent.objects.get(pk=event.pk).details == details
+
+
+def test_a_secret_passed_in_details_never_reaches_the_table(caplog) -> None:
+    """Issue 8 (the scrubber mutation): a detail its action does not list is dropped and
+    logged, whatever its name -- and the listed ones stay."""
+    secret = "gho_this_is_an_upstream_access_token"
+    audit.record(
+        A.TOKEN_ISSUED,
+        actor=audit.SYSTEM,
+        client_id="c",
+        details={"grant_type": "authorization_code", "access_token": secret, "extra": secret},
+    )
+    dump = json.dumps(list(AuditEvent.objects.values()), default=str)
+    assert secret not in dump
+    assert AuditEvent.objects.get().details == {"grant_type": "authorization_code"}
+    assert "'access_token' is not listed" in caplog.text and secret not in caplog.text
+
+
+def test_a_revocation_keeps_the_number_of_tokens_it_revoked() -> None:
+    """Issue 9 item 5: the count of revoked OAuth tokens was dropped for naming 'token'."""
+    from mcp_consent import flows
+    from mcp_consent.models import Consent
+
+    full_flow_with_token()
+    flows.revoke_consent(Consent.objects.get(), actor=audit.SYSTEM, reason="test")
+    revoked = AuditEvent.objects.get(action=A.CONSENT_REVOKED)
+    assert revoked.details["oauth_tokens_revoked"] == 1, revoked.details  # the refresh token
+    assert revoked.details["reason"] == "test" and revoked.details["scopes"]

@@ -33,6 +33,7 @@ from mcp_consent.checks import (
     E010,
     E011,
     E030,
+    E012,
     W001,
     W002,
     W003,
@@ -75,6 +76,7 @@ def production(**changes: Any) -> override_settings:
     consent = mcp_consent(
         UPSTREAM={**PRODUCTION_UPSTREAM, **changes.pop("upstream", {})},
         ENCRYPTION_KEYS=[Fernet.generate_key().decode()],
+        AUDIT_KEYS=[Fernet.generate_key().decode()],
     )
     consent.update(changes.pop("consent", {}))
     changes.setdefault("CACHES", SHARED_CACHE)
@@ -118,6 +120,7 @@ def test_every_message_has_a_fixed_id_and_a_hint():
         E009,
         E010,
         E011,
+        E012,
         W001,
         W002,
         W003,
@@ -225,6 +228,20 @@ def test_e010_cookies_secure_and_same_site(changes):
     """E010 / CD-13 / CD-21."""
     with override_settings(**changes):
         assert check_configuration() == [E010]
+
+
+def test_e012_audit_key_required_outside_debug():
+    """E012 / SEC-06: outside DEBUG the audit chain needs its own key, not SECRET_KEY's."""
+    with override_settings(DEBUG=False, MCP_CONSENT=mcp_consent(AUDIT_KEYS=[])):
+        assert check_configuration() == [E012]
+    with override_settings(DEBUG=True, MCP_CONSENT=mcp_consent(AUDIT_KEYS=[])):
+        assert check_configuration() == []
+
+
+def test_e012_is_an_error_of_manage_py_check_not_only_of_deploy():
+    """SEC-06: `manage.py check` (and so runserver and migrate) stops on it."""
+    with override_settings(DEBUG=False, MCP_CONSENT=mcp_consent(AUDIT_KEYS=[])):
+        assert E012 in run_checks(tags=["security"])
 
 
 def test_w001_remember_consent_warns():
@@ -385,6 +402,7 @@ def test_check_deploy_with_production_environment_reports_no_mcp_consent_message
             "PUBLIC_BASE_URL": "https://proxy.example.com",
             "DJANGO_SECRET_KEY": get_random_secret_key(),
             "MCP_CONSENT_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+            "MCP_CONSENT_AUDIT_KEY": Fernet.generate_key().decode(),
             "UPSTREAM_AUTHORIZE_URL": "https://github.com/login/oauth/authorize",
             "UPSTREAM_TOKEN_URL": "https://github.com/login/oauth/access_token",
             "UPSTREAM_USERINFO_URL": "https://api.github.com/user",

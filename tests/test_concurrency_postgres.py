@@ -242,9 +242,8 @@ def test_parallel_callbacks_with_one_state_give_exactly_one_grant(
         tx = AuthorizationTransaction.objects.order_by("-pk").first()
         assert tx.outcome == AuthorizationTransaction.Outcome.COMPLETED
         model = audit_event_model()
-        if model is not None:
-            accepted = model.objects.filter(action=model.Action.CALLBACK_ACCEPTED).count()
-            assert accepted == round_ + 1
+        accepted = model.objects.filter(action=model.Action.CALLBACK_ACCEPTED).count()
+        assert accepted == round_ + 1
 
 
 # --- 3. one refresh token, many refreshes (AS-44) -----------------------------------------
