@@ -311,6 +311,16 @@ class AppSettings:
         return list(dict.fromkeys(origins))
 
     @property
+    def MCP_MAX_BODY_SIZE(self) -> int:
+        """SEC-11: the largest request body (bytes) the MCP endpoint reads; larger is 413."""
+        return int(self._get("MCP_MAX_BODY_SIZE", 4 * 1024 * 1024))
+
+    @property
+    def MCP_MAX_JSON_DEPTH(self) -> int:
+        """SEC-11: the deepest nesting of arrays and objects a JSON-RPC body may have (400)."""
+        return int(self._get("MCP_MAX_JSON_DEPTH", 64))
+
+    @property
     def INTROSPECTION_CLIENTS(self) -> dict[str, list[str]]:
         """INT-01: client_id of each separate MCP server allowed to call /introspect/ → the
         canonical resources it serves; it learns only about tokens for those (INT-02)."""

@@ -684,3 +684,85 @@ def test_rs10_a_browser_client_at_an_allowed_origin_gets_cors(issued, settings) 
     assert challenged.status_code == 401
     assert challenged.headers["Access-Control-Allow-Origin"] == inspector
     assert "WWW-Authenticate" in challenged.headers["Access-Control-Expose-Headers"]
+
+
+# --- SEC-11 / RS-07: bounded bodies, never a 5xx ------------------------------------------------
+
+
+DEEP_ARRAY = b"[" * 5000 + b"]" * 5000
+DEEP_OBJECT = b'{"a":' * 5000 + b"1" + b"}" * 5000
+DEEP_IN_ARGUMENTS = (
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":'
+    + b'{"a":' * 3000
+    + b"1"
+    + b"}" * 3000
+    + b"}}"
+)
+
+
+def post_bytes(body: bytes, authorization: str | None = None) -> httpx2.Response:
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        **({"Authorization": authorization} if authorization else {}),
+    }
+
+    async def post(app: Any) -> httpx2.Response:
+        async with http_client(app) as http:
+            return await http.post("/mcp", content=body, headers=headers)
+
+    return serve(post)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(DEEP_ARRAY, id="array"),
+        pytest.param(DEEP_OBJECT, id="object"),
+        pytest.param(DEEP_IN_ARGUMENTS, id="tool-arguments"),
+    ],
+)
+def test_sec11_deeply_nested_json_is_400_with_a_token(issued, body: bytes) -> None:
+    """SEC-11 / RS-07: a body nested thousands of levels deep is a malformed request (400,
+    JSON), not a RecursionError and a 500, before and after the token check."""
+    response = post_bytes(body, issued.authorization)
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize("body", [DEEP_ARRAY, DEEP_OBJECT, DEEP_IN_ARGUMENTS])
+def test_sec11_deeply_nested_json_without_a_token_is_the_401_challenge(body: bytes) -> None:
+    """SEC-11 / RS-04: without a token the answer is the challenge, whatever the body."""
+    response = post_bytes(body)
+    assert response.status_code == 401, response.text[:300]
+    assert "error" not in challenge(response)
+
+
+def test_sec11_an_oversized_body_is_refused_and_without_a_token_challenged(
+    issued, settings
+) -> None:
+    """SEC-11: the size bound comes from settings; over it: 413 with a token, 401 without."""
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "MCP_MAX_BODY_SIZE": 1000}
+    body = json.dumps({**TOOLS_CALL, "params": {"name": "whoami", "arguments": {"x": "y" * 2000}}})
+    assert post_bytes(body.encode(), issued.authorization).status_code == 413
+    assert post_bytes(body.encode()).status_code == 401
+
+
+def test_sec11_nesting_within_the_bound_still_reaches_the_tool(issued, settings) -> None:
+    """The depth bound is a setting; a message nested less deeply is served as before."""
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "MCP_MAX_JSON_DEPTH": 12}
+    nested: Any = 1
+    for _ in range(6):
+        nested = {"a": nested}
+    ok = post_bytes(
+        json.dumps({**TOOLS_CALL, "params": {"name": "whoami", "arguments": nested}}).encode(),
+        issued.authorization,
+    )
+    assert ok.status_code == 200, ok.text[:300]
+    for _ in range(10):
+        nested = {"a": nested}
+    too_deep = post_bytes(
+        json.dumps({**TOOLS_CALL, "params": {"name": "whoami", "arguments": nested}}).encode(),
+        issued.authorization,
+    )
+    assert too_deep.status_code == 400

@@ -45,6 +45,7 @@ import contextvars
 import hmac
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -57,7 +58,6 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import (
-    DEFAULT_MAX_REQUEST_BODY_SIZE,
     TransportSecurityMiddleware,
     TransportSecuritySettings,
 )
@@ -229,6 +229,27 @@ async def _send_bearer_error(send: Send, error: resource.BearerError) -> None:
     await _send_json(send, error.status, error.body(), error.headers())
 
 
+# SEC-11: a JSON string (with its escapes) — brackets inside it do not nest.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def json_depth_exceeds(body: bytes, limit: int) -> bool:
+    """SEC-11: whether ``body`` nests arrays/objects deeper than ``limit``, found without
+    parsing it: Python's json (and the SDK's parser behind it) recurse once per level, so a
+    body a few thousand levels deep raises RecursionError — a 500 — wherever it is parsed.
+    Linear in the body; malformed input may count high, and is refused either way."""
+    depth = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub(b"", body)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
 class ProtectedMCPApp:
     """ASGI middleware: mcp_consent's checks and challenges in front of an MCP SDK app.
 
@@ -249,14 +270,19 @@ class ProtectedMCPApp:
         required_scopes: Iterable[str] = (),
         tool_scopes: Mapping[str, Iterable[str]] | None = None,
         security: TransportSecuritySettings | None = None,
-        max_body_size: int = DEFAULT_MAX_REQUEST_BODY_SIZE,
+        max_body_size: int | None = None,
     ) -> None:
         self.app = app
         self.resource_uri = canonical_resource(resource_uri) if resource_uri else None
         self.required_scopes = list(required_scopes)
         self.tool_scopes = {name: list(scopes) for name, scopes in (tool_scopes or {}).items()}
         self.security = TransportSecurityMiddleware(security or transport_security())
-        self.max_body_size = max_body_size
+        self._max_body_size = max_body_size
+
+    @property
+    def max_body_size(self) -> int:
+        """SEC-11: the constructor's bound, else MCP_CONSENT["MCP_MAX_BODY_SIZE"] (read live)."""
+        return self._max_body_size or app_settings.MCP_MAX_BODY_SIZE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -305,6 +331,10 @@ class ProtectedMCPApp:
             send = _with_cors(send, origin)
 
         body = b""
+        # SEC-11 / RS-07: a body over the size or nesting bound is refused before anything
+        # parses it (400, or 413 for size) -- but after the token check, so a request
+        # without a valid token still gets the 401 challenge (RS-04), never a 5xx.
+        refusal: tuple[int, str] | None = None
         if scope.get("method") == "POST":
             chunks: list[bytes] = []
             size = 0
@@ -315,12 +345,16 @@ class ProtectedMCPApp:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > self.max_body_size:
-                    await _send_json(send, 413, {"error": "request body too large"}, {})
-                    return
+                    refusal = (413, "request body too large")
+                    break
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
             body = b"".join(chunks)
+            if refusal is None and json_depth_exceeds(body, app_settings.MCP_MAX_JSON_DEPTH):
+                refusal = (400, "request body nested too deeply")
+        if refusal is not None:
+            body = b""
 
         required = list(dict.fromkeys(self.required_scopes + self.operation_scopes(body)))
         authorizations = [v for k, v in scope.get("headers", []) if k.lower() == b"authorization"]
@@ -340,6 +374,11 @@ class ProtectedMCPApp:
             )
         except resource.BearerError as error:
             await _send_bearer_error(send, error)
+            return
+        if refusal is not None:
+            status, description = refusal
+            body_out = {"error": "invalid_request", "error_description": description}
+            await _send_json(send, status, body_out, {})
             return
 
         raw = resource.bearer_token(authorization, resource=resource_uri, scopes=required)
