@@ -206,7 +206,7 @@ class AppSettings:
 
     @property
     def ENCRYPTION_KEYS(self) -> list[str]:
-        """Fernet keys for the upstream-token vault, newest first (MultiFernet rotation)."""
+        """Keys of the upstream-token vault (SEC-10), newest first: the first encrypts, all decrypt."""
         return list(self._get("ENCRYPTION_KEYS", []))
 
     @property

@@ -26,8 +26,9 @@ def E001() -> Error:
 
 
 E002 = Error(
-    "MCP_CONSENT['ENCRYPTION_KEYS'] is empty: upstream tokens are encrypted with a key derived from SECRET_KEY.",
-    hint="Generate a key with `python manage.py mcp_consent_generate_key` and set MCP_CONSENT['ENCRYPTION_KEYS'].",
+    "MCP_CONSENT['ENCRYPTION_KEYS'] is empty outside DEBUG: upstream tokens would be encrypted with a key derived from SECRET_KEY.",
+    hint="SEC-10: generate a key with `python manage.py mcp_consent_generate_key` and set "
+    "MCP_CONSENT['ENCRYPTION_KEYS'] = [key] from the environment, apart from SECRET_KEY.",
     id="mcp_consent.E002",
 )
 E003 = Error(
@@ -177,6 +178,11 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         and settings.CSRF_COOKIE_SAMESITE in {"Lax", "Strict"}
     ):
         messages.append(E010)
+    if not settings.DEBUG and not app_settings.ENCRYPTION_KEYS:
+        # SEC-10: whoever reads SECRET_KEY (often in the same environment, logs, or a
+        # leaked settings file) must not be able to decrypt every upstream token: a key of
+        # its own is required outside DEBUG, not only advised under --deploy.
+        messages.append(E002)
     if not settings.DEBUG and not app_settings.AUDIT_KEYS:
         # SEC-06: a key next to the database (SECRET_KEY often is) lets whoever holds both
         # recompute the chain; outside DEBUG a separate key is required, not only advised.
@@ -193,8 +199,6 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 @register(Tags.security, deploy=True)
 def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     messages: list[Any] = []
-    if not app_settings.ENCRYPTION_KEYS:
-        messages.append(E002)
     if urlsplit(oauth2_settings.OIDC_ISS_ENDPOINT or "").scheme != "https":
         messages.append(E003)
     upstream = app_settings.UPSTREAM

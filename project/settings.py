@@ -280,7 +280,11 @@ MCP_CONSENT = {
     # The demo's own MCP endpoint, plus MCP servers running as separate services.
     "RESOURCES": [MCP_RESOURCE, *env_list("MCP_EXTRA_RESOURCES")],
     "UPSTREAM": UPSTREAM,
-    "ENCRYPTION_KEYS": env_list("MCP_CONSENT_ENCRYPTION_KEY"),
+    # SEC-10: the vault's keys (comma-separated, newest first), apart from SECRET_KEY. The
+    # local http demo and the tests use a fixed, obviously-insecure key, as for SECRET_KEY;
+    # with an https PUBLIC_BASE_URL there is none and `check` refuses to start (E002).
+    "ENCRYPTION_KEYS": env_list("MCP_CONSENT_ENCRYPTION_KEY")
+    or (["aW5zZWN1cmUtZGVtby12YXVsdC1rZXktbWNwLWNvbnM="] if _public.scheme != "https" else []),
     # SEC-06: the audit chain's HMAC key, kept out of the database (comma-separated, newest
     # first). The local http demo and the tests use a fixed, obviously-insecure key, as for
     # SECRET_KEY; with an https PUBLIC_BASE_URL there is none and `check` refuses to start.

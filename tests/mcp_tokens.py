@@ -90,4 +90,4 @@ def issue_token(
 def upstream_tokens_of(issued: Issued) -> tuple[str, str]:
     """The plaintext upstream access and refresh token stored for ``issued``'s consent."""
     row = UpstreamToken.objects.get(consent__client=issued.client)
-    return vault.decrypt(row.access_token_encrypted), vault.decrypt(row.refresh_token_encrypted)
+    return vault.upstream_access_token(row), vault.upstream_refresh_token(row)

@@ -345,11 +345,20 @@ def test_checks_are_registered_with_django():
 
 
 def test_deployment_checks_flag_the_development_settings():
-    """E002 / E003 / E008: the demo defaults (http, no vault key) fail --deploy."""
+    """E003 / E008: the demo defaults (http issuer and upstream) fail --deploy."""
     messages = check_deployment()
-    assert E002 in messages
     assert E003 in messages
     assert E008 in messages
+
+
+def test_e002_vault_key_required_outside_debug_not_only_under_deploy():
+    """E002 / SEC-10: without ENCRYPTION_KEYS and DEBUG off, `manage.py check` itself fails
+    (the key would be derived from SECRET_KEY); with DEBUG on the demo may run so."""
+    with override_settings(DEBUG=False, MCP_CONSENT=mcp_consent(ENCRYPTION_KEYS=[])):
+        assert check_configuration() == [E002]
+        assert E002 in run_checks(tags=["security"])
+    with override_settings(DEBUG=True, MCP_CONSENT=mcp_consent(ENCRYPTION_KEYS=[])):
+        assert check_configuration() == []
 
 
 def test_deployment_checks_pass_with_production_settings():
@@ -360,9 +369,10 @@ def test_deployment_checks_pass_with_production_settings():
 
 
 def test_e002_missing_encryption_key():
-    """E002 / UP-07: without a Fernet key the vault falls back to SECRET_KEY."""
+    """E002 / UP-07 / SEC-10: without a key of its own the vault falls back to SECRET_KEY."""
     with production(consent={"ENCRYPTION_KEYS": []}):
-        assert check_deployment() == [E002]
+        assert check_configuration() == [E002]
+        assert check_deployment() == []
 
 
 @pytest.mark.parametrize("issuer", ["http://proxy.example.com", "", "proxy.example.com"])

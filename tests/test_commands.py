@@ -39,4 +39,5 @@ def test_generated_keys_are_fresh_and_usable_by_the_vault() -> None:
     assert len(keys) == 2
     for key in keys:
         with override_settings(MCP_CONSENT={**UNCONFIGURED, "ENCRYPTION_KEYS": [key]}):
-            assert vault.decrypt(vault.encrypt("upstream-token")) == "upstream-token"
+            ad = vault.upstream_token_context(1, "access")
+            assert vault.decrypt(vault.encrypt("upstream-token", ad), ad) == "upstream-token"

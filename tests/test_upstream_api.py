@@ -135,8 +135,8 @@ def test_rs11_the_grant_used_is_the_one_of_this_tokens_client() -> None:
         client=MCPClientFactory(redirect_uris=[REDIRECT_URI]), browser=first.browser
     )
     tokens = {
-        issued.client_id: vault.decrypt(
-            UpstreamToken.objects.get(consent__client=issued.client).access_token_encrypted
+        issued.client_id: vault.upstream_access_token(
+            UpstreamToken.objects.get(consent__client=issued.client)
         )
         for issued in (first, second)
     }
@@ -144,9 +144,7 @@ def test_rs11_the_grant_used_is_the_one_of_this_tokens_client() -> None:
     for issued in (first, second):
         consent = consent_for(verified(issued))
         assert consent is not None and consent.client == issued.client
-        assert (
-            vault.decrypt(consent.upstream_token.access_token_encrypted) == tokens[issued.client_id]
-        )
+        assert vault.upstream_access_token(consent.upstream_token) == tokens[issued.client_id]
 
 
 def test_a_revoked_consent_gives_no_upstream_session(issued) -> None:

@@ -80,8 +80,8 @@ def test_upstream_token_is_encrypted_at_rest(client_a, upstream_http) -> None:
     upstream_access_token = sent[-1].headers["Authorization"].split()[1]
     row = UpstreamToken.objects.get()
     assert upstream_access_token not in row.access_token_encrypted
-    assert vault.decrypt(row.access_token_encrypted) == upstream_access_token
-    assert row.refresh_token_encrypted and vault.decrypt(row.refresh_token_encrypted)
+    assert vault.upstream_access_token(row) == upstream_access_token
+    assert row.refresh_token_encrypted and vault.upstream_refresh_token(row)
 
 
 def test_callback_state_from_another_browser_is_refused(client_a) -> None:

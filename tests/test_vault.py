@@ -22,21 +22,50 @@ def with_keys(settings, *keys: str) -> None:
     settings.MCP_CONSENT = {**settings.MCP_CONSENT, "ENCRYPTION_KEYS": list(keys)}
 
 
+AD = "upstream_token:1:access"
+
+
 def test_encrypt_round_trip_and_no_plaintext(settings) -> None:
     """UP-07: ciphertext never contains the secret; the same secret encrypts differently each time."""
     with_keys(settings, Fernet.generate_key().decode())
-    first, second = vault.encrypt("gho_secret_token"), vault.encrypt("gho_secret_token")
+    first, second = vault.encrypt("gho_secret_token", AD), vault.encrypt("gho_secret_token", AD)
     assert "gho_secret_token" not in first and first != second
-    assert vault.decrypt(first) == "gho_secret_token"
-    assert vault.encrypt("") == "" and vault.decrypt("") == ""
+    assert vault.decrypt(first, AD) == "gho_secret_token"
+    assert vault.encrypt("", AD) == "" and vault.decrypt("", AD) == ""
 
 
 def test_wrong_key_is_a_clear_error(settings) -> None:
     with_keys(settings, Fernet.generate_key().decode())
-    ciphertext = vault.encrypt("secret")
+    ciphertext = vault.encrypt("secret", AD)
     with_keys(settings, Fernet.generate_key().decode())
+    with pytest.raises(vault.VaultError, match="not configured"):
+        vault.decrypt(ciphertext, AD)
+
+
+def test_sec10_aes_gcm_names_its_key_and_refuses_other_associated_data(settings) -> None:
+    """SEC-10: v2:<key id>:..., AES-GCM; another row or purpose, or one flipped byte, fails."""
+    with_keys(settings, Fernet.generate_key().decode())
+    ciphertext = vault.encrypt("gho_secret_token", AD)
+    fmt, key_id, _ = ciphertext.split(":", 2)
+    assert fmt == "v2" and len(key_id) == 8
+    for other in ("upstream_token:2:access", "upstream_token:1:refresh", ""):
+        with pytest.raises(vault.VaultError, match="for this row"):
+            vault.decrypt(ciphertext, other)
+    flipped = ciphertext[:-3] + ("A" if ciphertext[-3] != "A" else "B") + ciphertext[-2:]
     with pytest.raises(vault.VaultError):
-        vault.decrypt(ciphertext)
+        vault.decrypt(flipped, AD)
+
+
+def test_sec10_rotation_by_key_list_first_encrypts_all_decrypt(settings) -> None:
+    """SEC-10: a new key first: new ciphertexts use it, old ones still decrypt by their id."""
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    with_keys(settings, old)
+    before = vault.encrypt("secret", AD)
+    with_keys(settings, new, old)
+    after = vault.encrypt("secret", AD)
+    assert before.split(":")[1] != after.split(":")[1]
+    assert vault.decrypt(before, AD) == vault.decrypt(after, AD) == "secret"
+    assert vault.rotate(before, AD).split(":")[1] == after.split(":")[1]
 
 
 @pytest.fixture
@@ -55,7 +84,7 @@ def test_key_rotation_command_reencrypts_under_the_new_key(settings) -> None:
     browser.login_upstream()
     browser.run_flow(authorize_params(MCPClientFactory()))
     token = UpstreamToken.objects.get()
-    plaintext = vault.decrypt(token.access_token_encrypted)
+    plaintext = vault.upstream_access_token(token)
 
     with_keys(settings, new, old)
     out = StringIO()
@@ -63,7 +92,7 @@ def test_key_rotation_command_reencrypts_under_the_new_key(settings) -> None:
     assert "re-encrypted 1 secret" in out.getvalue()
 
     with_keys(settings, new)
-    assert vault.decrypt(UpstreamToken.objects.get().access_token_encrypted) == plaintext
+    assert vault.upstream_access_token(UpstreamToken.objects.get()) == plaintext
 
 
 def test_key_rotation_without_the_old_key_changes_nothing(settings, stored_token) -> None:
@@ -80,11 +109,11 @@ def token_calls() -> int:
 
 def test_refresh_replaces_a_rotated_refresh_token(stored_token) -> None:
     """UP-08: refreshed server-side; the upstream rotated the refresh token and we keep the new one."""
-    old_access = vault.decrypt(stored_token.access_token_encrypted)
-    old_refresh = vault.decrypt(stored_token.refresh_token_encrypted)
+    old_access = vault.upstream_access_token(stored_token)
+    old_refresh = vault.upstream_refresh_token(stored_token)
     refreshed = flows.refresh_upstream_token(stored_token, force=True)
-    assert vault.decrypt(refreshed.access_token_encrypted) != old_access
-    new_refresh = vault.decrypt(refreshed.refresh_token_encrypted)
+    assert vault.upstream_access_token(refreshed) != old_access
+    new_refresh = vault.upstream_refresh_token(refreshed)
     assert new_refresh and new_refresh != old_refresh
     # The old refresh token is dead at the upstream; the stored one works.
     with pytest.raises(upstream.UpstreamError):
@@ -105,3 +134,71 @@ def test_a_fresh_token_is_not_refreshed(stored_token) -> None:
     calls = token_calls()
     assert flows.refresh_upstream_token(stored_token) == stored_token
     assert token_calls() == calls
+
+
+# --- SEC-10: ciphertexts bound to their row --------------------------------------------------
+
+
+def two_stored_tokens() -> tuple[UpstreamToken, UpstreamToken]:
+    first = Browser()
+    first.login_upstream()
+    first.run_flow(authorize_params(MCPClientFactory()))
+    second = Browser()
+    second.login_upstream("hubot")
+    second.run_flow(authorize_params(MCPClientFactory()))
+    a, b = UpstreamToken.objects.order_by("pk")
+    assert a.consent.user != b.consent.user
+    return a, b
+
+
+def test_sec10_a_token_moved_into_another_persons_row_does_not_decrypt() -> None:
+    """SEC-10: a database writer copies one person's upstream token into another person's
+    consent row: it no longer decrypts there (nor as the other field of its own row), so
+    the other person's MCP client can never use it."""
+    victim, attacker = two_stored_tokens()
+    assert vault.upstream_access_token(victim)
+    UpstreamToken.objects.filter(pk=attacker.pk).update(
+        access_token_encrypted=victim.access_token_encrypted,
+        refresh_token_encrypted=victim.refresh_token_encrypted,
+    )
+    moved = UpstreamToken.objects.get(pk=attacker.pk)
+    with pytest.raises(vault.VaultError, match="for this row"):
+        vault.upstream_access_token(moved)
+    with pytest.raises(vault.VaultError, match="for this row"):
+        vault.upstream_refresh_token(moved)
+    UpstreamToken.objects.filter(pk=victim.pk).update(
+        refresh_token_encrypted=victim.access_token_encrypted
+    )
+    with pytest.raises(vault.VaultError):
+        vault.upstream_refresh_token(UpstreamToken.objects.get(pk=victim.pk))
+
+
+def test_sec10_fernet_ciphertexts_of_earlier_versions_decrypt_and_rotate_binds_them(
+    settings, stored_token
+) -> None:
+    """SEC-10: dual read -- a Fernet ciphertext (earlier versions) still decrypts with the
+    same key; `mcp_consent_rotate_keys` re-encrypts it to the AES-GCM format bound to its row."""
+    key = Fernet.generate_key().decode()
+    with_keys(settings, key)
+    legacy = Fernet(key).encrypt(b"gho_legacy_access").decode()
+    UpstreamToken.objects.filter(pk=stored_token.pk).update(
+        access_token_encrypted=legacy, refresh_token_encrypted=""
+    )
+    row = UpstreamToken.objects.get(pk=stored_token.pk)
+    assert vault.upstream_access_token(row) == "gho_legacy_access"
+    call_command("mcp_consent_rotate_keys", stdout=StringIO())
+    row = UpstreamToken.objects.get(pk=stored_token.pk)
+    assert row.access_token_encrypted.startswith("v2:")
+    assert vault.upstream_access_token(row) == "gho_legacy_access"
+    with pytest.raises(vault.VaultError):
+        vault.decrypt(
+            row.access_token_encrypted, vault.upstream_token_context(row.pk + 999, "access")
+        )
+
+
+def test_generate_key_command_prints_a_usable_key(settings) -> None:
+    """The documented way to make ENCRYPTION_KEYS (and AUDIT_KEYS) entries still works."""
+    out = StringIO()
+    call_command("mcp_consent_generate_key", stdout=out)
+    with_keys(settings, out.getvalue().strip())
+    assert vault.decrypt(vault.encrypt("x", AD), AD) == "x"

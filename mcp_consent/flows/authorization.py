@@ -49,12 +49,14 @@ def _new_transaction(
     state = secrets.token_urlsafe(32)
     verifier = secrets.token_urlsafe(48) if upstream.pkce else None
     now = timezone.now()
+    state_hash = secret_hash(state)
     tx = AuthorizationTransaction.objects.create(
-        state_hash=secret_hash(state),
+        state_hash=state_hash,
         binding_hash=secret_hash(binding),
         purpose=purpose,
         client=client,
-        code_verifier_encrypted=vault.encrypt(verifier or ""),
+        # SEC-10: bound to this transaction (its unique state hash, known before the insert).
+        code_verifier_encrypted=vault.encrypt(verifier or "", vault.verifier_context(state_hash)),
         ip_address=client_ip(request),
         user_agent=user_agent(request),
         created_at=now,
@@ -310,8 +312,13 @@ def complete_authorization(
         consent=consent,
         defaults={
             "identity": identity,
-            "access_token_encrypted": vault.encrypt(grant.access_token),
-            "refresh_token_encrypted": vault.encrypt(grant.refresh_token),
+            # SEC-10: bound to this consent's row and to the field each one is stored in.
+            "access_token_encrypted": vault.encrypt(
+                grant.access_token, vault.upstream_token_context(consent.pk, "access")
+            ),
+            "refresh_token_encrypted": vault.encrypt(
+                grant.refresh_token, vault.upstream_token_context(consent.pk, "refresh")
+            ),
             "token_type": grant.token_type,
             "scopes": grant.scopes,
             "expires_at": grant.expires_at,

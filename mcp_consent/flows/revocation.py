@@ -51,8 +51,14 @@ def _take_upstream_token(consent: Consent) -> _UpstreamSecrets | None:
         return None
     try:
         secrets = _UpstreamSecrets(
-            vault.decrypt(token.access_token_encrypted),
-            vault.decrypt(token.refresh_token_encrypted),
+            vault.decrypt(
+                token.access_token_encrypted,
+                vault.upstream_token_context(token.consent_id, "access"),
+            ),
+            vault.decrypt(
+                token.refresh_token_encrypted,
+                vault.upstream_token_context(token.consent_id, "refresh"),
+            ),
             consent,
         )
     except vault.VaultError:

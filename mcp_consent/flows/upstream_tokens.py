@@ -80,13 +80,16 @@ def refresh_upstream_token(token: UpstreamToken, *, force: bool = False) -> Upst
         )
         if locked.updated_at > token.updated_at or (fresh_enough and not force):
             return locked
-        refresh_token = vault.decrypt(locked.refresh_token_encrypted)
+        # SEC-10: each secret decrypts only as this consent's access / refresh token.
+        access_ad = vault.upstream_token_context(locked.consent_id, "access")
+        refresh_ad = vault.upstream_token_context(locked.consent_id, "refresh")
+        refresh_token = vault.decrypt(locked.refresh_token_encrypted, refresh_ad)
         if not refresh_token:
             raise upstream.UpstreamError("no upstream refresh token")
         tokens = upstream.refresh(refresh_token)
-        locked.access_token_encrypted = vault.encrypt(tokens["access_token"])
+        locked.access_token_encrypted = vault.encrypt(tokens["access_token"], access_ad)
         if tokens["refresh_token"]:
-            locked.refresh_token_encrypted = vault.encrypt(tokens["refresh_token"])
+            locked.refresh_token_encrypted = vault.encrypt(tokens["refresh_token"], refresh_ad)
             locked.refresh_expires_at = tokens["refresh_expires_at"]
         locked.expires_at = tokens["expires_at"]
         if tokens["scope"]:
@@ -102,7 +105,7 @@ def _refreshed(row: UpstreamToken, *, force: bool) -> UpstreamToken:
     replaced by a new authorization (UpstreamAuthorizationRequired); an outage stays an
     UpstreamError (try again later).
     """
-    if not vault.decrypt(row.refresh_token_encrypted):
+    if not vault.upstream_refresh_token(row):
         raise upstream.UpstreamAuthorizationRequired("the upstream grant has no refresh token")
     try:
         return refresh_upstream_token(row, force=force)
@@ -131,16 +134,16 @@ def upstream_session(token: TokenClaims) -> upstream.UpstreamAPISession:
         raise upstream.UpstreamAuthorizationRequired("no live consent with an upstream grant")
     current = consent.upstream_token
     if current.expires_at is not None and current.expires_at - REFRESH_MARGIN <= timezone.now():
-        if current.expires_at <= timezone.now() or vault.decrypt(current.refresh_token_encrypted):
+        if current.expires_at <= timezone.now() or vault.upstream_refresh_token(current):
             current = _refreshed(current, force=False)
 
     def access_token() -> str:
-        return vault.decrypt(current.access_token_encrypted)
+        return vault.upstream_access_token(current)
 
     def refreshed_access_token() -> str:
         nonlocal current
         current = _refreshed(current, force=True)
-        return vault.decrypt(current.access_token_encrypted)
+        return vault.upstream_access_token(current)
 
     return upstream.UpstreamAPISession(
         access_token=access_token, refreshed_access_token=refreshed_access_token

@@ -188,7 +188,10 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         try:
             if not code:
                 raise upstream.UpstreamError("callback without code")
-            tokens = upstream.exchange_code(code, vault.decrypt(tx.code_verifier_encrypted) or None)
+            verifier = vault.decrypt(
+                tx.code_verifier_encrypted, vault.verifier_context(tx.state_hash)
+            )
+            tokens = upstream.exchange_code(code, verifier or None)
             try:
                 return _grant(tokens, upstream.fetch_identity(tokens["access_token"]))
             except upstream.UpstreamError:

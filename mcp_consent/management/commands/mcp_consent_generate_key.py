@@ -1,4 +1,4 @@
-"""Print a new Fernet key for MCP_CONSENT["ENCRYPTION_KEYS"]."""
+"""Print a new key for MCP_CONSENT["ENCRYPTION_KEYS"] (or AUDIT_KEYS): 32 random bytes, base64."""
 
 from typing import Any
 

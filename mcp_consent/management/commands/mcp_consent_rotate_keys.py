@@ -12,7 +12,8 @@ from mcp_consent.models import AuthorizationTransaction, UpstreamToken
 class Command(BaseCommand):
     help = (
         "Re-encrypt upstream tokens and pending PKCE verifiers with the first key of "
-        "MCP_CONSENT['ENCRYPTION_KEYS']. Run after prepending a new key; then drop the old one."
+        "MCP_CONSENT['ENCRYPTION_KEYS'] (AES-GCM bound to their row; earlier Fernet ciphertexts "
+        "are converted). Run after prepending a new key or upgrading; then drop the old key."
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -20,8 +21,15 @@ class Command(BaseCommand):
         try:
             with transaction.atomic():
                 for token in UpstreamToken.objects.select_for_update().iterator():
-                    token.access_token_encrypted = vault.rotate(token.access_token_encrypted)
-                    token.refresh_token_encrypted = vault.rotate(token.refresh_token_encrypted)
+                    # SEC-10: Fernet ciphertexts of earlier versions become bound ones here.
+                    token.access_token_encrypted = vault.rotate(
+                        token.access_token_encrypted,
+                        vault.upstream_token_context(token.consent_id, "access"),
+                    )
+                    token.refresh_token_encrypted = vault.rotate(
+                        token.refresh_token_encrypted,
+                        vault.upstream_token_context(token.consent_id, "refresh"),
+                    )
                     token.save(
                         update_fields=[
                             "access_token_encrypted",
@@ -34,7 +42,9 @@ class Command(BaseCommand):
                     consumed_at__isnull=True
                 )
                 for tx in pending.exclude(code_verifier_encrypted=""):
-                    tx.code_verifier_encrypted = vault.rotate(tx.code_verifier_encrypted)
+                    tx.code_verifier_encrypted = vault.rotate(
+                        tx.code_verifier_encrypted, vault.verifier_context(tx.state_hash)
+                    )
                     tx.save(update_fields=["code_verifier_encrypted"])
                     rotated += 1
         except vault.VaultError as exc:
