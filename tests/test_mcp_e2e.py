@@ -49,7 +49,9 @@ from tests.browser_client import form_action, form_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_REDIRECT = "http://127.0.0.1:53682/callback"  # nothing listens: the handler reads it
-DEADLINE = 90.0  # seconds for the servers to come up (a loaded 2-core machine is slow to start them)
+DEADLINE = (
+    90.0  # seconds for the servers to come up (a loaded 2-core machine is slow to start them)
+)
 
 
 def free_port() -> int:
