@@ -18,8 +18,22 @@ if TYPE_CHECKING:
     from .models import MCPClient
 
 
+def get_adapter(request: HttpRequest | None = None) -> DefaultConsentAdapter:
+    """The project's adapter for this request, as allauth's ``get_adapter(request)``.
+
+    Hooks read the request as ``self.request`` (None outside a request, e.g. in a management
+    command). Made with no argument and given the request after, so adapters written before
+    the request was passed (an ``__init__`` without parameters) keep working.
+    """
+    adapter: DefaultConsentAdapter = app_settings.ADAPTER
+    adapter.request = request
+    return adapter
+
+
 class DefaultConsentAdapter:
     """Default behaviour; subclass and point ``MCP_CONSENT["ADAPTER"]`` at the subclass."""
+
+    request: HttpRequest | None = None
 
     def scope_descriptions(self, scopes: list[str]) -> list[dict[str, Any]]:
         """CD-11: each MCP scope with a human description and the upstream scopes it maps to."""

@@ -17,6 +17,7 @@ from oauth2_provider.models import (
 )
 
 from .. import audit, signals, vault
+from ..adapter import DefaultConsentAdapter, get_adapter
 from ..app_settings import app_settings
 from ..models import (
     AuditEvent,
@@ -256,9 +257,9 @@ def complete_authorization(
     Runs inside the caller's transaction, together with the creation of the MCP
     authorization code, so a failure leaves nothing half-written.
     """
-    adapter = app_settings.ADAPTER
+    adapter = get_adapter(request)
     now = timezone.now()
-    identity = _identity_for(grant)
+    identity = _identity_for(grant, adapter)
     user = identity.user
     client = tx.client
     assert client is not None  # an AUTHORIZE transaction always has its client
@@ -339,9 +340,8 @@ def complete_authorization(
     return user, consent
 
 
-def _identity_for(grant: UpstreamGrant) -> UpstreamIdentity:
+def _identity_for(grant: UpstreamGrant, adapter: DefaultConsentAdapter) -> UpstreamIdentity:
     """(upstream provider, subject) -> the local user, created on first sight (the adapter)."""
-    adapter = app_settings.ADAPTER
     upstream = app_settings.UPSTREAM
     provider = upstream.issuer or upstream.authorize_url
     identities = UpstreamIdentity.objects.select_for_update()
@@ -349,8 +349,10 @@ def _identity_for(grant: UpstreamGrant) -> UpstreamIdentity:
     if identity is None:
         try:
             with transaction.atomic():  # a savepoint: a parallel first sign-in may win
+                # django-stubs types the user as the default User; any AUTH_USER_MODEL works.
+                user: Any = adapter.create_user(grant)
                 identity = UpstreamIdentity.objects.create(
-                    provider=provider, subject=grant.subject, user=adapter.create_user(grant)
+                    provider=provider, subject=grant.subject, user=user
                 )
         except IntegrityError:
             identity = identities.get(provider=provider, subject=grant.subject)
@@ -369,7 +371,7 @@ def complete_sign_in(
 ) -> AbstractBaseUser:
     """Connected apps sign-in: map the identity to the user; no consent, no token is kept."""
     with transaction.atomic():
-        user = _identity_for(grant).user
+        user = _identity_for(grant, get_adapter(request)).user
         AuthorizationTransaction.objects.filter(pk=tx.pk).update(
             user=user, outcome=AuthorizationTransaction.Outcome.COMPLETED
         )

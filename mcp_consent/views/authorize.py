@@ -30,6 +30,7 @@ from oauth2_provider.exceptions import FatalClientError, OAuthToolkitError
 from oauth2_provider.views import AuthorizationView
 
 from .. import flows, ratelimit
+from ..adapter import get_adapter
 from ..app_settings import app_settings
 from ..models import Consent, MCPClient, RegistrationSource
 from .common import (
@@ -214,7 +215,7 @@ class AuthorizeView(AuthorizationView):
             "redirect_rest": ar.redirect_uri[len(redirect.scheme) + 3 + len(redirect.netloc) :],
             # CD-01, CD-12, LH-01, LH-02, DCR-19: first time, namesakes, where access goes.
             **risk_context(request, client, ar.redirect_uri),
-            "scopes": app_settings.ADAPTER.scope_descriptions(ar.scopes),
+            "scopes": get_adapter(request).scope_descriptions(ar.scopes),
             "upstream_name": upstream_config.name,
             "upstream_scopes": upstream_config.upstream_scopes_for(ar.scopes),
             "base_upstream_scopes": upstream_config.scopes,

@@ -21,6 +21,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_protect
 
 from .. import audit, flows
+from ..adapter import DefaultConsentAdapter, get_adapter
 from ..app_settings import app_settings
 from ..models import AuditEvent, Consent, MCPClient, UpstreamIdentity
 from .common import browser_binding, protect_page, render_form_page, send_upstream
@@ -59,7 +60,9 @@ def _event_text(event: AuditEvent) -> Any:
     return DECISION_TEXT.get(event.action, event.get_action_display())
 
 
-def _row(consent: Consent, revoked_by: dict[int | None, str]) -> dict[str, Any]:
+def _row(
+    consent: Consent, revoked_by: dict[int | None, str], adapter: DefaultConsentAdapter
+) -> dict[str, Any]:
     client = consent.client
     host = urlsplit(consent.redirect_uri).hostname or consent.redirect_uri
     if consent.revoked_at:
@@ -74,7 +77,7 @@ def _row(consent: Consent, revoked_by: dict[int | None, str]) -> dict[str, Any]:
         "verified": client.verified,
         "redirect_host": host,
         "redirect_domain": destination(host),
-        "scopes": app_settings.ADAPTER.scope_descriptions(consent.scope_list),
+        "scopes": adapter.scope_descriptions(consent.scope_list),
         "ended": ended,
     }
 
@@ -133,15 +136,20 @@ class ConnectionsView(View):
                 }
                 for e in events
             ]
+            adapter = get_adapter(request)
             context.update(
                 {
                     "signed_in_as": upstream_login(request.user),
                     "connections": [
-                        _row(c, revoked_by) for c in consents if c.status == Consent.Status.ACTIVE
+                        _row(c, revoked_by, adapter)
+                        for c in consents
+                        if c.status == Consent.Status.ACTIVE
                     ],
                     "history": decisions,
                     "past": [
-                        _row(c, revoked_by) for c in consents if c.status != Consent.Status.ACTIVE
+                        _row(c, revoked_by, adapter)
+                        for c in consents
+                        if c.status != Consent.Status.ACTIVE
                     ][:50],
                 }
             )

@@ -27,6 +27,7 @@ from oauth2_provider.exceptions import FatalClientError, OAuthToolkitError
 from oauth2_provider.views.mixins import OAuthLibMixin
 
 from .. import flows, upstream, vault
+from ..adapter import get_adapter
 from ..app_settings import app_settings
 from ..flows import upstream_tokens
 from ..models import AuthorizationTransaction
@@ -159,7 +160,7 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                 post=False,
             )
         # The session is rotated on login (session fixation); pending state never lived in it.
-        app_settings.ADAPTER.login(request, user)
+        get_adapter(request).login(request, user)
         return redirect_to_client(uri, {}, post=False)
 
     def upstream_answer(
@@ -216,5 +217,5 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                 request, "Sign-in did not complete", f"{answer.description} Nothing was changed."
             )
         user = flows.complete_sign_in(tx, answer, request)
-        app_settings.ADAPTER.login(request, user)
+        get_adapter(request).login(request, user)
         return HttpResponseRedirect(reverse("mcp_consent:connections"))
