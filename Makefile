@@ -6,7 +6,7 @@ POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 # Extra pytest arguments, e.g. PYTEST_ARGS="--junitxml=test-artifacts/junit.xml" (.ci/run).
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-postgres test-browser test-packaging lint typecheck clean
+.PHONY: demo test test-postgres test-browser test-packaging lint typecheck clean bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,20 @@ test-browser: $(VENV)/.installed
 test-packaging: $(VENV)/.installed
 	$(PY) tests/packaging/run.py
 
+## Benchmarks (docs/performance.md): mcp-consent vs FastMCP's OAuthProxy, SQLite and PostgreSQL,
+## ~15 min; QUICK=1 for a ~5 min run. Prints figures, never fails on a time. FastMCP is installed
+## into its own virtualenv at a pinned version, never into the project's.
+FASTMCP_VERSION ?= 4.2.3
+FASTMCP_VENV := benchmarks/.venv-fastmcp
+BENCH_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432
+$(FASTMCP_VENV)/.installed-$(FASTMCP_VERSION):
+	test -x $(FASTMCP_VENV)/bin/python || $(PYTHON) -m venv $(FASTMCP_VENV)
+	$(FASTMCP_VENV)/bin/python -m pip install --quiet "fastmcp==$(FASTMCP_VERSION)" "uvicorn>=0.30"
+	touch $@
+
+bench: $(VENV)/.installed $(FASTMCP_VENV)/.installed-$(FASTMCP_VERSION)
+	BENCH_POSTGRES_URL=$(BENCH_POSTGRES_URL) $(PY) -m benchmarks.bench $(if $(QUICK),--quick) $(BENCH_ARGS)
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -45,4 +59,4 @@ typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) db.sqlite3 test-artifacts .pytest_cache
+	rm -rf $(VENV) $(FASTMCP_VENV) db.sqlite3 test-artifacts .pytest_cache

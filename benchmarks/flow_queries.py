@@ -1,6 +1,6 @@
 """Print the SQL statements and the relative time of each step of one authorization.
 
-Run: .venv/bin/python benchmarks/flow_queries.py  [--rounds N]
+Run: .venv/bin/python benchmarks/flow_queries.py  [--rounds N] [--show "POST /token (code)"]
 
 Figures only, never a pass/fail: query counts are exact; times are given as ratios to the
 cheapest step of the same run (these machines are shared and noisy). Stock DOT 3.4.1, measured
@@ -33,7 +33,10 @@ from django.test.utils import CaptureQueriesContext, setup_test_environment  # n
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=20)
-    rounds = parser.parse_args().rounds
+    parser.add_argument("--show", action="append", default=[], help="print the SQL of this step")
+    args = parser.parse_args()
+    rounds = args.rounds
+    shown: dict[str, list[str]] = {}
 
     setup_test_environment()
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -62,6 +65,7 @@ def main() -> None:
             result = call()
             elapsed = time.perf_counter() - start
         steps.setdefault(name, []).append((len(ctx.captured_queries), elapsed))
+        shown[name] = [q["sql"] for q in ctx.captured_queries]
         return result
 
     for _ in range(rounds):
@@ -106,6 +110,10 @@ def main() -> None:
     print(
         f"({rounds} rounds, SQLite in memory; the callback includes two in-process upstream calls)"
     )
+    for name in args.show:
+        print(f"\n{name}:")
+        for number, sql in enumerate(shown.get(name, []), 1):
+            print(f"{number:3}. {sql[:300]}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
@@ -14,6 +15,18 @@ from ..models import AuditEvent, AuthorizationTransaction, Consent, MCPClient
 from ..vault import secret_hash
 from .revocation import revoke_consents
 
+# MCPClient.last_used_at tells never-used and long-idle clients apart (cleanup, ABUSE-03),
+# which is a question of days: writing it more often than this costs a statement per request.
+LAST_USED_RESOLUTION = timedelta(minutes=5)
+
+
+def mark_client_used(client: MCPClient, now: Any) -> None:
+    """Record that ``client`` was used, unless the row already says so recently enough."""
+    if client.last_used_at is not None and now - client.last_used_at < LAST_USED_RESOLUTION:
+        return
+    MCPClient.objects.filter(pk=client.pk).update(last_used_at=now)
+    client.last_used_at = now
+
 
 def record_token_issued(token: dict[str, Any], request: Request) -> None:
     """Called inside DOT's save transaction for every issued token pair."""
@@ -21,7 +34,10 @@ def record_token_issued(token: dict[str, Any], request: Request) -> None:
     refresh = token.get("refresh_token")
     now = timezone.now()
     family = None
-    if refresh:
+    issued = getattr(request, "issued_refresh_token", None)  # set by the validator
+    if issued is not None:
+        family = issued.token_family
+    elif refresh:
         family = (
             get_refresh_token_model()
             .objects.filter(token_checksum=secret_hash(refresh))
@@ -34,7 +50,7 @@ def record_token_issued(token: dict[str, Any], request: Request) -> None:
             code_hash=request.code, code_redeemed_at__isnull=True
         ).update(code_redeemed_at=now, token_family=family)
     client = application.mcp_client  # loaded (and checked) by the validator for this request
-    MCPClient.objects.filter(pk=client.pk).update(last_used_at=now)
+    mark_client_used(client, now)
     user = request.user
     Consent.objects.filter(
         user=user, client=client, revoked_at__isnull=True, expired_at__isnull=True

@@ -79,13 +79,15 @@ class TokenView(dot_views.TokenView):
             if not access_token:
                 # Never a 200 without a token (e.g. a refresh raced into DOT's grace branch).
                 return JsonResponse({"error": "invalid_grant"}, status=400)
-            token = (
-                get_access_token_model()
-                .objects.filter(token_checksum=secret_hash(access_token))
-                .first()
-            )
-            if token is not None:
-                app_authorized.send(sender=self, request=request, token=token)
+            if app_authorized.has_listeners(self):
+                # DOT's signal, with the row it expects; read only when someone listens.
+                token = (
+                    get_access_token_model()
+                    .objects.filter(token_checksum=secret_hash(access_token))
+                    .first()
+                )
+                if token is not None:
+                    app_authorized.send(sender=self, request=request, token=token)
         response = HttpResponse(content=body, status=status)
         for key, value in headers.items():
             response[key] = value
