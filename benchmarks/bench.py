@@ -401,8 +401,14 @@ def main() -> None:
         if admin.exists():
             run_script(
                 "Operators' admin at scale (benchmarks/admin_scale.py)",
-                [str(admin)] + (["--quick"] if args.quick else []),
-                env={"BENCH_POSTGRES_URL": args.postgres_url},
+                [
+                    str(admin),
+                    "--database",
+                    f"{args.postgres_url}/perfbench_admin",
+                    "--repeat",
+                    "2",
+                    *(["--scale", str(plan.scale[0] / 100_000)] if args.quick else []),
+                ],
             )
         else:
             out(

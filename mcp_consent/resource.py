@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,8 +36,9 @@ from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
-from django.db import connections
+from django.db import connections, router
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, QueryDict
+from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 from oauth2_provider.www_authenticate import build_bearer_challenge
 from oauthlib.common import Request as OAuthlibRequest
@@ -206,28 +208,130 @@ class VerifiedToken:
 checksum = secret_hash  # DOT's token_checksum of a raw token (one definition: vault)
 
 
-def _load(raw: str) -> Any:
-    """The one query of the hot path (None when the token is unknown)."""
+@dataclass(frozen=True)
+class _TokenRow:
+    """The columns of the hot path's one query: an access token, its client and its user."""
+
+    pk: int
+    expires: datetime
+    created: datetime
+    scope: str
+    resource: Any
+    user_id: Any
+    application_id: Any  # None only without an MCPClient, which _accepted refuses
+    client_id: str | None
+    user_is_active: bool | None  # None: no user (an RFC 7592 registration token)
+    mcp_client_id: int | None  # None: a DOT application mcp_consent never registered
+    mcp_client_disabled_at: datetime | None
+
+    def is_expired(self) -> bool:
+        # DOT's AccessToken.is_expired, on the selected columns.
+        return self.expires is None or timezone.now() >= self.expires
+
+
+_HOT_LOOKUPS = (
+    "pk",
+    "expires",
+    "created",
+    "scope",
+    "resource",
+    "user_id",
+    "application_id",
+    "application__client_id",
+    "user__is_active",
+    "application__mcp_client__id",
+    "application__mcp_client__disabled_at",
+)
+
+
+def _hot_queryset(checksum_value: str) -> Any:
+    """The verification query: one indexed lookup by token_checksum (unique), LEFT JOINs."""
     return (
         get_access_token_model()
-        .objects.select_related("application__mcp_client", "user")
-        .filter(token_checksum=checksum(raw))
-        .first()
+        .objects.filter(token_checksum=checksum_value)
+        .values_list(*_HOT_LOOKUPS)
+        .order_by()[:1]
     )
 
 
-def _accepted(token: Any) -> tuple[str, ...] | None:
+class _CompiledLookup:
+    """``_hot_queryset`` compiled once per thread and database, executed with a new checksum.
+
+    Django compiles every queryset anew, and for this one that took many times longer than
+    the database needs to answer it (docs/performance.md, "One token verification"). The
+    SQL and the result converters are the ORM's own; only the compilation is reused. Guard:
+    the compiled parameters must be the checksum and constants — a time or anything else
+    computed when compiling would be frozen into every later verification, so such a query
+    is refused here and runs through the ORM each time instead.
+    """
+
+    _local = threading.local()
+
+    @classmethod
+    def get(cls, alias: str) -> _CompiledLookup | None:
+        cache = cls._local.__dict__.setdefault("compiled", {})
+        if alias not in cache:
+            cache[alias] = cls._compile(alias)
+        return cache[alias]
+
+    @classmethod
+    def _compile(cls, alias: str) -> _CompiledLookup | None:
+        first, second = "0" * 64, "f" * 64
+        compiler = _hot_queryset(first).query.get_compiler(using=alias)
+        sql, params = compiler.as_sql()
+        other_sql, other_params = _hot_queryset(second).query.get_compiler(using=alias).as_sql()
+        slots = [i for i, value in enumerate(params) if value == first]
+        stable = (
+            other_sql == sql
+            and len(other_params) == len(params)
+            and all(
+                (i in slots and other == second) or (i not in slots and other == value)
+                for i, (value, other) in enumerate(zip(params, other_params, strict=True))
+            )
+        )
+        if not slots or not stable:
+            return None
+        return cls(compiler, sql, list(params), slots)
+
+    def __init__(self, compiler: Any, sql: str, params: list[Any], slots: list[int]) -> None:
+        self.compiler = compiler
+        self.sql = sql
+        self.params = params
+        self.slots = slots
+        self.converters = compiler.get_converters([col for col, _, _ in compiler.select])
+
+    def fetch(self, alias: str, checksum_value: str) -> tuple[Any, ...] | None:
+        params = list(self.params)
+        for i in self.slots:
+            params[i] = checksum_value
+        with connections[alias].cursor() as cursor:
+            cursor.execute(self.sql, params)
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        if self.converters:
+            row = next(iter(self.compiler.apply_converters([row], self.converters)))
+        return tuple(row)
+
+
+def _load(raw: str) -> _TokenRow | None:
+    """The one query of the hot path (None when the token is unknown)."""
+    value = checksum(raw)
+    alias = router.db_for_read(get_access_token_model())
+    compiled = _CompiledLookup.get(alias)
+    row = compiled.fetch(alias, value) if compiled is not None else _hot_queryset(value).first()
+    return _TokenRow(*row) if row is not None else None
+
+
+def _accepted(token: _TokenRow | None) -> tuple[str, ...] | None:
     """The token's canonical audiences when it is usable at all, else None."""
     if token is None or token.is_expired():
         return None
-    user = token.user
-    if user is None or not user.is_active:
+    if not token.user_is_active:
         # RFC 7592 registration access tokens have no user: they open the registration
         # endpoint, never an MCP server. A deactivated user's tokens stop working at once.
         return None
-    application = token.application
-    mcp_client = getattr(application, "mcp_client", None) if application else None
-    if mcp_client is None or mcp_client.is_disabled:
+    if token.mcp_client_id is None or token.mcp_client_disabled_at is not None:
         # Fail closed: a client that did not pass mcp_consent's registration policy, or that
         # an operator disabled, has no working tokens.
         return None
@@ -239,10 +343,10 @@ def _accepted(token: Any) -> tuple[str, ...] | None:
     return audiences
 
 
-def _verified(token: Any, audiences: tuple[str, ...], resource: str) -> VerifiedToken:
+def _verified(token: _TokenRow, audiences: tuple[str, ...], resource: str) -> VerifiedToken:
     return VerifiedToken(
         token_id=token.pk,
-        client_id=token.application.client_id,
+        client_id=str(token.client_id),
         application_id=token.application_id,
         user_id=token.user_id,
         scopes=frozenset(token.scope.split()),
@@ -270,7 +374,7 @@ def verify_token(
         raise InvalidToken("The access token is malformed.", resource=resource, scopes=required)
     token = _load(raw)
     audiences = _accepted(token)
-    if audiences is None:
+    if token is None or audiences is None:
         # One message for unknown, expired, revoked and foreign tokens: the answer tells an
         # attacker nothing about which of these a guessed or stolen value is.
         raise InvalidToken(
@@ -475,13 +579,13 @@ def introspect(raw: str, *, resources: Iterable[str]) -> dict[str, Any]:
         return {"active": False}
     token = _load(raw)
     audiences = _accepted(token)
-    if audiences is None or not allowed.intersection(audiences):
+    if token is None or audiences is None or not allowed.intersection(audiences):
         return {"active": False}
     return {
         "active": True,
         "iss": app_settings.ISSUER,
         "sub": str(token.user_id),
-        "client_id": token.application.client_id,
+        "client_id": token.client_id,
         "scope": token.scope,
         "aud": list(audiences),
         "exp": int(token.expires.timestamp()),

@@ -43,16 +43,20 @@ from __future__ import annotations
 
 import contextvars
 import hmac
+import inspect
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import requests
-from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from asgiref.sync import AsyncToSync, ThreadSensitiveContext, sync_to_async
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
@@ -250,6 +254,86 @@ def json_depth_exceeds(body: bytes, limit: int) -> bool:
     return False
 
 
+# asgiref >= 3.13: a ThreadSensitiveContext can run on an executor the caller keeps.
+_CONTEXT_TAKES_EXECUTOR = "executor" in inspect.signature(ThreadSensitiveContext).parameters
+
+
+def _authenticate_and_release(**kwargs: Any) -> resource.VerifiedToken:
+    """``resource.authenticate``, its connection handed back in the same thread hop."""
+    try:
+        return resource.authenticate(**kwargs)
+    finally:
+        resource.release_connections()
+
+
+class _CountingExecutor(ThreadPoolExecutor):
+    """A single-thread executor that counts the calls it ran (to skip needless releases)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="mcp-request")
+        self.calls = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@dataclass
+class RequestThread:
+    """The thread a request's sync work runs on; knows whether it ran anything since a release."""
+
+    executor: _CountingExecutor | None = None
+    released_after: int = -1
+
+    def mark_released(self) -> None:
+        if self.executor is not None:
+            self.released_after = self.executor.calls
+
+    @property
+    def used_since_release(self) -> bool:
+        # Unknown (no executor of ours): assume used, release.
+        return self.executor is None or self.executor.calls != self.released_after
+
+
+class RequestThreads:
+    """One thread per request being served, as Django's ASGI handler has, but kept for reuse.
+
+    A bare ``ThreadSensitiveContext`` starts a thread for every request and another to stop
+    it: on the MCP hot path that cost more than the token verification itself. Here each
+    request borrows a single-thread executor from a free list and returns it afterwards, so
+    its ORM work still runs on one thread of its own (and its connection is released there,
+    see ``resource.release_connections``), and threads live as long as the process.
+    """
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._free: list[_CountingExecutor] = []
+        self._lock = threading.Lock()
+
+    @asynccontextmanager
+    async def context(self) -> AsyncIterator[RequestThread]:
+        if not _CONTEXT_TAKES_EXECUTOR or getattr(AsyncToSync.executors, "current", None):
+            # Called from sync code through async_to_sync (tests, scripts): asgiref's rule
+            # that thread-sensitive work runs on that calling thread stays.
+            async with ThreadSensitiveContext():
+                yield RequestThread()
+            return
+        with self._lock:
+            executor = self._free.pop() if self._free else None
+        if executor is None:
+            executor = _CountingExecutor()
+        try:
+            async with ThreadSensitiveContext(executor=executor):  # type: ignore[call-arg]
+                yield RequestThread(executor)
+        finally:
+            with self._lock:
+                keep = len(self._free) < self.keep
+                if keep:
+                    self._free.append(executor)
+            if not keep:
+                executor.shutdown(wait=False)
+
+
 class ProtectedMCPApp:
     """ASGI middleware: mcp_consent's checks and challenges in front of an MCP SDK app.
 
@@ -258,8 +342,9 @@ class ProtectedMCPApp:
     the Authorization header only — verified for the resource and for every scope the
     operation needs: the endpoint's ``required_scopes`` and, for ``tools/call``, the tool's
     ``tool_scopes`` (RS-06, SM-02, SM-05). Then the SDK app runs with the body replayed.
-    Each request runs its ORM work in its own thread (asgiref ThreadSensitiveContext, as
-    Django's handler does) and releases its connections at the end.
+    Each request runs its ORM work in a thread of its own (asgiref ThreadSensitiveContext, as
+    Django's handler does, on threads kept for reuse: ``RequestThreads``) and releases its
+    connections at the end.
     """
 
     def __init__(
@@ -283,16 +368,20 @@ class ProtectedMCPApp:
     def max_body_size(self) -> int:
         """SEC-11: the constructor's bound, else MCP_CONSENT["MCP_MAX_BODY_SIZE"] (read live)."""
         return self._max_body_size or app_settings.MCP_MAX_BODY_SIZE
+        self.threads = RequestThreads()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        async with ThreadSensitiveContext():
+        async with self.threads.context() as thread:
             try:
-                await self._serve(scope, receive, send)
+                await self._serve(scope, receive, send, thread)
             finally:
-                await sync_to_async(resource.release_connections, thread_sensitive=True)()
+                if thread.used_since_release:
+                    # A tool (or anything else) used the ORM on this request's thread after
+                    # the verification released it: release again, as Django's handler would.
+                    await sync_to_async(resource.release_connections, thread_sensitive=True)()
 
     def operation_scopes(self, body: bytes) -> list[str]:
         """The scopes of the tools a JSON-RPC message (or batch) calls."""
@@ -309,7 +398,9 @@ class ProtectedMCPApp:
                     scopes.extend(self.tool_scopes.get(name, []))
         return scopes
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, thread: RequestThread
+    ) -> None:
         resource_uri = self.resource_uri or resource.default_resource()
         # RS-10: a foreign Origin (a DNS-rebound page) or Host is refused before it learns
         # anything else, even the challenge.
@@ -365,16 +456,18 @@ class ProtectedMCPApp:
                 )
             authorization = authorizations[0].decode("latin-1") if authorizations else None
             query_string = scope.get("query_string", b"").decode("latin-1")
-            # In this request's thread; its connections are released when the request ends.
-            verified = await sync_to_async(resource.authenticate, thread_sensitive=True)(
+            # In this request's thread, which hands its connection back in the same hop.
+            verified = await sync_to_async(_authenticate_and_release, thread_sensitive=True)(
                 authorization=authorization,
                 query_string=query_string,
                 resource=resource_uri,
                 scopes=required,
             )
         except resource.BearerError as error:
+            thread.mark_released()
             await _send_bearer_error(send, error)
             return
+        thread.mark_released()
         if refusal is not None:
             status, description = refusal
             body_out = {"error": "invalid_request", "error_description": description}

@@ -152,3 +152,50 @@ def test_demo_keeps_sqlite_connections_open() -> None:
     db = demo_database_settings("sqlite:////tmp/mcp-consent-settings-check.sqlite3")
     assert db["CONN_MAX_AGE"] is None
     assert db["CONN_HEALTH_CHECKS"] is True
+
+
+def test_mcp_requests_reuse_their_threads() -> None:
+    """Each MCP request's ORM work runs on a thread of its own, and threads are reused.
+
+    Under a server (no sync caller above the event loop) a bare ThreadSensitiveContext would
+    start a new thread per request; RequestThreads hands a kept one to the next request,
+    while two requests served at the same time still get different threads.
+    """
+    import asyncio
+    import threading
+
+    from asgiref.sync import sync_to_async
+
+    threads = mcp_sdk.RequestThreads()
+    ident = sync_to_async(threading.get_ident, thread_sensitive=True)
+
+    async def one() -> int:
+        async with threads.context():
+            first = await ident()
+            assert await ident() == first  # one thread for the whole request
+            return first
+
+    async def two_at_once() -> tuple[int, int]:
+        gate = asyncio.Event()
+
+        async def held() -> int:
+            async with threads.context():
+                value = await ident()
+                await gate.wait()
+                return value
+
+        a, b = asyncio.create_task(held()), asyncio.create_task(held())
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await a, await b
+
+    async def scenario() -> tuple[int, int, tuple[int, int]]:
+        return await one(), await one(), await two_at_once()
+
+    results: list[Any] = []
+    runner = threading.Thread(target=lambda: results.append(asyncio.run(scenario())))
+    runner.start()
+    runner.join(30)
+    first, second, (a, b) = results[0]
+    assert first == second, "the second request started a new thread"
+    assert a != b, "two requests at once shared one thread"
