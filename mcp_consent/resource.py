@@ -250,7 +250,7 @@ def _hot_queryset(checksum_value: str) -> Any:
         get_access_token_model()
         .objects.filter(token_checksum=checksum_value)
         .values_list(*_HOT_LOOKUPS)
-        .order_by()[:1]
+        .order_by()
     )
 
 
@@ -277,9 +277,9 @@ class _CompiledLookup:
     @classmethod
     def _compile(cls, alias: str) -> _CompiledLookup | None:
         first, second = "0" * 64, "f" * 64
-        compiler = _hot_queryset(first).query.get_compiler(using=alias)
+        compiler = _hot_queryset(first)[:1].query.get_compiler(using=alias)
         sql, params = compiler.as_sql()
-        other_sql, other_params = _hot_queryset(second).query.get_compiler(using=alias).as_sql()
+        other_sql, other_params = _hot_queryset(second)[:1].query.get_compiler(using=alias).as_sql()
         slots = [i for i, value in enumerate(params) if value == first]
         stable = (
             other_sql == sql

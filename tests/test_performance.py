@@ -199,3 +199,24 @@ def test_mcp_requests_reuse_their_threads() -> None:
     first, second, (a, b) = results[0]
     assert first == second, "the second request started a new thread"
     assert a != b, "two requests at once shared one thread"
+
+
+def test_the_compiled_verification_query_refuses_parameters_frozen_at_compile_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hot query with a time in it must run through the ORM each time, never be reused.
+
+    Reusing its SQL would freeze that time into every later verification (e.g. an expiry
+    compared with the moment of the first request).
+    """
+    from django.utils import timezone
+
+    original = resource._hot_queryset
+    monkeypatch.setattr(
+        resource,
+        "_hot_queryset",
+        lambda value: original(value).filter(expires__gt=timezone.now()),
+    )
+    assert resource._CompiledLookup._compile(connection.alias) is None
+    monkeypatch.setattr(resource, "_hot_queryset", original)
+    assert resource._CompiledLookup._compile(connection.alias) is not None
