@@ -363,12 +363,12 @@ class ProtectedMCPApp:
         self.tool_scopes = {name: list(scopes) for name, scopes in (tool_scopes or {}).items()}
         self.security = TransportSecurityMiddleware(security or transport_security())
         self._max_body_size = max_body_size
+        self.threads = RequestThreads()
 
     @property
     def max_body_size(self) -> int:
         """SEC-11: the constructor's bound, else MCP_CONSENT["MCP_MAX_BODY_SIZE"] (read live)."""
         return self._max_body_size or app_settings.MCP_MAX_BODY_SIZE
-        self.threads = RequestThreads()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
