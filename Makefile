@@ -6,7 +6,7 @@ POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 # Extra pytest arguments, e.g. PYTEST_ARGS="--junitxml=test-artifacts/junit.xml" (.ci/run).
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-postgres test-browser test-packaging lint typecheck clean bench
+.PHONY: demo test test-postgres test-browser test-packaging screenshots messages lint typecheck clean bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,16 @@ $(FASTMCP_VENV)/.installed-$(FASTMCP_VERSION):
 
 bench: $(VENV)/.installed $(FASTMCP_VENV)/.installed-$(FASTMCP_VERSION)
 	BENCH_POSTGRES_URL=$(BENCH_POSTGRES_URL) $(PY) -m benchmarks.bench $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+## Refresh docs/screenshots/ (consent page in five languages, warnings, Connected apps).
+screenshots: $(VENV)/.installed
+	UPDATE_DOCS_SCREENSHOTS=1 $(PY) -m pytest -m browser tests/browser/test_accessibility.py $(PYTEST_ARGS)
+
+## Re-extract and compile mcp_consent's catalogs (needs GNU gettext: apt-get install gettext).
+## The compiled .mo files are committed: nothing needs this to run or to test.
+messages: $(VENV)/.installed
+	cd mcp_consent && DJANGO_SETTINGS_MODULE= ../$(VENV)/bin/django-admin makemessages -l fr -l de -l es -l ar --no-location --no-obsolete
+	cd mcp_consent && DJANGO_SETTINGS_MODULE= ../$(VENV)/bin/django-admin compilemessages
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.utils.translation import gettext
 from oauth2_provider.settings import oauth2_settings
 
 from .app_settings import app_settings
@@ -36,13 +37,17 @@ class DefaultConsentAdapter:
     request: HttpRequest | None = None
 
     def scope_descriptions(self, scopes: list[str]) -> list[dict[str, Any]]:
-        """CD-11: each MCP scope with a human description and the upstream scopes it maps to."""
+        """CD-11: each MCP scope with a human description and the upstream scopes it maps to.
+
+        The descriptions (DOT's ``SCOPES``) go through gettext: a project translates them in
+        its own catalog (mark them with ``gettext_noop`` where they are written).
+        """
         descriptions = oauth2_settings.SCOPES
         upstream = app_settings.UPSTREAM
         return [
             {
                 "name": scope,
-                "description": descriptions.get(scope, scope),
+                "description": gettext(descriptions.get(scope, scope)),
                 "upstream_scopes": upstream.scope_map.get(scope, []),
             }
             for scope in scopes

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.translation import gettext_noop
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -76,6 +77,8 @@ if USE_DEMO_UPSTREAM:
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # The consent page, error pages and Connected apps in the browser's language (issue 9).
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -146,6 +149,17 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
+# The languages mcp_consent ships (mcp_consent/locale): a browser asking for another one gets
+# English, not a page whose lang attribute names a language it is not written in.
+LANGUAGES = [
+    ("en", "English"),
+    ("fr", "Français"),
+    ("de", "Deutsch"),
+    ("es", "Español"),
+    ("ar", "العربية"),
+]
+# The demo's own strings (its scope descriptions).
+LOCALE_PATHS = [BASE_DIR / "project" / "locale"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
@@ -193,9 +207,10 @@ MCP_RESOURCE = env("MCP_RESOURCE", f"{PUBLIC_BASE_URL}/mcp")
 OAUTH2_PROVIDER = {
     # The issuer is one exact string (AS-13, MU-01): never derived from the Host header.
     "OIDC_ISS_ENDPOINT": PUBLIC_BASE_URL,
+    # Marked for translation (project/locale); the adapter translates them on the page.
     "SCOPES": {
-        "items:read": "Read your items",
-        "items:write": "Create and change your items",
+        "items:read": gettext_noop("Read your items"),
+        "items:write": gettext_noop("Create and change your items"),
     },
     "DEFAULT_SCOPES": ["items:read"],
     # The server class adds what DOT leaves open: S256 only, `resource` allowlist (AS-30..35),
@@ -327,4 +342,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", "INFO")},
+    "loggers": {
+        # The MCP SDK's streamable HTTP transport logs "Terminating session: None" at INFO
+        # after every request of a stateless server (no session to terminate): noise, not news.
+        # Its warnings and errors still show.
+        "mcp.server.streamable_http": {"level": "WARNING"},
+    },
 }

@@ -23,6 +23,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.utils.decorators import method_decorator
+from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_protect
 
 # DOT 3.4 defines the errors its views raise only here.
@@ -91,10 +92,13 @@ def fatal_error(request: HttpRequest, error: FatalClientError) -> HttpResponse:
     )
     return error_page(
         request,
-        "This sign-in request is not valid",
-        "The application that sent you here made a request this server cannot accept "
-        f"({description}). You have not been sent anywhere. Close this page and contact "
-        "the application's developer if the problem persists.",
+        _("This sign-in request is not valid"),
+        _(
+            "The application that sent you here made a request this server cannot accept "
+            "(%(description)s). You have not been sent anywhere. Close this page and contact "
+            "the application's developer if the problem persists."
+        )
+        % {"description": description},
     )
 
 
@@ -135,8 +139,8 @@ class AuthorizeView(AuthorizationView):
             # AS-54: a malformed percent-escape (oauthlib's urldecode) is a bad request, not a 500.
             return error_page(
                 request,
-                "This sign-in request is not valid",
-                "The request is malformed. You have not been sent anywhere.",
+                _("This sign-in request is not valid"),
+                _("The request is malformed. You have not been sent anywhere."),
             )
         except OAuthToolkitError as error:
             oauthlib_error = error.oauthlib_error
@@ -247,7 +251,7 @@ class AuthorizeView(AuthorizationView):
                 post=True,
             )
         if decision != "approve":
-            return self.consent_page(request, ar, notice="Choose Approve or Deny.", status=400)
+            return self.consent_page(request, ar, notice=_("Choose Approve or Deny."), status=400)
         if not hmac.compare_digest(
             request.POST.get("fingerprint", "").encode(), ar.fingerprint().encode()
         ):
@@ -255,7 +259,7 @@ class AuthorizeView(AuthorizationView):
             return self.consent_page(
                 request,
                 ar,
-                notice="This request changed since the page was shown. Review it again.",
+                notice=_("This request changed since the page was shown. Review it again."),
                 status=409,
             )
         return self.approve(request, ar)

@@ -20,6 +20,7 @@ from django.http import (
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
+from django.utils.translation import gettext as _
 
 from .. import upstream
 from ..app_settings import app_settings
@@ -122,7 +123,10 @@ def too_many_requests(request: HttpRequest, limited: Any, *, html: bool = False)
     """429 with Retry-After and an OAuth error body (DCR-02, issue 4 abuse limits)."""
     description = f"Too many requests from this address; retry after {limited.retry_after} seconds."
     if html:
-        response = error_page(request, "Too many requests", description, status=429)
+        message = _("Too many requests from this address; retry after %(seconds)s seconds.") % {
+            "seconds": limited.retry_after
+        }
+        response = error_page(request, _("Too many requests"), message, status=429)
     else:
         response = JsonResponse(
             {"error": "temporarily_unavailable", "error_description": description}, status=429
@@ -137,8 +141,8 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """CSRF_FAILURE_VIEW: a refused form (CD-13) explained to the person, status 403."""
     return error_page(
         request,
-        "This form has expired or did not come from this site",
-        "Nothing was approved or sent. Go back to the application and start the sign-in again.",
+        _("This form has expired or did not come from this site"),
+        _("Nothing was approved or sent. Go back to the application and start the sign-in again."),
         status=403,
     )
 

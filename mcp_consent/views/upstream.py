@@ -19,6 +19,8 @@ from django.db import DatabaseError, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.decorators import method_decorator
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 from django.views import View
 
 # DOT 3.4 defines the errors its views raise only in oauth2_provider.exceptions, and exports
@@ -86,9 +88,11 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             log.exception("upstream callback: database unavailable")
             return error_page(
                 request,
-                "Temporarily unavailable",
-                "This service cannot complete sign-ins right now. Nothing was shared with any application. "
-                "Try again in a few minutes from your application.",
+                _("Temporarily unavailable"),
+                _(
+                    "This service cannot complete sign-ins right now. Nothing was shared with any application. "
+                    "Try again in a few minutes from your application."
+                ),
                 status=503,
             )
         except flows.CallbackRefused as refused:
@@ -96,9 +100,11 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             log.info("upstream callback refused: %s", refused.reason)
             return error_page(
                 request,
-                "This sign-in cannot be completed",
-                "The sign-in link is expired, was already used, or was started in another browser. "
-                "Nothing was shared with any application. Start again from your application.",
+                _("This sign-in cannot be completed"),
+                _(
+                    "The sign-in link is expired, was already used, or was started in another browser. "
+                    "Nothing was shared with any application. Start again from your application."
+                ),
             )
         if tx.purpose == AuthorizationTransaction.Purpose.SIGN_IN:
             return self.sign_in(request, tx)
@@ -113,9 +119,11 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             )
             return error_page(
                 request,
-                "This sign-in cannot be completed",
-                "The application's registration changed or was disabled while you were signing in. "
-                "Nothing was shared with it.",
+                _("This sign-in cannot be completed"),
+                _(
+                    "The application's registration changed or was disabled while you were signing in. "
+                    "Nothing was shared with it."
+                ),
             )
         state = credentials.get("state")
 
@@ -169,7 +177,9 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         """Check the upstream's answer, redeem its code, fetch the identity (UP-01..06, MU-03)."""
         if "error" in request.GET:
             flows.fail_transaction(tx, Outcome.DENIED, "upstream returned an error", request)
-            return UpstreamFailure("access_denied", "Authorization was declined at the provider.")
+            return UpstreamFailure(
+                "access_denied", gettext_noop("Authorization was declined at the provider.")
+            )
         config = app_settings.UPSTREAM
         iss = request.GET.get("iss")
         if (iss is None and config.require_iss) or (
@@ -182,8 +192,10 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             )
             return error_page(
                 request,
-                "This sign-in cannot be completed",
-                "The provider's response did not come from the expected provider. Nothing was shared with the application.",
+                _("This sign-in cannot be completed"),
+                _(
+                    "The provider's response did not come from the expected provider. Nothing was shared with the application."
+                ),
             )
         code = request.GET.get("code", "")
         try:
@@ -204,7 +216,8 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             log.warning("upstream sign-in failed: %s", exc.reason)
             flows.fail_transaction(tx, Outcome.FAILED, exc.reason, request)
             return UpstreamFailure(
-                "server_error", "The upstream provider could not complete the sign-in."
+                "server_error",
+                gettext_noop("The upstream provider could not complete the sign-in."),
             )
 
     def sign_in(self, request: HttpRequest, tx: AuthorizationTransaction) -> HttpResponse:
@@ -213,8 +226,11 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         if isinstance(answer, HttpResponse):
             return answer
         if isinstance(answer, UpstreamFailure):
+            # The description is the English one sent to clients; the person reads it translated.
             return error_page(
-                request, "Sign-in did not complete", f"{answer.description} Nothing was changed."
+                request,
+                _("Sign-in did not complete"),
+                _("%(reason)s Nothing was changed.") % {"reason": _(answer.description)},
             )
         user = flows.complete_sign_in(tx, answer, request)
         get_adapter(request).login(request, user)
