@@ -14,6 +14,7 @@ import requests
 from django.conf import settings
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
 from starlette.types import ASGIApp
 
 from mcp_consent import upstream
@@ -22,6 +23,10 @@ from mcp_consent.integrations import mcp_sdk
 
 # What each tool needs, checked at the HTTP layer (403 insufficient_scope, RS-06) and again
 # inside the tool. whoami needs a valid token only: every grant includes the profile.
+# Every tool only reads Demo Hub: declared, so that clients (the MCP Inspector, Claude) do not
+# present them as destructive, which is what a tool without annotations is assumed to be.
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True)
+
 TOOL_SCOPES: dict[str, tuple[str, ...]] = {
     "list_items": ("items:read",),
     "get_item": ("items:read",),
@@ -67,7 +72,7 @@ def build_server() -> MCPServer:
         auth=mcp_sdk.auth_settings(resource_uri()),
     )
 
-    @server.tool()
+    @server.tool(title="Who am I at Demo Hub", annotations=READ_ONLY)
     async def whoami(ctx: Context) -> dict[str, Any]:
         """Who you are at Demo Hub: login and name."""
         token = mcp_sdk.verified_token(ctx)
@@ -76,7 +81,7 @@ def build_server() -> MCPServer:
             raise ToolError("Unexpected answer from Demo Hub.")
         return {"login": profile.get("login"), "name": profile.get("name")}
 
-    @server.tool()
+    @server.tool(title="List my Demo Hub items", annotations=READ_ONLY)
     async def list_items(ctx: Context, contains: str | None = None) -> list[dict[str, Any]]:
         """Your Demo Hub items; with `contains`, only those whose title contains it."""
         token = mcp_sdk.verified_token(ctx, scopes=TOOL_SCOPES["list_items"])
@@ -86,7 +91,7 @@ def build_server() -> MCPServer:
             items = [i for i in items if needle in str(i["title"]).casefold()]
         return items
 
-    @server.tool()
+    @server.tool(title="Get one Demo Hub item", annotations=READ_ONLY)
     async def get_item(ctx: Context, item_id: int) -> dict[str, Any]:
         """One of your Demo Hub items, by id."""
         token = mcp_sdk.verified_token(ctx, scopes=TOOL_SCOPES["get_item"])

@@ -16,4 +16,9 @@ urlpatterns = [
 ]
 
 if settings.USE_DEMO_UPSTREAM:
-    urlpatterns.append(path("demo-upstream/", include("project.demo_upstream.urls")))
+    from .demo_upstream.admin import site as demo_upstream_admin
+
+    urlpatterns += [
+        path("demo-upstream/admin/", demo_upstream_admin.urls),
+        path("demo-upstream/", include("project.demo_upstream.urls")),
+    ]

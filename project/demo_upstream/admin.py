@@ -1,8 +1,23 @@
-"""Read-only admin for the demo upstream. Hashes of passwords, codes and tokens are not shown."""
+"""Read-only admin for the demo upstream. Hashes of passwords, codes and tokens are not shown.
+
+Demo Hub plays a third party: under ``make demo`` it runs as its own server
+(http://localhost:8001) with its own database, so its tables are shown by its own admin site,
+at /demo-upstream/admin/ on that server, not in the proxy's admin (where they would be the
+proxy database's empty copies).
+"""
 
 from django.contrib import admin
 
 from .models import Account, AuthorizationCode, Item, RequestLog, Token
+
+
+class DemoHubAdminSite(admin.AdminSite):
+    site_header = "Demo Hub admin (the demo's stand-in for a third-party provider)"
+    site_title = "Demo Hub admin"
+    index_title = "Demo Hub's own records"
+
+
+site = DemoHubAdminSite(name="demo_upstream_admin")
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -16,21 +31,21 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-@admin.register(Account)
+@admin.register(Account, site=site)
 class AccountAdmin(ReadOnlyAdmin):
     list_display = ["login", "name", "email"]
     fields = ["login", "name", "email"]
     search_fields = ["login", "name", "email"]
 
 
-@admin.register(Item)
+@admin.register(Item, site=site)
 class ItemAdmin(ReadOnlyAdmin):
     list_display = ["id", "title", "account"]
     fields = ["title", "account"]
     list_filter = ["account"]
 
 
-@admin.register(AuthorizationCode)
+@admin.register(AuthorizationCode, site=site)
 class AuthorizationCodeAdmin(ReadOnlyAdmin):
     list_display = ["id", "account", "client_id", "scope", "created_at", "expires_at", "used_at"]
     fields = [
@@ -46,7 +61,7 @@ class AuthorizationCodeAdmin(ReadOnlyAdmin):
     list_filter = ["client_id"]
 
 
-@admin.register(Token)
+@admin.register(Token, site=site)
 class TokenAdmin(ReadOnlyAdmin):
     list_display = [
         "id",
@@ -74,7 +89,7 @@ class TokenAdmin(ReadOnlyAdmin):
     list_filter = ["client_id"]
 
 
-@admin.register(RequestLog)
+@admin.register(RequestLog, site=site)
 class RequestLogAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "method", "path", "endpoint", "query_params", "status_code"]
     fields = [

@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
@@ -60,14 +59,12 @@ class Command(BaseCommand):
                 check=True,
             )
 
+        # One admin with one printed password in each demo database: the proxy's, and Demo
+        # Hub's own when it has one, so both admins accept the printed credentials.
         password = secrets.token_urlsafe(12)
-        User = get_user_model()
-        admin, _ = User.objects.get_or_create(
-            username="admin", defaults={"email": "admin@example.invalid"}
-        )
-        admin.is_staff = admin.is_superuser = True
-        admin.set_password(password)
-        admin.save()
+        self.set_admin_password(password, None)
+        if upstream_database:
+            self.set_admin_password(password, upstream_database)
 
         verifier = secrets.token_urlsafe(48)
         challenge = (
@@ -95,6 +92,9 @@ class Command(BaseCommand):
             w(
                 f"  demo upstream (Demo Hub)      {settings.DEMO_UPSTREAM_BASE_URL}/demo-upstream/   accounts: octocat, hubot   password: demo"
             )
+            w(
+                f"  Demo Hub's own admin          {settings.DEMO_UPSTREAM_BASE_URL}/demo-upstream/admin/   user: admin   password: {password}"
+            )
         w("")
         w("1. Register a client:")
         w(f"   curl -s -X POST {base}/register/ -H 'Content-Type: application/json' \\")
@@ -113,12 +113,41 @@ class Command(BaseCommand):
         w(
             f"     -d code=CODE -d redirect_uri={redirect} -d code_verifier={verifier} -d resource={resource}"
         )
+        attacker = "https://attacker.example/callback"
+        w("4. The attack: a second client with the same name and the attacker's redirect URI:")
+        w(f"   curl -s -X POST {base}/register/ -H 'Content-Type: application/json' \\")
+        w(
+            f'     -d \'{{"client_name": "My MCP client", "redirect_uris": ["{attacker}"], "token_endpoint_auth_method": "none"}}\''
+        )
+        w("   then open, in the same browser (ATTACKER_CLIENT_ID from that answer):")
+        w(
+            "   "
+            + authorize.replace("CLIENT_ID", "ATTACKER_CLIENT_ID").replace(
+                quote(redirect, safe=""), quote(attacker, safe="")
+            )
+        )
+        w(
+            "   Demo Hub would skip its own page (it remembers you); mcp-consent shows its consent page,"
+        )
+        w(
+            '   warns that another "My MCP client" sends access elsewhere and that this one goes to attacker.example.'
+        )
         w(f"Or let an MCP client do all of it against the MCP endpoint {resource}:")
         w(f"   MCP_URL={resource} .venv/bin/python docs/examples/sdk_client.py")
         w("")
         if options["no_serve"]:
             return
         self.serve(public.port or 80)
+
+    @staticmethod
+    def set_admin_password(password: str, database_url: str | None) -> None:
+        """The demo admin in one database (the password in the environment, not in argv)."""
+        env = {**os.environ, "DEMO_ADMIN_PASSWORD": password}
+        if database_url:
+            env["DATABASE_URL"] = database_url
+        subprocess.run(  # noqa: S603
+            [sys.executable, "manage.py", "demo_admin"], env=env, cwd=settings.BASE_DIR, check=True
+        )
 
     @staticmethod
     def upstream_database_url() -> str | None:
