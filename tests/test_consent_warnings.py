@@ -140,3 +140,17 @@ def test_dcr19_namesake_with_the_same_hosts_is_no_warning() -> None:
     MCPClientFactory(client_name="Acme Agent", redirect_uris=["https://app.example/other"])
     MCPClientFactory(client_name="Unrelated", redirect_uris=["https://elsewhere.example/cb"])
     assert 'id="namesake-warning"' not in html(Browser().authorize(authorize_params(first)))
+
+
+def test_cd05_operator_registered_client_is_new_to_a_person_who_never_approved_it() -> None:
+    """CD-05: a pre-registered (verified) client gets the page, and the first-time notice, too."""
+    known = MCPClientFactory(client_name="Acme Agent", redirect_uris=["https://app.example/cb"])
+    vetted = MCPClientFactory(
+        client_name="Vetted App",
+        source=RegistrationSource.ADMIN,
+        redirect_uris=["https://vetted.example.com/cb"],
+    )
+    browser = signed_in_with(known)
+    page = html(browser.authorize(authorize_params(vetted)))
+    assert 'name="decision" value="approve"' in page
+    assert FIRST_TIME in page and '<span class="badge verified">Verified</span>' in page
