@@ -15,9 +15,16 @@ from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
-from django.utils.translation import gettext_noop
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def gettext_noop(message: str) -> str:
+    """Marks a string for makemessages (project/locale); the adapter translates it on the page.
+
+    Django's own gettext_noop reads settings, which do not exist yet while this module runs.
+    """
+    return message
 
 
 def env(name: str, default: str = "") -> str:
