@@ -32,7 +32,13 @@ from .clients import (
 )
 from .common import client_ip, user_agent
 from .resource_servers import create_resource_server
-from .revocation import expire_consent, revoke_consent, revoke_consents, revoke_oauth_tokens
+from .revocation import (
+    expire_consent,
+    revoke_consent,
+    revoke_consents,
+    revoke_oauth_tokens,
+    revoke_tokens,
+)
 from .tokens import (
     record_refresh_token_reuse,
     record_token_issued,
@@ -74,6 +80,7 @@ __all__ = [
     "revoke_consent",
     "revoke_consents",
     "revoke_oauth_tokens",
+    "revoke_tokens",
     "revoke_tokens_of_reused_code",
     "secret_hash",
     "update_client",

@@ -11,10 +11,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
-from oauth2_provider.models import get_access_token_model, get_grant_model, get_refresh_token_model
+from oauth2_provider.models import (
+    get_access_token_model,
+    get_application_model,
+    get_grant_model,
+    get_refresh_token_model,
+)
 
 from .. import audit, signals, vault
 from ..models import AuditEvent, Consent, UpstreamToken
@@ -103,14 +109,21 @@ def _retire(
     return secrets
 
 
-def _revoke_upstream(secrets: _UpstreamSecrets | None, actor: audit.ActorInfo) -> None:
-    """UP-09: tell the upstream (best effort; the local copy is gone whatever it answers)."""
+def _revoke_upstream(
+    secrets: _UpstreamSecrets | None,
+    actor: audit.ActorInfo,
+    request: HttpRequest | None = None,
+) -> None:
+    """UP-09: tell the upstream (best effort; the local copy is gone whatever it answers).
+
+    ``request`` puts the address of whoever revoked (an operator, the person) on the event."""
     if secrets is None:
         return
     outcome = revoke_upstream_grant(secrets.access_token, secrets.refresh_token)
     audit.record(
         Action.UPSTREAM_TOKEN_REVOKED,
         actor=actor,
+        request=request,
         consent=secrets.consent,
         details={"outcome": outcome},
     )
@@ -141,7 +154,7 @@ def revoke_consents(
                 count += 1
             taken.append(secrets)
     for secrets in taken:
-        _revoke_upstream(secrets, actor)
+        _revoke_upstream(secrets, actor, request)
     return count
 
 
@@ -169,3 +182,51 @@ def expire_consent(consent: Consent) -> bool:
         secrets = _retire(consent, actor=audit.SYSTEM, reason="expired", request=None, expired=True)
     _revoke_upstream(secrets, audit.SYSTEM)
     return consent.expired_at is not None
+
+
+def revoke_tokens(
+    tokens: Iterable[Any],
+    *,
+    actor: audit.ActorInfo,
+    reason: str,
+    request: HttpRequest | None = None,
+) -> int:
+    """An operator's revocation of selected DOT tokens or codes (SEC-09, REV-04).
+
+    A token is revoked with what its user approved at its client: the consent cascade when a
+    live consent exists (so the upstream token goes too), else that pair's grants and
+    tokens, audited as TOKEN_REVOKED. RFC 7592 registration access tokens (no user) are left
+    alone: they end with their client (disable or delete it). Returns the pairs revoked.
+    """
+    pairs = sorted({(t.user_id, t.application_id) for t in tokens if t.user_id is not None})
+    consents: list[Consent] = []
+    bare: list[tuple[int, int]] = []
+    for user_id, application_id in pairs:
+        live = list(
+            Consent.objects.filter(
+                user_id=user_id,
+                client__application_id=application_id,
+                revoked_at__isnull=True,
+                expired_at__isnull=True,
+            )
+        )
+        if live:
+            consents.extend(live)
+        else:
+            bare.append((user_id, application_id))
+    revoke_consents(consents, actor=actor, reason=reason, request=request)
+    application_model = get_application_model()
+    with transaction.atomic():
+        for user_id, application_id in bare:
+            application = application_model.objects.get(pk=application_id)
+            user = get_user_model().objects.get(pk=user_id)
+            count = revoke_oauth_tokens(user, application)
+            audit.record(
+                Action.TOKEN_REVOKED,
+                actor=actor,
+                request=request,
+                client_id=application.client_id,
+                subject_user_id=user_id,
+                details={"reason": reason, "oauth_tokens_revoked": count, "no_live_consent": True},
+            )
+    return len(pairs)
