@@ -119,7 +119,12 @@ class Consent(models.Model):
 
     class Meta:
         ordering = ["-granted_at"]
-        indexes = [models.Index(fields=["user", "client"])]
+        indexes = [
+            models.Index(fields=["user", "client"]),
+            # The admin's default order (with the pk it adds): a backward index scan, not a
+            # sort of every consent (issue 11).
+            models.Index(fields=["granted_at", "id"], name="mcp_consent_granted_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.user} → {self.client} ({self.scopes})"
@@ -302,9 +307,9 @@ class AuditEvent(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     action = models.CharField(max_length=32, choices=Action.choices, db_index=True)
     actor_type = models.CharField(max_length=10, choices=Actor.choices)
-    actor_user_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    actor_user_id = models.BigIntegerField(null=True, blank=True)  # indexed with id (Meta)
     actor_label = models.CharField(max_length=255, blank=True)
-    subject_user_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    subject_user_id = models.BigIntegerField(null=True, blank=True)  # indexed with id (Meta)
     client_id = models.CharField(max_length=255, blank=True, db_index=True)
     consent_id = models.BigIntegerField(null=True, blank=True)
     ip_address = models.GenericIPAddressField(null=True, blank=True)
@@ -323,6 +328,10 @@ class AuditEvent(models.Model):
         indexes = [
             models.Index(fields=["client_id", "created_at"]),
             models.Index(fields=["chain", "id"], name="mcp_consent_audit_chain_idx"),
+            # A person's latest decisions on Connected apps, newest first, without walking
+            # the whole trail backwards (issue 11).
+            models.Index(fields=["subject_user_id", "id"], name="mcp_consent_subject_idx"),
+            models.Index(fields=["actor_user_id", "id"], name="mcp_consent_actor_idx"),
         ]
 
     def __str__(self) -> str:
