@@ -332,6 +332,8 @@ class AuditEvent(models.Model):
             # the whole trail backwards (issue 11).
             models.Index(fields=["subject_user_id", "id"], name="mcp_consent_subject_idx"),
             models.Index(fields=["actor_user_id", "id"], name="mcp_consent_actor_idx"),
+            # Who revoked each of a person's consents (Connected apps).
+            models.Index(fields=["consent_id"], name="mcp_consent_consent_id_idx"),
         ]
 
     def __str__(self) -> str:

@@ -32,6 +32,10 @@ class Migration(migrations.Migration):
             index=models.Index(fields=['actor_user_id', 'id'], name='mcp_consent_actor_idx'),
         ),
         migrations.AddIndex(
+            model_name='auditevent',
+            index=models.Index(fields=['consent_id'], name='mcp_consent_consent_id_idx'),
+        ),
+        migrations.AddIndex(
             model_name='consent',
             index=models.Index(fields=['granted_at', 'id'], name='mcp_consent_granted_idx'),
         ),
