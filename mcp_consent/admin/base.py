@@ -87,7 +87,8 @@ class EstimatedCountPaginator(Paginator):
         queryset = self.object_list
         if not isinstance(queryset, QuerySet):
             return super().count
-        bounded = queryset.order_by()[: COUNT_CAP + 1].count()
+        # values("pk"): the annotations of the page (correlated counts) stay out of it.
+        bounded = queryset.values("pk").order_by()[: COUNT_CAP + 1].count()
         estimate = self._planner_estimate(queryset)
         if bounded <= COUNT_CAP:
             return bounded
