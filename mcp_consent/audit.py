@@ -80,7 +80,11 @@ DETAILS: Mapping[str, frozenset[str]] = {
     Action.TOKEN_REFRESHED: frozenset(
         {"grant_type", "scopes_granted", "resource", "expires_in", "family"}
     ),
-    Action.TOKEN_REVOKED: frozenset({"grant_still_active"}),
+    # grant_still_active: RFC 7009 by the client; the rest: an operator's revocation of
+    # tokens that had no live consent (flows.revoke_tokens, SEC-09).
+    Action.TOKEN_REVOKED: frozenset(
+        {"grant_still_active", "reason", "oauth_tokens_revoked", "no_live_consent"}
+    ),
     Action.REFRESH_TOKEN_REUSE: frozenset({"family", "family_revoked"}),
     Action.CODE_REUSE: frozenset({"correlation_id", "tokens_revoked"}),
     Action.UPSTREAM_TOKEN_REVOKED: frozenset({"outcome"}),

@@ -395,3 +395,44 @@ def test_consent_auditors_cannot_revoke_tokens(client) -> None:
         },
     )
     assert Consent.objects.get(client=connected.client).revoked_at is None
+
+
+def test_dot_token_without_consent_is_revoked_and_audited(operator_at_desk) -> None:
+    """SEC-09: a token with no live consent behind it still ends through the flow, audited
+    with the operator's reason, the count and the operator's address."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.factories import MCPClientFactory
+
+    client = MCPClientFactory()
+    person = get_user_model().objects.create_user("stray")
+    token = get_access_token_model().objects.create(
+        user=person,
+        application=client.application,
+        token="",
+        token_checksum="f" * 64,
+        expires=timezone.now() + timedelta(hours=1),
+        scope="mcp",
+    )
+    url = reverse("admin:oauth2_provider_accesstoken_changelist")
+    operator_at_desk.post(
+        url,
+        {
+            "action": "revoke_with_consent",
+            "_selected_action": [token.pk],
+            "apply": "1",
+            "reason": "found in a paste",
+        },
+    )
+    assert not get_access_token_model().objects.filter(pk=token.pk).exists()
+    event = AuditEvent.objects.get(action="token_revoked")
+    assert event.actor_type == "operator" and event.ip_address == OPERATOR_IP
+    assert event.subject_user_id == person.pk
+    assert event.client_id == client.application.client_id
+    assert event.details == {
+        "reason": "found in a paste",
+        "oauth_tokens_revoked": 1,
+        "no_live_consent": True,
+    }
