@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,39 @@ from oauth2_provider.settings import oauth2_settings
 from .app_settings import app_settings
 from .models import RegistrationSource
 
-DANGEROUS_SCHEMES = {"javascript", "data", "file", "vbscript", "blob", "about", "filesystem"}
+# DCR-13 / URL-02: never a redirect target, whatever the application type. Script and
+# local-content schemes run or read something in the browser; browser-internal pages and
+# extensions are the browser itself or another extension, not the app that registered;
+# ``intent:`` launches any Android app. The schemes of other protocols are no redirect
+# target at all. Everything else that is not http(s) is a private-use scheme (DCR-11).
+DANGEROUS_SCHEMES = frozenset(
+    {"javascript", "data", "file", "vbscript", "blob", "about", "filesystem", "jar"}
+)
+BROWSER_INTERNAL_SCHEMES = frozenset(
+    {
+        "view-source",
+        "chrome",
+        "chrome-extension",
+        "chrome-untrusted",
+        "chrome-search",
+        "devtools",
+        "edge",
+        "brave",
+        "opera",
+        "vivaldi",
+        "moz-extension",
+        "resource",
+        "ms-browser-extension",
+        "safari-extension",
+        "safari-web-extension",
+        "intent",
+    }
+)
+NOT_REDIRECT_SCHEMES = frozenset(
+    {"ws", "wss", "ftp", "mailto", "tel", "sms", "news", "nntp", "ldap", "ssh", "urn", "git"}
+)
+# RFC 3986 §3.1, lower case only: the URI is compared byte for byte (CD-30), so one spelling.
+SCHEME_RE = re.compile(r"[a-z][a-z0-9+.-]*")
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 SUPPORTED_GRANT_TYPES = {"authorization_code", "refresh_token"}
 SUPPORTED_AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
@@ -63,8 +96,22 @@ def _printable(value: str) -> bool:
     return not any(unicodedata.category(c) in {"Cc", "Cf"} for c in value)
 
 
+def scheme_may_redirect(scheme: str) -> bool:
+    """DCR-13: the last gate before a redirect: never a dangerous or browser-internal scheme."""
+    refused = DANGEROUS_SCHEMES | BROWSER_INTERNAL_SCHEMES | NOT_REDIRECT_SCHEMES
+    return bool(SCHEME_RE.fullmatch(scheme)) and scheme not in refused
+
+
+def is_private_use_scheme(uri: str) -> bool:
+    """A redirect URI of a native app's own scheme (RFC 8252 §7.1), not http(s)."""
+    return urlsplit(uri).scheme.lower() not in {"http", "https"}
+
+
 def validate_redirect_uri(uri: Any) -> str:
-    """Return ``uri`` unchanged if it may be registered, else raise invalid_redirect_uri."""
+    """Return ``uri`` unchanged if it may be registered, else raise invalid_redirect_uri.
+
+    Which application type may use it is decided by ``clean_client_metadata`` (AS-62).
+    """
 
     def refuse(reason: str) -> RegistrationError:
         return RegistrationError("invalid_redirect_uri", f"redirect URI {uri!r} {reason}")
@@ -85,27 +132,58 @@ def validate_redirect_uri(uri: Any) -> str:
     if not scheme:
         raise refuse("is not an absolute URI (DCR-12)")
     if scheme in DANGEROUS_SCHEMES:
-        raise refuse(f"uses the forbidden scheme {scheme!r} (URL-02)")
-    if scheme not in {"https", "http"}:
-        raise refuse("must use https, or http on a loopback address for native apps (DCR-11)")
+        raise refuse(f"uses the forbidden scheme {scheme!r} (URL-02, DCR-13)")
+    if scheme in BROWSER_INTERNAL_SCHEMES:
+        raise refuse(
+            f"uses the browser-internal scheme '{scheme}:'; a native app registers its own "
+            "scheme (e.g. com.example.app:/callback) or a loopback http URI (DCR-13)"
+        )
+    if scheme in NOT_REDIRECT_SCHEMES:
+        raise refuse(f"uses the scheme '{scheme}:', which is no redirect target (DCR-13)")
     if "#" in uri:
         raise refuse("must not contain a fragment (DCR-12)")
     if "*" in uri:
         raise refuse("must not contain wildcards (DCR-14)")
     if parts.username is not None or parts.password is not None:
         raise refuse("must not contain user information")
-    if not parts.hostname:
-        raise refuse("must contain a host")
     try:
         parts.port  # noqa: B018 - a non-numeric port (e.g. ':*') raises here
     except ValueError:
         raise refuse("has an invalid port (DCR-14)") from None
-    if scheme == "http" and not is_loopback_host(parts.hostname):
-        # BCP-14 / RFC 9700 §2.6: http redirect URIs only for native apps on loopback.
-        raise refuse("uses http off loopback; use https (DCR-11)")
     if any(segment in {".", ".."} for segment in parts.path.split("/")):
         raise refuse("must not contain dot path segments")
+    if scheme in {"https", "http"}:
+        if not parts.hostname:
+            raise refuse("must contain a host")
+        if scheme == "http" and not is_loopback_host(parts.hostname):
+            # BCP-14 / RFC 9700 §2.6: http redirect URIs only for native apps on loopback.
+            raise refuse("uses http off loopback; use https (DCR-11)")
+        return uri
+    _validate_private_use(uri, uri.partition(":")[0], refuse)  # urlsplit lowers the scheme
     return uri
+
+
+def _validate_private_use(uri: str, scheme: str, refuse: Any) -> None:
+    """DCR-11 / DCR-12: ``scheme:/path`` (RFC 8252 §7.1) or ``scheme://authority/path``.
+
+    The reverse-domain form is preferred (OAuth 2.1 §2.3.1) but not required: shipping
+    desktop clients register ``cursor://anysphere.cursor-mcp/oauth/callback``. Refused: an
+    upper-case scheme (it would come back in another spelling than registered), no path
+    (``cursor:``), an empty authority (``cursor:///cb`` aliases ``cursor:/cb``) and opaque
+    forms without a slash (``cursor:cb``), which no RFC 8252 client sends.
+    """
+    if not SCHEME_RE.fullmatch(scheme):
+        raise refuse(f"must spell its scheme in lower case, e.g. '{scheme.lower()}:' (DCR-12)")
+    rest = uri[len(scheme) + 1 :]
+    if rest.startswith("//"):
+        authority, _, path = rest[2:].partition("/")
+        if not authority or not path:
+            raise refuse(
+                "needs a host and a path after '//', or the form "
+                f"'{scheme}:/path' (RFC 8252 §7.1, DCR-12)"
+            )
+    elif not rest.startswith("/") or len(rest) < 2:
+        raise refuse(f"must have the form '{scheme}:/path' (RFC 8252 §7.1, DCR-12)")
 
 
 def _optional_str(data: dict[str, Any], key: str, max_length: int = 255) -> str:
@@ -212,21 +290,32 @@ def clean_client_metadata(data: Any, source: str) -> ClientMetadata:
     uris = list(dict.fromkeys(validate_redirect_uri(uri) for uri in redirect_uris))
 
     application_type = data.get("application_type")
+    loopback = [u for u in uris if is_loopback_host(urlsplit(u).hostname)]
+    private_use = [u for u in uris if is_private_use_scheme(u)]
     if application_type is None:
-        # AS-62: never default to "web" and then refuse the loopback URIs it was sent with.
-        application_type = (
-            "native" if any(is_loopback_host(urlsplit(u).hostname) for u in uris) else "web"
-        )
+        # AS-62: never default to "web" and then refuse the loopback or private-use URIs it
+        # was sent with; those are what native apps register (RFC 8252, DCR-11).
+        application_type = "native" if loopback or private_use else "web"
     if application_type not in {"native", "web"}:
         raise RegistrationError(
-            "invalid_client_metadata", "application_type must be 'native' or 'web'"
+            "invalid_client_metadata",
+            f"application_type must be 'native' or 'web', not {application_type!r}",
         )
-    if application_type == "web" and any(is_loopback_host(urlsplit(u).hostname) for u in uris):
+    if application_type == "web" and loopback:
         # AS-62: say why instead of silently defaulting and failing later.
         raise RegistrationError(
             "invalid_redirect_uri",
             "application_type 'web' requires https redirect URIs off loopback; "
             "register loopback redirect URIs with application_type 'native'",
+        )
+    if application_type == "web" and private_use:
+        # DCR-13: a private-use scheme is claimed by an app on the person's device, never
+        # by a web application.
+        scheme = urlsplit(private_use[0]).scheme
+        raise RegistrationError(
+            "invalid_redirect_uri",
+            f"application_type 'web' requires https redirect URIs; '{scheme}:' is the "
+            "private-use scheme of a native app: register it with application_type 'native'",
         )
 
     default_method = "none" if source == RegistrationSource.CIMD else "client_secret_basic"

@@ -811,3 +811,92 @@ def test_dcr_12_redirect_uri_that_is_not_an_rfc3986_uri_is_refused(client, uri):
     assert_registration_error(
         register(client, public_metadata(redirect_uris=[uri])), "invalid_redirect_uri"
     )
+
+
+# --- DCR-11 / DCR-13 (revised 2026-12): private-use URI schemes of native clients ---------------
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "cursor://anysphere.cursor-mcp/oauth/callback",
+        "vscode://vscode.github-authentication/did-authenticate",
+        "com.example.app:/oauth2redirect",
+        "claude:/callback",
+    ],
+)
+@pytest.mark.parametrize("application_type", ["native", None])
+def test_dcr_11_private_use_scheme_is_accepted_for_native_clients(client, uri, application_type):
+    """DCR-11 (RFC 8252 §7.1): a desktop app's own scheme, with or without a dot."""
+    metadata = public_metadata(redirect_uris=[uri], application_type=application_type)
+    if application_type is None:
+        del metadata["application_type"]
+    response = register(client, metadata)
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["redirect_uris"] == [uri]
+    assert body["application_type"] == "native"
+    assert RedirectURI.objects.filter(uri=uri).exists()
+
+
+def test_dcr_13_private_use_scheme_is_refused_for_web_clients(client):
+    """DCR-13 / AS-62: a web client redirects over https; the description says what to change."""
+    before = row_counts()
+    response = register(
+        client,
+        public_metadata(
+            redirect_uris=["cursor://anysphere.cursor-mcp/oauth/callback"], application_type="web"
+        ),
+    )
+    body = assert_registration_error(response, "invalid_redirect_uri")
+    assert "'cursor:'" in body["error_description"]
+    assert "application_type 'native'" in body["error_description"]
+    assert row_counts() == before
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "about:blank",
+        "filesystem:https://app.example.com/temporary/x",
+        "view-source:https://app.example.com/",
+        "chrome://settings/",
+        "chrome-extension://abcdefghijklmnop/cb.html",
+        "edge://settings/",
+        "moz-extension://0b7a3c1e/cb.html",
+        "intent://cb#Intent;scheme=http;end",
+        "ws://127.0.0.1:8080/cb",
+        "wss://app.example.com/cb",
+        "mailto:someone@app.example.com",
+    ],
+)
+@pytest.mark.parametrize("application_type", ["native", None])
+def test_dcr_13_browser_internal_and_non_redirect_schemes_are_refused(
+    client, uri, application_type
+):
+    """DCR-13: browser-internal schemes and schemes that are no redirect target, even for native."""
+    metadata = public_metadata(redirect_uris=[uri], application_type=application_type)
+    if application_type is None:
+        del metadata["application_type"]
+    before = row_counts()
+    body = assert_registration_error(register(client, metadata), "invalid_redirect_uri")
+    assert "scheme" in body["error_description"]
+    assert row_counts() == before
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["cursor:", "cursor://", "cursor:///callback", "cursor:callback", "Cursor://x/cb", "1app:/cb"],
+)
+def test_dcr_12_malformed_private_use_uris_are_refused(client, uri):
+    """DCR-12: scheme:/path or scheme://authority/path; nothing that aliases or has no target.
+
+    ``cursor:///callback`` aliases ``cursor:/callback``; an upper-case scheme would be sent
+    back in another spelling than registered (RFC 3986 schemes compare case-insensitively).
+    """
+    before = row_counts()
+    assert_registration_error(
+        register(client, public_metadata(redirect_uris=[uri], application_type="native")),
+        "invalid_redirect_uri",
+    )
+    assert row_counts() == before

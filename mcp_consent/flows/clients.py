@@ -6,6 +6,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
@@ -58,6 +59,13 @@ def _apply_metadata(application: Any, metadata: ClientMetadata) -> None:
     application.name = metadata.client_name
     application.redirect_uris = " ".join(metadata.redirect_uris)
     application.authorization_grant_type = application.GRANT_AUTHORIZATION_CODE
+    # DCR-11: DOT's Application.clean checks every redirect URI's scheme against one static
+    # list (ALLOWED_REDIRECT_URI_SCHEMES); a native app's private-use scheme is per client.
+    # mcp_consent.registration is the policy and approved these URIs: let DOT's model accept
+    # their schemes, on this instance only (Application.get_allowed_schemes is DOT's hook).
+    schemes = {urlsplit(uri).scheme for uri in metadata.redirect_uris}
+    allowed = sorted(schemes | set(oauth2_settings.ALLOWED_REDIRECT_URI_SCHEMES))
+    application.get_allowed_schemes = lambda: allowed
 
 
 def _issue_registration_token(application: Any) -> str:

@@ -34,6 +34,7 @@ from .. import flows, ratelimit
 from ..adapter import get_adapter
 from ..app_settings import app_settings
 from ..models import Consent, MCPClient, RegistrationSource
+from ..registration import is_private_use_scheme
 from .common import (
     as_authorization_request,
     browser_binding,
@@ -100,6 +101,19 @@ def fatal_error(request: HttpRequest, error: FatalClientError) -> HttpResponse:
         )
         % {"description": description},
     )
+
+
+def _redirect_parts(uri: str) -> dict[str, str]:
+    """LH-02: the redirect URI as registered, its host set apart (none for ``app:/path``)."""
+    parts = urlsplit(uri)
+    if not parts.netloc:
+        return {"redirect_scheme": "", "redirect_host": "", "redirect_rest": uri}
+    lead = uri.index("//") + 2
+    return {
+        "redirect_scheme": uri[:lead],
+        "redirect_host": uri[lead : lead + len(parts.netloc)],
+        "redirect_rest": uri[lead + len(parts.netloc) :],
+    }
 
 
 @method_decorator(login_not_required, name="dispatch")
@@ -214,11 +228,11 @@ class AuthorizeView(AuthorizationView):
             if client.registration_source == RegistrationSource.CIMD
             else "",
             "redirect_uri": ar.redirect_uri,
-            "redirect_scheme": f"{redirect.scheme}://",
-            "redirect_host": redirect.netloc,
-            "redirect_rest": ar.redirect_uri[len(redirect.scheme) + 3 + len(redirect.netloc) :],
+            **_redirect_parts(ar.redirect_uri),
             # CD-01, CD-12, LH-01, LH-02, DCR-19: first time, namesakes, where access goes.
             **risk_context(request, client, ar.redirect_uri),
+            # DCR-13 / LH-01: like loopback, any program on this computer can claim the scheme.
+            "private_scheme": redirect.scheme if is_private_use_scheme(ar.redirect_uri) else "",
             "scopes": get_adapter(request).scope_descriptions(ar.scopes),
             "upstream_name": upstream_config.name,
             "upstream_scopes": upstream_config.upstream_scopes_for(ar.scopes),

@@ -24,6 +24,7 @@ from django.utils.translation import gettext as _
 
 from .. import upstream
 from ..app_settings import app_settings
+from ..registration import scheme_may_redirect
 
 # CD-15 / BCP-11: the Referer must never carry one of our URLs (state, code_challenge, codes)
 # to another origin. Two policies, chosen for every response in one place (protect_page):
@@ -81,9 +82,15 @@ def protect_page(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpRes
 
 
 class ClientRedirect(HttpResponseRedirect):
-    """A redirect to a validated client redirect URI (only http/https were registered)."""
+    """A redirect to a validated client redirect URI: http(s), or the private-use scheme of
+    a native client (DCR-11), never a dangerous or browser-internal one (DCR-13)."""
 
-    allowed_schemes = ["http", "https"]
+    def __init__(self, redirect_to: str, *args: Any, **kwargs: Any) -> None:
+        scheme = urlsplit(redirect_to).scheme
+        self.allowed_schemes = ["http", "https"]
+        if scheme_may_redirect(scheme):
+            self.allowed_schemes.append(scheme)
+        super().__init__(redirect_to, *args, **kwargs)
 
 
 def with_params(uri: str, params: dict[str, str | None]) -> str:

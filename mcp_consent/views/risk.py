@@ -110,6 +110,7 @@ def risk_context(request: HttpRequest, client: MCPClient, redirect_uri: str) -> 
         # LH-02 / CD-12: the same weight for a remote address of an unverified client as for
         # a loopback one: anyone can register either under any name.
         "remote_unverified": bool(redirect.hostname)
+        and redirect.scheme in {"http", "https"}  # a private-use scheme has its own warning
         and not is_loopback_host(redirect.hostname)
         and not client.verified,
         "redirect_destination": destination(redirect.hostname),
