@@ -39,7 +39,10 @@ def main() -> None:
     shown: dict[str, list[str]] = {}
 
     setup_test_environment()
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        "mcp_consent.hashers.ClientSecretHasher",
+    ]
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)

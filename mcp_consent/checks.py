@@ -10,11 +10,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.contrib.auth.hashers import get_hasher
 from django.core.checks import Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 from oauth2_provider.settings import oauth2_settings
 
 from .app_settings import PROVIDER_PRESETS, app_settings, canonical_resource
+from .hashers import ClientSecretHasher
 
 
 def E001() -> Error:
@@ -111,6 +113,19 @@ W005 = Warning(
     hint="Use a shared cache in production, e.g. Django's RedisCache (REDIS_URL in the demo project).",
     id="mcp_consent.W005",
 )
+W006 = Warning(
+    "OAUTH2_PROVIDER['CLIENT_SECRET_HASHER'] is a key-stretching password hasher: each "
+    "confidential registration spends a full password-hash run (~0.4 s with PBKDF2).",
+    hint="Add 'mcp_consent.hashers.ClientSecretHasher' at the end of PASSWORD_HASHERS and set "
+    "CLIENT_SECRET_HASHER to 'mcp_consent_sha256' (DCR-02); old hashes keep verifying.",
+    id="mcp_consent.W006",
+)
+E013 = Error(
+    "OAUTH2_PROVIDER['CLIENT_SECRET_HASHER'] names a hasher that is not in PASSWORD_HASHERS.",
+    hint="Confidential registrations would fail: list the hasher in PASSWORD_HASHERS, e.g. "
+    "'mcp_consent.hashers.ClientSecretHasher' for 'mcp_consent_sha256'.",
+    id="mcp_consent.E013",
+)
 W003 = Warning(
     "Access tokens or codes are stored in clear (COMPLIANT_BCP_RFC9700_TOKEN_STORAGE is off).",
     hint="Set COMPLIANT_BCP_RFC9700_TOKEN_STORAGE=True (AS-47).",
@@ -193,6 +208,13 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         messages.append(W004)
     if not upstream.pkce:
         messages.append(W002)
+    try:
+        hasher = get_hasher(oauth2_settings.CLIENT_SECRET_HASHER)
+    except ValueError:
+        messages.append(E013)
+    else:
+        if oauth2_settings.DCR_ENABLED and not isinstance(hasher, ClientSecretHasher):
+            messages.append(W006)
     return messages
 
 

@@ -148,6 +148,17 @@ if REDIS_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+# People's passwords keep Django's key-stretching hashers; machine-generated client secrets
+# get one keyed SHA-256 (mcp_consent.hashers, DOT's CLIENT_SECRET_HASHER below).
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+    "mcp_consent.hashers.ClientSecretHasher",
+]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -231,6 +242,9 @@ OAUTH2_PROVIDER = {
     "ROTATE_REFRESH_TOKEN": True,
     "REFRESH_TOKEN_REUSE_PROTECTION": True,  # AS-44: reuse revokes the family
     "REFRESH_TOKEN_GRACE_PERIOD_SECONDS": 0,
+    # Client secrets are 128 random characters: one keyed SHA-256, not PBKDF2's ~0.4 s per
+    # registration (mcp_consent.hashers; PBKDF2 hashes of earlier versions still verify).
+    "CLIENT_SECRET_HASHER": "mcp_consent_sha256",
     "ALLOWED_REDIRECT_URI_SCHEMES": ["http", "https"],
     "ALLOW_URI_WILDCARDS": False,
     # CD-33: RFC 8252 loopback clients may use any port; MCP clients commonly register

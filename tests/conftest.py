@@ -22,7 +22,10 @@ def pytest_configure(config: pytest.Config) -> None:
     from django.conf import settings
 
     # Tests log in to the demo upstream many times: a fast hasher keeps the suite quick.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        "mcp_consent.hashers.ClientSecretHasher",
+    ]
     _flush_may_truncate_the_audit_trail()
 
 

@@ -46,6 +46,7 @@ def _fast_upstream_login(settings) -> None:
     settings.PASSWORD_HASHERS = [
         "django.contrib.auth.hashers.MD5PasswordHasher",
         "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+        "mcp_consent.hashers.ClientSecretHasher",
     ]
     Account.objects.update(password=make_password("demo"))
 

@@ -33,12 +33,14 @@ from mcp_consent.checks import (
     E010,
     E011,
     E012,
+    E013,
     E030,
     W001,
     W002,
     W003,
     W004,
     W005,
+    W006,
     check_configuration,
     check_deployment,
 )
@@ -443,6 +445,23 @@ def test_w004_registration_without_rate_limit_warns():
     with override_settings(MCP_CONSENT=mcp_consent(RATE_LIMITS={"token": (10, 60)})):
         assert W004 in check_configuration()
     assert W004 not in check_configuration()
+
+
+def test_w006_slow_client_secret_hasher_warns():
+    """W006 / DCR-02: a key-stretching hasher makes every confidential registration costly."""
+    hashers = ["django.contrib.auth.hashers.PBKDF2PasswordHasher", *settings.PASSWORD_HASHERS]
+    with override_settings(
+        PASSWORD_HASHERS=hashers, OAUTH2_PROVIDER=oauth2(CLIENT_SECRET_HASHER="default")
+    ):
+        assert W006 in check_configuration()
+    assert W006 not in check_configuration()
+
+
+def test_e013_unknown_client_secret_hasher_is_an_error():
+    """E013: confidential registrations would fail at the first secret."""
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        assert E013 in check_configuration()
+    assert E013 not in check_configuration()
 
 
 def test_w005_per_process_rate_limit_cache_warns_under_deploy():

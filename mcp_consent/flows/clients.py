@@ -194,7 +194,10 @@ def register_client(
     _apply_metadata(application, metadata)
     raw_secret = None if metadata.is_public else application.client_secret
     if metadata.is_public:
+        # A public client has no secret (DCR-04, DCR-16): store none, so DOT's field does
+        # not hash an empty string (a full password-hasher run per registration).
         application.client_secret = ""
+        application.hash_client_secret = False
     application.full_clean(exclude=["client_secret"])
     with transaction.atomic():
         application.save()
