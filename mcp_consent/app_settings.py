@@ -136,12 +136,36 @@ class UpstreamConfig:
         return wanted
 
 
-RATE_LIMIT_DEFAULTS: dict[str, tuple[int, int]] = {
-    "register": (20, 3600),
-    "authorize": (120, 60),
-    "token": (120, 60),
+@dataclass(frozen=True)
+class Rate:
+    """A token bucket: ``burst`` requests at once, refilled at ``per_minute``."""
+
+    burst: int
+    per_minute: float
+
+    @classmethod
+    def parse(cls, value: Any) -> Rate:
+        if isinstance(value, Rate):
+            return value
+        if isinstance(value, dict):
+            return cls(int(value["burst"]), float(value["per_minute"]))
+        burst, seconds = value  # (N, seconds): N at once, refilled over that many seconds
+        return cls(int(burst), 60.0 * int(burst) / float(seconds))
+
+
+# ABUSE-01/02 (docs/abuse-limits.md): an office behind one NAT address or a conformance
+# suite from one machine stays under these; a tight flood does not. "register" and
+# "authorize" and "connections" count every request (each may write); the others count
+# only failures, as django-axes counts failed logins, so busy legitimate use never hits them.
+DEFAULT_RATE_LIMITS: dict[str, dict[str, float]] = {
+    "register": {"burst": 150, "per_minute": 120},
+    "authorize": {"burst": 200, "per_minute": 240},
+    "connections": {"burst": 60, "per_minute": 60},
+    "revoke": {"burst": 100, "per_minute": 120},
+    "token": {"burst": 60, "per_minute": 60},
+    "introspect": {"burst": 60, "per_minute": 60},
+    "callback": {"burst": 60, "per_minute": 60},
 }
-"""Per-IP (requests, seconds) of each rate-limited endpoint; its keys are the known names."""
 
 
 class AppSettings:
@@ -165,7 +189,7 @@ class AppSettings:
         found: list[tuple[str, str, list[str]]] = []
         nested = {
             "UPSTREAM": sorted(name.upper() for name in UpstreamConfig.__dataclass_fields__),
-            "RATE_LIMITS": sorted(RATE_LIMIT_DEFAULTS),
+            "RATE_LIMITS": sorted(DEFAULT_RATE_LIMITS),
         }
         dicts: list[tuple[str, Any, list[str]]] = [("MCP_CONSENT", self._raw, self.known_keys())]
         dicts += [(f"MCP_CONSENT[{k!r}]", self._raw.get(k), known) for k, known in nested.items()]
@@ -250,15 +274,46 @@ class AppSettings:
         return str(self._get("TRANSACTION_COOKIE_NAME", "__Host-mcp_consent_tx"))
 
     @property
-    def RATE_LIMITS(self) -> dict[str, tuple[int, int]]:
-        """Per-IP (requests, seconds) for "register", "authorize", "token"; {} turns them off."""
-        raw = self._get("RATE_LIMITS", RATE_LIMIT_DEFAULTS)
-        return {k: tuple(v) for k, v in raw.items()}  # type: ignore[misc]
+    def RATE_LIMITS(self) -> dict[str, Rate]:
+        """Token buckets per client address and endpoint (docs/abuse-limits.md); replaces
+        DEFAULT_RATE_LIMITS as a whole, ``{}`` turns them off. A value is
+        ``{"burst": N, "per_minute": M}`` or ``(N, seconds)``: N at once, refilled over seconds."""
+        raw = self._get("RATE_LIMITS", DEFAULT_RATE_LIMITS)
+        return {str(k): Rate.parse(v) for k, v in raw.items() if v}
+
+    @property
+    def RATE_LIMIT_AUDIT_WINDOW(self) -> int:
+        """ABUSE-01: seconds per aggregate audit event of refused anonymous requests per address."""
+        return int(self._get("RATE_LIMIT_AUDIT_WINDOW", 300))
+
+    @property
+    def TRUSTED_PROXY_COUNT(self) -> int:
+        """How many reverse proxies in front of the app append to CLIENT_IP_HEADER; 0 (the
+        default): the client address is REMOTE_ADDR and forwarding headers are ignored."""
+        return int(self._get("TRUSTED_PROXY_COUNT", 0))
+
+    @property
+    def CLIENT_IP_HEADER(self) -> str:
+        """The request.META key the trusted proxies append the client address to."""
+        return str(self._get("CLIENT_IP_HEADER", "HTTP_X_FORWARDED_FOR"))
 
     @property
     def MAX_UNUSED_DCR_CLIENTS(self) -> int:
-        """Refuse new dynamic registrations while this many DCR clients were never used."""
+        """Last resort, all addresses together: refuse new registrations (logged and
+        audited) while this many DCR and CIMD clients were never used (ABUSE-03)."""
         return int(self._get("MAX_UNUSED_DCR_CLIENTS", 5000))
+
+    @property
+    def MAX_UNUSED_CLIENTS_PER_ADDRESS(self) -> int:
+        """ABUSE-03: never-used clients one address may have registered at a time."""
+        return int(self._get("MAX_UNUSED_CLIENTS_PER_ADDRESS", 200))
+
+    @property
+    def UNUSED_CLIENT_TTL(self) -> int:
+        """ABUSE-03: seconds a DCR or CIMD client may stay without a completed authorization
+        before expiry and `mcp_consent_cleanup` remove it (an MCP client registers right
+        before it authorizes)."""
+        return int(self._get("UNUSED_CLIENT_TTL", 3600))
 
     @property
     def UNUSED_CLIENT_DAYS(self) -> int:

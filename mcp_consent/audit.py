@@ -33,6 +33,7 @@ from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest
 
+from .addresses import client_ip
 from .app_settings import app_settings
 from .models import AuditChainHead, AuditEvent, Consent, MCPClient
 
@@ -72,7 +73,9 @@ DETAILS: Mapping[str, frozenset[str]] = {
     Action.CONSENT_REVOKED: frozenset({"reason", "oauth_tokens_revoked", "scopes"}),
     Action.CONSENT_EXPIRED: frozenset({"reason", "oauth_tokens_revoked", "scopes"}),
     Action.CALLBACK_ACCEPTED: frozenset({"correlation_id", "upstream_login"}),
-    Action.CALLBACK_REFUSED: frozenset({"reason", "outcome", "correlation_id"}),
+    Action.CALLBACK_REFUSED: frozenset(
+        {"reason", "outcome", "correlation_id", "aggregated_seconds"}
+    ),
     Action.SIGNED_IN: frozenset({"correlation_id", "upstream_login"}),
     Action.TOKEN_ISSUED: frozenset(
         {"grant_type", "scopes_granted", "resource", "expires_in", "family"}
@@ -268,7 +271,7 @@ def record(
     ip = None
     agent = ""
     if request is not None:
-        ip = request.META.get("REMOTE_ADDR") or None
+        ip = client_ip(request)
         agent = request.META.get("HTTP_USER_AGENT", "")[:512]
     if consent is not None and subject_user_id is None:
         subject_user_id = consent.user_id

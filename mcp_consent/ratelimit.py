@@ -1,7 +1,19 @@
-"""Per-IP rate limits through Django's cache (DCR-02; Redis in production, one counter for
-all app servers — LocMemCache counts per process, which check --deploy warns about).
+"""Token buckets per client address and endpoint, in Django's cache (ABUSE-01, ABUSE-02, DCR-02).
 
-Fixed windows: ``limit`` requests per ``window`` seconds per client IP and endpoint.
+Each (endpoint, address) has a bucket of ``burst`` tokens refilled at ``per_minute``: an
+office behind one NAT address or a test suite from one machine spends its burst and keeps
+going at the sustained rate; a tight flood empties it and gets 429 with Retry-After.
+
+The bucket is one integer, its "theoretical arrival time" in milliseconds (GCRA, the
+token bucket in one number): a request adds one emission interval to it and is refused
+when that lies more than ``burst`` intervals ahead of now. ``cache.incr`` is atomic in
+Redis and in LocMemCache, so app servers sharing Redis count together; the only race, two
+requests catching up an idle bucket at once, forgives a request instead of refusing one.
+LocMemCache counts per process (check --deploy warns, W005).
+
+Endpoints that can tell count only *failures* (an unknown state, a bad client
+credential), the way django-axes counts failed logins: ``refused`` before the work,
+``failed`` after it failed, so legitimate traffic never empties the bucket.
 """
 
 from __future__ import annotations
@@ -14,33 +26,86 @@ from dataclasses import dataclass
 from django.core.cache import cache
 from django.http import HttpRequest
 
-from .app_settings import app_settings
+from .addresses import client_ip
+from .app_settings import Rate, app_settings
+
+PREFIX = "mcp_consent:ratelimit"
 
 
 @dataclass(frozen=True)
 class Limited:
     retry_after: int
-    first_refusal: bool  # audit once per window, not once per flooded request
+    first_refusal: bool  # audit once per address and window, not once per flooded request
+
+
+def _key(scope: str, request: HttpRequest) -> str:
+    address = client_ip(request) or "unknown"
+    return f"{PREFIX}:{scope}:{hashlib.sha256(address.encode()).hexdigest()[:32]}"
+
+
+def _interval_ms(rule: Rate) -> int:
+    return max(1, math.ceil(60_000 / rule.per_minute))
+
+
+def _limited(scope: str, request: HttpRequest, ahead_ms: int, rule: Rate) -> Limited:
+    retry = max(1, math.ceil((ahead_ms - _interval_ms(rule) * rule.burst) / 1000))
+    return Limited(retry_after=retry, first_refusal=first_in_window(scope, request))
 
 
 def hit(scope: str, request: HttpRequest) -> Limited | None:
-    """Count one request; a Limited when this IP is over the limit for ``scope``."""
+    """Take one token from this address's bucket for ``scope``; a Limited when it is empty."""
     rule = app_settings.RATE_LIMITS.get(scope)
-    if not rule:
+    if rule is None:
         return None
-    limit, window = int(rule[0]), int(rule[1])
-    now = time.time()
-    bucket = int(now // window)
-    ip = request.META.get("REMOTE_ADDR", "") or "unknown"
-    key = f"mcp_consent:ratelimit:{scope}:{hashlib.sha256(ip.encode()).hexdigest()[:32]}:{bucket}"
-    cache.add(key, 0, timeout=window + 5)
+    interval = _interval_ms(rule)
+    capacity = interval * rule.burst
+    key = _key(scope, request)
+    now = int(time.time() * 1000)
+    ttl = math.ceil(capacity / 1000) + 5  # an expired bucket is a full one
+    cache.add(key, now, timeout=ttl)
     try:
-        count = cache.incr(key)
+        arrival = int(cache.incr(key, interval))
     except ValueError:  # evicted between add and incr
-        cache.set(key, 1, timeout=window + 5)
-        count = 1
-    if count <= limit:
+        arrival = now + interval
+        cache.set(key, arrival, timeout=ttl)
+    if arrival < now + interval:
+        # The bucket refilled completely while idle: restart it from now.
+        arrival = now + interval
+        cache.set(key, arrival, timeout=ttl)
+    if arrival - now > capacity:
+        try:
+            cache.decr(key, interval)  # a refused request takes no token
+        except ValueError:
+            pass
+        return _limited(scope, request, arrival - now, rule)
+    cache.touch(key, ttl)
+    return None
+
+
+def refused(scope: str, request: HttpRequest) -> Limited | None:
+    """For failure-counted endpoints: a Limited when this address failed too often, without
+    counting this request (``failed`` does that once it has failed)."""
+    rule = app_settings.RATE_LIMITS.get(scope)
+    if rule is None:
         return None
-    return Limited(
-        retry_after=max(1, math.ceil((bucket + 1) * window - now)), first_refusal=count == limit + 1
-    )
+    arrival = cache.get(_key(scope, request))
+    now = int(time.time() * 1000)
+    if (
+        arrival is None
+        or int(arrival) + _interval_ms(rule) - now <= _interval_ms(rule) * rule.burst
+    ):
+        return None
+    return _limited(scope, request, int(arrival) + _interval_ms(rule) - now, rule)
+
+
+def failed(scope: str, request: HttpRequest) -> None:
+    """Count one failure of this address at ``scope``."""
+    hit(scope, request)
+
+
+def first_in_window(scope: str, request: HttpRequest) -> bool:
+    """True once per address, ``scope`` and RATE_LIMIT_AUDIT_WINDOW: refusals of anonymous
+    junk are audited in aggregate, not one row each (ABUSE-01)."""
+    window = max(1, app_settings.RATE_LIMIT_AUDIT_WINDOW)
+    bucket = int(time.time() // window)
+    return bool(cache.add(f"{_key(scope, request)}:audited:{bucket}", 1, timeout=window + 5))

@@ -11,14 +11,13 @@ At the root because the issuer has no path: under a prefix such as ``o/`` the is
 
 from django.urls import path
 from django.views.decorators.debug import sensitive_post_parameters
-from oauth2_provider import views as dot_views
 
 from .cors import public_cors
 from .views.authorize import AuthorizeView
 from .views.connections import ConnectionsView
 from .views.registration import RegistrationManagementView, RegistrationView
 from .views.resource import IntrospectionView, ProtectedResourceMetadataView
-from .views.token import SENSITIVE_POST, ServerMetadataView, TokenView
+from .views.token import SENSITIVE_POST, RevokeTokenView, ServerMetadataView, TokenView
 from .views.upstream import UpstreamCallbackView
 
 app_name = "mcp_consent"
@@ -53,9 +52,7 @@ oauth2_urls = (
         path("token/", public_cors(TokenView.as_view()), name="token"),
         path(
             "revoke/",
-            public_cors(
-                sensitive_post_parameters(*SENSITIVE_POST)(dot_views.RevokeTokenView.as_view())
-            ),
+            public_cors(RevokeTokenView.as_view()),
             name="revoke-token",
         ),
         # RFC 7662 for MCP servers running as separate services (INT-01..03); DOT's metadata

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -14,7 +15,7 @@ from tests.factories import MCPClientFactory
 pytestmark = pytest.mark.django_db
 
 
-def register(client: Client, ip: str = "203.0.113.7") -> object:
+def register(client: Client, ip: str = "203.0.113.7", **headers: str) -> Any:
     body = {"redirect_uris": ["https://app.example/cb"], "token_endpoint_auth_method": "none"}
     return client.post(
         "/register/",
@@ -22,6 +23,7 @@ def register(client: Client, ip: str = "203.0.113.7") -> object:
         content_type="application/json",
         HTTP_HOST=PROXY_HOST,
         REMOTE_ADDR=ip,
+        **headers,
     )
 
 
@@ -80,3 +82,168 @@ def test_cap_on_unused_dcr_clients(settings) -> None:
 
     MCPClient.objects.filter(pk=MCPClient.objects.first().pk).update(last_used_at=timezone.now())
     assert register(client).status_code == 201
+
+
+# --- Token buckets with the defaults (ABUSE-01, ABUSE-02) --------------------------------------
+
+
+def test_abuse_02_sixty_registrations_from_one_address_in_a_minute_succeed() -> None:
+    """ABUSE-02: a NAT'd office registers 60 clients within a minute with the defaults."""
+    client = Client()
+    assert [register(client).status_code for _ in range(60)] == [201] * 60
+
+
+def test_abuse_02_a_conformance_suite_from_one_machine_is_not_refused() -> None:
+    """ABUSE-02: ~150 registrations and 100 authorizations at once from one address."""
+    client = Client()
+    assert [register(client).status_code for _ in range(150)] == [201] * 150
+    params = authorize_params(MCPClient.objects.first())
+    codes = [
+        client.get("/authorize/", params, HTTP_HOST=PROXY_HOST, REMOTE_ADDR="203.0.113.7")
+        for _ in range(100)
+    ]
+    assert {c.status_code for c in codes} == {200}
+
+
+def test_abuse_01_a_tight_registration_flood_gets_429_with_retry_after_before_its_end() -> None:
+    """ABUSE-01 / DCR-02: 300 registrations in a tight loop: 429 before the end, no 5xx."""
+    client = Client()
+    answers = [register(client) for _ in range(300)]
+    statuses = [a.status_code for a in answers]
+    assert 429 in statuses
+    assert statuses.index(429) < 299
+    assert all(s < 500 for s in statuses)
+    assert set(statuses) == {201, 429}
+    refusals = [a for a in answers if a.status_code == 429]
+    assert all(int(a["Retry-After"]) >= 1 for a in refusals)
+    # One aggregate audit event for the address, not one per refused request.
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.REGISTRATION_REFUSED).count() == 1
+
+
+def test_token_bucket_refills_at_its_sustained_rate(settings, monkeypatch) -> None:
+    """The bucket: `burst` at once, then one more per interval; Retry-After says when."""
+    settings.MCP_CONSENT = {
+        **settings.MCP_CONSENT,
+        "RATE_LIMITS": {"register": {"burst": 5, "per_minute": 30}},
+    }
+    now = [1_000_000.0]
+    monkeypatch.setattr("mcp_consent.ratelimit.time.time", lambda: now[0])
+    client = Client()
+    assert [register(client).status_code for _ in range(6)] == [201] * 5 + [429]
+    assert register(client)["Retry-After"] == "2"
+    now[0] += 2.0
+    assert [register(client).status_code for _ in range(2)] == [201, 429]
+    now[0] += 10.0
+    assert [register(client).status_code for _ in range(6)] == [201] * 5 + [429]
+
+
+JUNK = {
+    "callback": lambda c, i: c.get(
+        "/upstream/callback/", {"state": f"junk-{i}", "code": "x"}, HTTP_HOST=PROXY_HOST
+    ),
+    "revoke": lambda c, i: c.post(
+        "/revoke/", {"token": f"junk-{i}", "client_id": "junk"}, HTTP_HOST=PROXY_HOST
+    ),
+    "introspect": lambda c, i: c.post(
+        "/introspect/",
+        {"token": f"junk-{i}"},
+        HTTP_HOST=PROXY_HOST,
+        HTTP_AUTHORIZATION="Basic anVuazpqdW5r",
+    ),
+    "token": lambda c, i: c.post(
+        "/token/",
+        {"grant_type": "authorization_code", "code": f"junk-{i}", "client_id": "junk"},
+        HTTP_HOST=PROXY_HOST,
+    ),
+    "authorize": lambda c, i: c.get(
+        "/authorize/", {"client_id": f"junk-{i}", "response_type": "code"}, HTTP_HOST=PROXY_HOST
+    ),
+    "connections": lambda c, i: c.post(
+        "/connections/", {"action": "sign-in"}, HTTP_HOST=PROXY_HOST
+    ),
+    "register": lambda c, i: c.post(
+        "/register/", "{", content_type="application/json", HTTP_HOST=PROXY_HOST
+    ),
+}
+
+
+@pytest.mark.parametrize("endpoint", list(JUNK))
+def test_abuse_01_300_junk_requests_get_429_before_the_end_and_never_a_5xx(endpoint) -> None:
+    """ABUSE-01: every anonymous endpoint that writes, fetches or checks tokens is throttled;
+    refusals are audited in aggregate (one event per address and window)."""
+    from mcp_consent.models import AuthorizationTransaction
+
+    client = Client()
+    answers = [JUNK[endpoint](client, i) for i in range(300)]
+    statuses = [a.status_code for a in answers]
+    assert all(s < 500 for s in statuses), sorted(set(statuses))
+    assert 429 in statuses[:299], sorted(set(statuses))
+    assert all(a["Retry-After"].isdigit() for a in answers if a.status_code == 429)
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.RATE_LIMITED).count() <= 1
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.CALLBACK_REFUSED).count() <= 1
+    assert AuditEvent.objects.count() <= 2
+    # The anonymous sign-ins that got through stored at most one burst of pending hops.
+    assert AuthorizationTransaction.objects.count() < 300
+
+
+def test_abuse_01_a_busy_resource_server_is_never_refused(settings) -> None:
+    """ABUSE-01: introspection counts failed client authentication only, as axes does."""
+    from mcp_consent import flows
+
+    application, secret = flows.create_resource_server("Billing MCP server")
+    settings.MCP_CONSENT = {
+        **settings.MCP_CONSENT,
+        "INTROSPECTION_CLIENTS": {application.client_id: ["http://127.0.0.1:8000/mcp"]},
+        "RATE_LIMITS": {"introspect": (5, 60)},
+    }
+    import base64
+
+    good = "Basic " + base64.b64encode(f"{application.client_id}:{secret}".encode()).decode()
+    client = Client()
+    for i in range(30):
+        answer = client.post(
+            "/introspect/", {"token": f"t-{i}"}, HTTP_HOST=PROXY_HOST, HTTP_AUTHORIZATION=good
+        )
+        assert answer.status_code == 200
+    bad = [
+        client.post(
+            "/introspect/", {"token": "t"}, HTTP_HOST=PROXY_HOST, HTTP_AUTHORIZATION="Basic eDp5"
+        ).status_code
+        for _ in range(7)
+    ]
+    assert bad == [401] * 5 + [429, 429]
+
+
+# --- One client address (ABUSE-01, BCP-19) -------------------------------------------------------
+
+
+def test_forwarded_for_is_ignored_without_a_trusted_proxy(settings) -> None:
+    """BCP-19: without TRUSTED_PROXY_COUNT a forged X-Forwarded-For buys no fresh bucket."""
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "RATE_LIMITS": {"register": (3, 60)}}
+    client = Client()
+    statuses = [
+        register(client, HTTP_X_FORWARDED_FOR=f"198.51.100.{i}").status_code for i in range(5)
+    ]
+    assert statuses == [201, 201, 201, 429, 429]
+
+
+def test_behind_a_trusted_proxy_the_address_it_saw_counts(settings) -> None:
+    """TRUSTED_PROXY_COUNT=1: the entry the proxy appended, never what the client wrote."""
+    settings.MCP_CONSENT = {
+        **settings.MCP_CONSENT,
+        "RATE_LIMITS": {"register": (2, 60)},
+        "TRUSTED_PROXY_COUNT": 1,
+    }
+    client = Client()
+    spoofed = [
+        register(client, ip="10.0.0.2", HTTP_X_FORWARDED_FOR=f"1.2.3.{i}, 203.0.113.50")
+        for i in range(3)
+    ]
+    assert [a.status_code for a in spoofed] == [201, 201, 429]
+    other = register(client, ip="10.0.0.2", HTTP_X_FORWARDED_FOR="203.0.113.51")
+    assert other.status_code == 201
+    event = (
+        AuditEvent.objects.filter(action=AuditEvent.Action.CLIENT_REGISTERED).order_by("pk").last()
+    )
+    assert event is not None
+    assert event.ip_address == "203.0.113.51"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest
 
-from .. import audit
+from .. import audit, ratelimit
 from ..models import AuditEvent
 
 
@@ -23,7 +23,13 @@ def record_rate_limited(scope: str, request: HttpRequest) -> None:
     )
 
 
-def record_registration_refused(error: str, description: str, request: HttpRequest) -> None:
+def record_registration_refused(
+    error: str, description: str, request: HttpRequest, *, anonymous: bool = False
+) -> None:
+    """A refused registration; an anonymous one once per address and window (ABUSE-01),
+    so a flood of junk documents does not write one audit row each."""
+    if anonymous and not ratelimit.first_in_window("register-refused", request):
+        return
     audit.record(
         AuditEvent.Action.REGISTRATION_REFUSED,
         actor=audit.actor_from(request),

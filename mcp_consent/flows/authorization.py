@@ -16,7 +16,7 @@ from oauth2_provider.models import (
     get_refresh_token_model,
 )
 
-from .. import audit, signals, vault
+from .. import audit, ratelimit, signals, vault
 from ..adapter import DefaultConsentAdapter, get_adapter
 from ..app_settings import app_settings
 from ..models import (
@@ -175,12 +175,28 @@ def consume_transaction(
     tx: AuthorizationTransaction | None = None
 
     def refuse(reason: str) -> CallbackRefused:
+        if (
+            tx is None
+            and request is not None
+            and not ratelimit.first_in_window("callback-junk", request)
+        ):
+            # ABUSE-01: a state that names no transaction is anonymous junk: one audit
+            # event per address and window, not one row each behind the chain-head lock.
+            return CallbackRefused(reason)
         audit.record(
             AuditEvent.Action.CALLBACK_REFUSED,
             actor=audit.actor_from(request) if request is not None else audit.SYSTEM,
             request=request,
             client=tx.client if tx is not None else None,
-            details={"reason": reason, "correlation_id": tx.pk if tx is not None else None},
+            details={
+                "reason": reason,
+                "correlation_id": tx.pk if tx is not None else None,
+                **(
+                    {"aggregated_seconds": app_settings.RATE_LIMIT_AUDIT_WINDOW}
+                    if tx is None
+                    else {}
+                ),
+            },
         )
         return CallbackRefused(reason)
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from django.http import HttpRequest
 
+from ..addresses import client_ip
 
-def client_ip(request: HttpRequest) -> str | None:
-    # REMOTE_ADDR only: X-Forwarded-For is attacker-controlled unless a trusted proxy
-    # rewrites it, and then the deployment sets REMOTE_ADDR from it (BCP-19).
-    return request.META.get("REMOTE_ADDR") or None
+__all__ = ["client_ip", "user_agent"]
 
 
 def user_agent(request: HttpRequest) -> str:

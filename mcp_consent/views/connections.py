@@ -20,11 +20,17 @@ from django.utils.translation import gettext_lazy as _
 from django.views import View
 from django.views.decorators.csrf import csrf_protect
 
-from .. import audit, flows
+from .. import audit, flows, ratelimit
 from ..adapter import DefaultConsentAdapter, get_adapter
 from ..app_settings import app_settings
 from ..models import AuditEvent, Consent, MCPClient, UpstreamIdentity
-from .common import browser_binding, protect_page, render_form_page, send_upstream
+from .common import (
+    browser_binding,
+    protect_page,
+    render_form_page,
+    send_upstream,
+    too_many_requests,
+)
 from .risk import destination
 
 # What the person reads for each of their decisions and what happened to their grants.
@@ -158,6 +164,13 @@ class ConnectionsView(View):
     def post(self, request: HttpRequest) -> HttpResponse:
         action = request.POST.get("action")
         if action == "sign-in":
+            # ABUSE-01: each sign-in stores a pending upstream hop; an anonymous flood of
+            # them is refused per address.
+            limited = ratelimit.hit("connections", request)
+            if limited is not None:
+                if limited.first_refusal:
+                    flows.record_rate_limited("connections", request)
+                return too_many_requests(request, limited, html=True)
             binding = browser_binding(request)
             return send_upstream(
                 request, flows.begin_sign_in(binding=binding, request=request), binding

@@ -132,7 +132,9 @@ class RegistrationView(DynamicClientRegistrationView):
         try:
             metadata = clean_client_metadata(_parse(request), RegistrationSource.DCR)
         except RegistrationError as error:
-            flows.record_registration_refused(error.error, error.description, request)
+            flows.record_registration_refused(
+                error.error, error.description, request, anonymous=True
+            )
             return _error(error)
         registered = flows.register_client(
             metadata, RegistrationSource.DCR, actor=audit.actor_from(request), request=request

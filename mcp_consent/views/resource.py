@@ -20,8 +20,9 @@ from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauth2_provider.views import IntrospectTokenView, OAuthProtectedResourceMetadataView
 from oauthlib.common import Request as OAuthlibRequest
 
-from .. import resource
+from .. import flows, ratelimit, resource
 from ..app_settings import app_settings, canonical_resource
+from .common import too_many_requests
 
 
 class ProtectedResourceMetadataView(OAuthProtectedResourceMetadataView):
@@ -110,8 +111,16 @@ class IntrospectionView(IntrospectTokenView):
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if request.method != "POST":
             return self.http_method_not_allowed(request, *args, **kwargs)
+        limited = ratelimit.refused("introspect", request)
+        if limited is not None:
+            # ABUSE-01: an address that keeps failing client authentication is refused;
+            # a resource server that authenticates is never counted.
+            if limited.first_refusal:
+                flows.record_rate_limited("introspect", request)
+            return too_many_requests(request, limited)
         resources = self.authorized_resources(request)
         if resources is None:
+            ratelimit.failed("introspect", request)
             # RFC 7662 §2.3 / RFC 6749 §5.2: 401 invalid_client, the same answer for an unknown
             # caller, a wrong secret and a client that is not allowed (no oracle).
             response = JsonResponse(

@@ -42,8 +42,10 @@ class TokenView(dot_views.TokenView):
     """POST /token/: every grant type goes through oauthlib's grant allowlist (AS-48)."""
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        limited = ratelimit.hit("token", request)
+        limited = ratelimit.refused("token", request)
         if limited is not None:
+            # ABUSE-01: counted are failed requests (unknown codes, bad client credentials),
+            # so a busy client that redeems and refreshes is never refused.
             if limited.first_refusal:
                 flows.record_rate_limited("token", request)
             return too_many_requests(request, limited)
@@ -62,6 +64,7 @@ class TokenView(dot_views.TokenView):
         with transaction.atomic():
             response = self.authorization_flow_token_response(request)
         if response.status_code != 200:
+            ratelimit.failed("token", request)
             # AS-48 / RFC 6749 §5.2: every error is JSON and never cached.
             response["Content-Type"] = "application/json"
             response["Cache-Control"] = "no-store"
@@ -92,6 +95,23 @@ class TokenView(dot_views.TokenView):
         for key, value in headers.items():
             response[key] = value
         return response
+
+
+@method_decorator(sensitive_post_parameters(*SENSITIVE_POST), name="post")
+class RevokeTokenView(dot_views.RevokeTokenView):
+    """POST /revoke/ (RFC 7009), throttled per address (ABUSE-01).
+
+    Every request counts: RFC 7009 answers 200 for an unknown token, so a failure cannot
+    be told from a success here; legitimate clients revoke rarely.
+    """
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        limited = ratelimit.hit("revoke", request)
+        if limited is not None:
+            if limited.first_refusal:
+                flows.record_rate_limited("revoke", request)
+            return too_many_requests(request, limited)
+        return super().post(request, *args, **kwargs)  # type: ignore[no-any-return]
 
 
 class ServerMetadataView(dot_views.OAuthServerMetadataView):

@@ -28,7 +28,7 @@ from django.views import View
 from oauth2_provider.exceptions import FatalClientError, OAuthToolkitError
 from oauth2_provider.views.mixins import OAuthLibMixin
 
-from .. import flows, upstream, vault
+from .. import flows, ratelimit, upstream, vault
 from ..adapter import get_adapter
 from ..app_settings import app_settings
 from ..flows import upstream_tokens
@@ -39,6 +39,7 @@ from .common import (
     protect_page,
     read_browser_binding,
     redirect_to_client,
+    too_many_requests,
 )
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,13 @@ class UpstreamCallbackView(OAuthLibMixin, View):
     http_method_names = ["get"]
 
     def get(self, request: HttpRequest) -> HttpResponse:
+        limited = ratelimit.refused("callback", request)
+        if limited is not None:
+            # ABUSE-01: an address sending callbacks nobody started (unknown or used states)
+            # is refused; callbacks of real sign-ins never count.
+            if limited.first_refusal:
+                flows.record_rate_limited("callback", request)
+            return too_many_requests(request, limited, html=True)
         binding = read_browser_binding(request)
         try:
             tx = flows.consume_transaction(request.GET.get("state", ""), binding, request)
@@ -98,6 +106,7 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         except flows.CallbackRefused as refused:
             # CD-43..47: no code exchange, no redirect to any client (audited with the reason).
             log.info("upstream callback refused: %s", refused.reason)
+            ratelimit.failed("callback", request)
             return error_page(
                 request,
                 _("This sign-in cannot be completed"),
