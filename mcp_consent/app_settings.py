@@ -316,6 +316,11 @@ class AppSettings:
         return int(self._get("UNUSED_CLIENT_TTL", 3600))
 
     @property
+    def TRANSACTION_RETENTION(self) -> int:
+        """ABUSE-03: seconds a finished or abandoned transaction is kept after it expired."""
+        return int(self._get("TRANSACTION_RETENTION", 60 * 60 * 24))
+
+    @property
     def UNUSED_CLIENT_DAYS(self) -> int:
         """`mcp_consent_cleanup` deletes DCR clients unused for this many days."""
         return int(self._get("UNUSED_CLIENT_DAYS", 30))

@@ -93,6 +93,7 @@ DETAILS: Mapping[str, frozenset[str]] = {
     Action.UPSTREAM_TOKEN_REVOKED: frozenset({"outcome"}),
     Action.RATE_LIMITED: frozenset({"reason", "endpoint"}),
     Action.AUDIT_CHAIN_KEYED: frozenset({"legacy_events"}),
+    Action.CIMD_RULE_CHANGED: frozenset({"domain", "policy", "note", "deleted"}),
 }
 
 

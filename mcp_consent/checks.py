@@ -105,7 +105,7 @@ W002 = Warning(
 )
 W004 = Warning(
     "Dynamic client registration is on without a rate limit for it (MCP_CONSENT['RATE_LIMITS']['register']).",
-    hint="Open registration invites floods (DCR-02): keep a per-IP limit, e.g. {'register': (20, 3600)}.",
+    hint="Open registration invites floods (DCR-02): keep a per-address limit, e.g. DEFAULT_RATE_LIMITS['register'].",
     id="mcp_consent.W004",
 )
 W005 = Warning(

@@ -48,9 +48,19 @@ class MCPClient(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     disabled_at = models.DateTimeField(null=True, blank=True)
+    # ABUSE-03: the address a DCR or CIMD client was registered from, so never-used clients
+    # are bounded per address instead of for everyone at once.
+    registered_from = models.GenericIPAddressField(null=True, blank=True)
 
     class Meta:
         verbose_name = _("MCP client")
+        indexes = [
+            models.Index(
+                fields=["registered_from", "created_at"],
+                name="mcp_client_unused_by_address",
+                condition=models.Q(last_used_at__isnull=True),
+            )
+        ]
 
     def __str__(self) -> str:
         return self.display_name
@@ -296,6 +306,7 @@ class AuditEvent(models.Model):
         UPSTREAM_TOKEN_REVOKED = "upstream_token_revoked", _("Upstream token revoked")
         RATE_LIMITED = "rate_limited", _("Rate limit hit")
         AUDIT_CHAIN_KEYED = "audit_chain_keyed", _("Audit chain keyed (older rows sealed)")
+        CIMD_RULE_CHANGED = "cimd_rule_changed", _("CIMD domain rule changed")
 
     class Actor(models.TextChoices):
         USER = "user", _("User")
@@ -361,3 +372,41 @@ class AuditChainHead(models.Model):
 
     def __str__(self) -> str:
         return f"audit chain {self.chain} head (event #{self.last_event_id})"
+
+
+class CIMDDomainRule(models.Model):
+    """CIMD-13 / ABUSE-04: the operators' trust policy for client_id URLs (CIMD §1.10).
+
+    A ``block`` rule refuses every client_id URL on its domain at /authorize, fetched
+    before or not. Once any ``allow`` rule exists, only the allowed domains are fetched.
+    ``example.com`` matches that host only; ``.example.com`` matches it and its subdomains.
+    """
+
+    class Policy(models.TextChoices):
+        ALLOW = "allow", _("Allow")
+        BLOCK = "block", _("Block")
+
+    domain = models.CharField(
+        max_length=253,
+        unique=True,
+        help_text=_("A host name; a leading dot also matches its subdomains (.example.com)."),
+    )
+    policy = models.CharField(max_length=5, choices=Policy.choices)
+    note = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = _("CIMD domain rule")
+
+    def __str__(self) -> str:
+        return f"{self.get_policy_display()} {self.domain}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        self.domain = self.domain.strip().lower()
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+    def matches(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        if self.domain.startswith("."):
+            return host == self.domain[1:] or host.endswith(self.domain)
+        return host == self.domain

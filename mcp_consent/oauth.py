@@ -30,6 +30,8 @@ from oauthlib.oauth2.rfc6749.grant_types.authorization_code import code_challeng
 
 from . import flows
 from .app_settings import app_settings
+from .models import RegistrationSource
+from .registration import cimd_domain_blocked
 from .vault import secret_hash
 
 log = logging.getLogger(__name__)
@@ -172,6 +174,13 @@ class MCPOAuth2Validator(OAuth2Validator):
         if client is None:
             return None
         mcp_client = flows.client_record_for(client)
+        if (
+            mcp_client is not None
+            and mcp_client.registration_source == RegistrationSource.CIMD
+            and cimd_domain_blocked(client_id)
+        ):
+            # CIMD-13: the operators blocked this domain after its client was fetched.
+            mcp_client = None
         if mcp_client is None or mcp_client.is_disabled:
             # Fail closed: a client that did not pass our registration policy, or that an
             # operator disabled, is unknown to the OAuth flow (error page, no redirect).

@@ -14,18 +14,28 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
+import logging
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from django.http import HttpRequest
+from django.utils import timezone
+
 # DOT 3.4's SSRF-hardened CIMD fetcher: the module is new in 3.4 and has no other home.
-from oauth2_provider.cimd import CIMDError, SafeMetadataFetcher
+from oauth2_provider.cimd import CIMDError, SafeMetadataFetcher, is_cimd_client_id
+from oauth2_provider.models import get_application_model
 from oauth2_provider.settings import oauth2_settings
 
+from . import ratelimit
+from .addresses import client_ip
 from .app_settings import app_settings
-from .models import RegistrationSource
+from .models import CIMDDomainRule, MCPClient, RegistrationSource
+
+log = logging.getLogger(__name__)
 
 # DCR-13 / URL-02: never a redirect target, whatever the application type. Script and
 # local-content schemes run or read something in the browser; browser-internal pages and
@@ -424,3 +434,96 @@ class CIMDMetadataFetcher(SafeMetadataFetcher):
         cleaned["client_name"] = metadata.client_name
         cleaned["grant_types"] = ["authorization_code", "refresh_token"]
         return cleaned, max_age
+
+
+# --- ABUSE-03: never-used clients bounded per address ------------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetRefusal:
+    """Why this address may not add another client now, and when to retry."""
+
+    description: str
+    retry_after: int
+    last_resort: bool = False
+
+
+def registration_budget_refusal(request: HttpRequest) -> BudgetRefusal | None:
+    """ABUSE-03: refuse a new DCR or CIMD client while this address has too many unused ones.
+
+    Only clients that never completed an authorization and are younger than
+    UNUSED_CLIENT_TTL count: older ones are expired (the cleanup command deletes them), so
+    one address filling its budget never stops another, and its own budget frees itself.
+    MAX_UNUSED_DCR_CLIENTS (all addresses together) stays as a last resort, logged.
+    """
+    now = timezone.now()
+    ttl = app_settings.UNUSED_CLIENT_TTL
+    unused = MCPClient.objects.filter(
+        registration_source__in=[RegistrationSource.DCR, RegistrationSource.CIMD],
+        last_used_at__isnull=True,
+        created_at__gt=now - timedelta(seconds=ttl),
+    )
+    address = client_ip(request)
+    if address is not None:
+        mine = unused.filter(registered_from=address)
+        limit = app_settings.MAX_UNUSED_CLIENTS_PER_ADDRESS
+        if mine.count() >= limit:
+            oldest = mine.order_by("created_at").values_list("created_at", flat=True).first()
+            retry = int((oldest + timedelta(seconds=ttl) - now).total_seconds()) if oldest else ttl
+            return BudgetRefusal(
+                f"This address has registered {limit} clients that were never used; "
+                "they expire after an hour without an authorization. Reuse a registered "
+                "client or retry later.",
+                max(1, retry),
+            )
+    if unused.count() >= app_settings.MAX_UNUSED_DCR_CLIENTS:
+        log.error(
+            "registration paused: %s never-used clients from all addresses "
+            "(MCP_CONSENT['MAX_UNUSED_DCR_CLIENTS']); raise it or run mcp_consent_cleanup",
+            app_settings.MAX_UNUSED_DCR_CLIENTS,
+        )
+        return BudgetRefusal("Registration is paused; retry later.", ttl, last_resort=True)
+    return None
+
+
+# --- ABUSE-04 / SSRF-06 / CIMD-13: when a client_id URL may be fetched ---------------------------
+
+# The /authorize request being validated: the only place a CIMD document may be fetched.
+authorizing_request: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar(
+    "authorizing_request", default=None
+)
+
+
+def cimd_domain_blocked(client_id: str) -> bool:
+    """CIMD-13: the operators' rules (CIMDDomainRule) refuse this client_id URL's host."""
+    if not is_cimd_client_id(client_id):
+        return False
+    host = (urlsplit(client_id).hostname or "").lower()
+    rules = list(CIMDDomainRule.objects.all())
+    if any(r.policy == CIMDDomainRule.Policy.BLOCK and r.matches(host) for r in rules):
+        return True
+    allowed = [r for r in rules if r.policy == CIMDDomainRule.Policy.ALLOW]
+    return bool(allowed) and not any(r.matches(host) for r in allowed)
+
+
+class CIMDFetchPolicy:
+    """DOT's CIMD_REGISTRATION_PERMISSION_CLASSES gate, checked before any fetch.
+
+    ABUSE-04 / SSRF-06: DOT resolves a URL client_id wherever its validator loads a client
+    (/authorize, /token, /revoke, /introspect); only an authorization request a person's
+    browser sent may make us fetch one, so anonymous requests to the other endpoints cannot
+    send our fetcher to hosts they choose or create client rows. CIMD-13: blocked or
+    unlisted domains are never fetched. ABUSE-03: a first sight counts against the
+    registering address's rate limit and unused-client budget, like a DCR registration.
+    A refusal here leaves a known client with its last good document (DOT keeps it).
+    """
+
+    def has_permission(self, request: Any, client_id: str) -> bool:
+        authorizing = authorizing_request.get()
+        if authorizing is None or cimd_domain_blocked(client_id):
+            return False
+        if get_application_model().objects.filter(client_id=client_id).exists():
+            return True  # a refetch of a known client: no new row
+        if ratelimit.hit("register", authorizing) is not None:
+            return False
+        return registration_budget_refusal(authorizing) is None

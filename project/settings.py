@@ -255,6 +255,9 @@ OAUTH2_PROVIDER = {
     "DCR_REGISTRATION_PERMISSION_CLASSES": ("oauth2_provider.dcr.AllowAllDCRPermission",),
     "CIMD_ENABLED": True,
     "CIMD_METADATA_FETCHER": "mcp_consent.registration.CIMDMetadataFetcher",
+    # ABUSE-04 / SSRF-06: fetch only while authorizing, within the operators' domain rules
+    # and the registering address's limits.
+    "CIMD_REGISTRATION_PERMISSION_CLASSES": ("mcp_consent.registration.CIMDFetchPolicy",),
     "CIMD_MAX_DOCUMENT_SIZE": 5 * 1024,  # CIMD-10: the draft recommends about 5 KB
     "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
     "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,

@@ -436,3 +436,25 @@ def test_dot_token_without_consent_is_revoked_and_audited(operator_at_desk) -> N
         "oauth_tokens_revoked": 1,
         "no_live_consent": True,
     }
+
+
+def test_cimd_13_operator_blocks_a_domain_in_the_admin_and_it_is_audited(operator) -> None:
+    """CIMD-13 / ABUSE-04: the trust policy is admin-editable; each change is audited."""
+    from mcp_consent.models import AuditEvent, CIMDDomainRule
+
+    response = operator.post(
+        "/admin/mcp_consent/cimddomainrule/add/",
+        {"domain": ".Evil.example", "policy": "block", "note": "phishing"},
+    )
+    assert response.status_code == 302, response.content[:500]
+    rule = CIMDDomainRule.objects.get()
+    assert rule.domain == ".evil.example"
+    event = AuditEvent.objects.get(action=AuditEvent.Action.CIMD_RULE_CHANGED)
+    assert event.details["domain"] == ".evil.example"
+    assert event.details["policy"] == "block"
+    assert event.actor_type == "operator"
+    page = operator.get(
+        "/authorize/",
+        {"client_id": "https://app.evil.example/c.json", "response_type": "code"},
+    )
+    assert page.status_code == 403

@@ -586,3 +586,98 @@ def test_cimd_07_only_200_json_is_a_document() -> None:
     ):
         with pytest.raises(CIMDError):
             SafeMetadataFetcher()._read_document(response)
+
+
+# --- ABUSE-04 / SSRF-06: fetched only while authorizing ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "data"),
+    [
+        ("/revoke/", {"token": "junk", "client_id": CLIENT_ID}),
+        (
+            "/token/",
+            {"grant_type": "authorization_code", "code": "junk", "client_id": CLIENT_ID},
+        ),
+        ("/introspect/", {"token": "junk", "client_id": CLIENT_ID}),
+    ],
+)
+def test_abuse_04_unknown_url_client_id_is_never_fetched_outside_authorize(
+    client, serve, path, data
+):
+    """ABUSE-04 / SSRF-06: anonymous requests cannot send our fetcher anywhere or add rows."""
+    fake = serve(document())
+    response = client.post(path, data)
+    assert response.status_code < 500
+    assert fake.calls == []
+    assert_no_client()
+
+
+def test_abuse_04_stale_document_is_not_refetched_from_token(client, serve):
+    """ABUSE-04: a known client's stale document is refetched at /authorize, not at /token."""
+    fake = serve(document(), max_age=300)
+    assert authorize(client).status_code == 200
+    Application.objects.filter(client_id=CLIENT_ID).update(
+        cimd_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    client.post(
+        "/token/", {"grant_type": "authorization_code", "code": "x", "client_id": CLIENT_ID}
+    )
+    assert fake.calls == [CLIENT_ID]
+    assert authorize(client).status_code == 200
+    assert fake.calls == [CLIENT_ID, CLIENT_ID]
+
+
+def test_abuse_03_first_sight_of_a_cimd_client_counts_against_the_address(client, serve, settings):
+    """ABUSE-03: CIMD clients share the per-address budget of never-used clients."""
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "MAX_UNUSED_CLIENTS_PER_ADDRESS": 1}
+    serve(document())
+    assert authorize(client).status_code == 200
+    assert MCPClient.objects.get().registered_from == "127.0.0.1"
+    other = "https://other.example.org/mcp/client.json"
+    serve(document(client_id=other))
+    assert_refused(authorize(client, client_id=other))
+    assert_no_client(other)
+    # The known client still works: a refetch is no new registration.
+    assert authorize(client).status_code == 200
+
+
+# --- CIMD-13: the operators' trust policy --------------------------------------------------------
+
+
+def test_cimd_13_blocked_domain_gets_a_clear_page_and_no_fetch(client, serve):
+    from mcp_consent.models import CIMDDomainRule
+
+    CIMDDomainRule.objects.create(domain=".example.org", policy="block")
+    fake = serve(document())
+    response = authorize(client)
+    assert response.status_code == 403
+    assert "Location" not in response
+    assert "do not allow applications from client.example.org" in response.content.decode()
+    assert fake.calls == []
+    assert_no_client()
+
+
+def test_cimd_13_blocking_a_known_client_stops_it(client, serve):
+    from mcp_consent.models import CIMDDomainRule
+
+    serve(document())
+    assert authorize(client).status_code == 200
+    CIMDDomainRule.objects.create(domain="client.example.org", policy="block")
+    assert authorize(client).status_code == 403
+    token = client.post(
+        "/token/", {"grant_type": "authorization_code", "code": "x", "client_id": CLIENT_ID}
+    )
+    assert token.json()["error"] == "invalid_client"
+
+
+def test_cimd_13_with_allow_rules_only_listed_domains_are_fetched(client, serve):
+    from mcp_consent.models import CIMDDomainRule
+
+    CIMDDomainRule.objects.create(domain="trusted.example.net", policy="allow")
+    fake = serve(document())
+    assert authorize(client).status_code == 403
+    assert fake.calls == []
+    CIMDDomainRule.objects.create(domain="CLIENT.example.org", policy="allow")
+    assert authorize(client).status_code == 200
+    assert fake.calls == [CLIENT_ID]

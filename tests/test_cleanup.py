@@ -82,3 +82,39 @@ def test_unused_dcr_clients_are_deleted_after_n_days() -> None:
         deleted.client_id == old_unused.application.client_id
         and "unused for 30 days" in deleted.details["reason"]
     )
+
+
+def test_abuse_03_never_used_dcr_and_cimd_clients_go_after_the_ttl() -> None:
+    """ABUSE-03: no completed authorization UNUSED_CLIENT_TTL (1 hour) after registering."""
+    stale_dcr = MCPClientFactory(client_name="stale dcr")
+    stale_cimd = MCPClientFactory(client_name="stale cimd", source=RegistrationSource.CIMD)
+    fresh = MCPClientFactory(client_name="fresh")
+    used = MCPClientFactory(client_name="used")
+    admin_client = MCPClientFactory(client_name="admin", source=RegistrationSource.ADMIN)
+    hour_ago = timezone.now() - timedelta(seconds=3601)
+    MCPClient.objects.exclude(pk=fresh.pk).update(created_at=hour_ago)
+    MCPClient.objects.filter(pk=used.pk).update(last_used_at=timezone.now())
+    assert "2 never-used DCR or CIMD client(s)" in run("--dry-run")
+    assert MCPClient.objects.count() == 5
+    run()
+    assert set(MCPClient.objects.values_list("pk", flat=True)) == {
+        fresh.pk,
+        used.pk,
+        admin_client.pk,
+    }
+    assert stale_dcr.pk not in MCPClient.objects.values_list("pk", flat=True)
+    assert stale_cimd.pk not in MCPClient.objects.values_list("pk", flat=True)
+
+
+def test_abuse_03_abandoned_transactions_are_deleted() -> None:
+    """ABUSE-03: anonymous sign-ins nobody finished leave no rows behind."""
+    from django.test import Client
+
+    from tests.browser_client import PROXY_HOST
+
+    for _ in range(3):
+        Client().post("/connections/", {"action": "sign-in"}, HTTP_HOST=PROXY_HOST)
+    assert AuthorizationTransaction.objects.count() == 3
+    AuthorizationTransaction.objects.update(expires_at=timezone.now() - timedelta(days=2))
+    assert "3 old transaction(s)" in run()
+    assert not AuthorizationTransaction.objects.exists()

@@ -247,3 +247,52 @@ def test_behind_a_trusted_proxy_the_address_it_saw_counts(settings) -> None:
     )
     assert event is not None
     assert event.ip_address == "203.0.113.51"
+
+
+# --- ABUSE-03: no global lock-out -----------------------------------------------------------------
+
+
+def test_abuse_03_an_address_that_fills_its_budget_does_not_stop_another(settings) -> None:
+    """ABUSE-03: never-used clients are bounded per address, not for everyone."""
+    settings.MCP_CONSENT = {
+        **settings.MCP_CONSENT,
+        "MAX_UNUSED_CLIENTS_PER_ADDRESS": 5,
+        "RATE_LIMITS": {},
+    }
+    client = Client()
+    attacker = [register(client, ip="203.0.113.66").status_code for _ in range(8)]
+    assert attacker == [201] * 5 + [429] * 3
+    refused = register(client, ip="203.0.113.66")
+    assert "never used" in refused.json()["error_description"]
+    assert 1 <= int(refused["Retry-After"]) <= 3600
+    assert register(client, ip="198.51.100.20").status_code == 201
+
+
+def test_abuse_03_unused_clients_expire_out_of_the_budget(settings) -> None:
+    """ABUSE-03: a client with no completed authorization after UNUSED_CLIENT_TTL no longer counts."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.MCP_CONSENT = {
+        **settings.MCP_CONSENT,
+        "MAX_UNUSED_CLIENTS_PER_ADDRESS": 2,
+        "RATE_LIMITS": {},
+    }
+    client = Client()
+    assert [register(client).status_code for _ in range(3)] == [201, 201, 429]
+    MCPClient.objects.update(created_at=timezone.now() - timedelta(seconds=3601))
+    assert register(client).status_code == 201
+
+
+def test_abuse_03_the_global_cap_is_a_logged_last_resort(settings, caplog) -> None:
+    """ABUSE-03: MAX_UNUSED_DCR_CLIENTS still stops an attacker spread over many addresses,
+    and says so in the log and the audit trail."""
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "MAX_UNUSED_DCR_CLIENTS": 3, "RATE_LIMITS": {}}
+    client = Client()
+    assert [register(client, ip=f"203.0.113.{i}").status_code for i in range(4)] == [201] * 3 + [
+        429
+    ]
+    assert "MAX_UNUSED_DCR_CLIENTS" in caplog.text
+    refused = AuditEvent.objects.filter(action=AuditEvent.Action.REGISTRATION_REFUSED).get()
+    assert "all addresses" in refused.details["description"]

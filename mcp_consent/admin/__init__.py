@@ -8,6 +8,6 @@ permissions only, so it sees all of it and can change none of it. Every list cos
 same at a million rows as at a hundred (base.py, issue 11).
 """
 
-from . import audit_trail, clients, consents, oauth_tokens
+from . import audit_trail, cimd_rules, clients, consents, oauth_tokens
 
-__all__ = ["audit_trail", "clients", "consents", "oauth_tokens"]
+__all__ = ["audit_trail", "cimd_rules", "clients", "consents", "oauth_tokens"]

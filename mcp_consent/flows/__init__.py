@@ -28,6 +28,7 @@ from .clients import (
     disable_client,
     record_client,
     register_client,
+    save_cimd_domain_rule,
     update_client,
 )
 from .common import client_ip, user_agent
@@ -59,6 +60,7 @@ __all__ = [
     "begin_upstream_authorization",
     "client_ip",
     "client_record_for",
+    "save_cimd_domain_rule",
     "complete_authorization",
     "complete_sign_in",
     "consume_transaction",

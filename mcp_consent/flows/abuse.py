@@ -28,7 +28,7 @@ def record_registration_refused(
 ) -> None:
     """A refused registration; an anonymous one once per address and window (ABUSE-01),
     so a flood of junk documents does not write one audit row each."""
-    if anonymous and not ratelimit.first_in_window("register-refused", request):
+    if anonymous and not ratelimit.first_in_window("register", request):
         return
     audit.record(
         AuditEvent.Action.REGISTRATION_REFUSED,

@@ -20,14 +20,21 @@ from oauth2_provider.models import (
 from oauth2_provider.settings import oauth2_settings
 
 from .. import audit, signals
+from ..addresses import client_ip
 from ..models import (
     AuditEvent,
+    CIMDDomainRule,
     Consent,
     MCPClient,
     RedirectURI,
     RegistrationSource,
 )
-from ..registration import ClientMetadata, clean_client_metadata, fetched_cimd_metadata
+from ..registration import (
+    ClientMetadata,
+    authorizing_request,
+    clean_client_metadata,
+    fetched_cimd_metadata,
+)
 from .revocation import revoke_consents, revoke_everything_of
 
 # --- Clients -------------------------------------------------------------------------------
@@ -109,6 +116,10 @@ def record_client(
                 # by the client_id's own https origin, so the domain is verified (the page
                 # shows the domain, not a claim about the software). DCR: self-asserted.
                 verified=source in {RegistrationSource.ADMIN, RegistrationSource.CIMD},
+                # ABUSE-03: self-registered clients count against their address's budget.
+                registered_from=client_ip(request)
+                if request is not None and source != RegistrationSource.ADMIN
+                else None,
                 **_client_fields(metadata),
             )
             _sync_redirect_uris(client, metadata.redirect_uris)
@@ -322,7 +333,33 @@ def client_record_for(application: Any) -> MCPClient | None:
             RegistrationSource.CIMD,
         )
     client = record_client(
-        application, fetched, RegistrationSource.CIMD, actor=audit.client_actor(None)
+        application,
+        fetched,
+        RegistrationSource.CIMD,
+        actor=audit.client_actor(None),
+        request=authorizing_request.get(),
     )
     application.mcp_client = client  # callers read this instance: keep it the current one
     return client
+
+
+def save_cimd_domain_rule(
+    rule: CIMDDomainRule,
+    *,
+    actor: audit.ActorInfo,
+    delete: bool = False,
+    request: HttpRequest | None = None,
+) -> None:
+    """CIMD-13: an operator's trust rule saved or removed, audited in the same transaction."""
+    with transaction.atomic():
+        details = {"domain": rule.domain, "policy": rule.policy, "note": rule.note}
+        if delete:
+            rule.delete()
+        else:
+            rule.save()
+        audit.record(
+            AuditEvent.Action.CIMD_RULE_CHANGED,
+            actor=actor,
+            request=request,
+            details={**details, "domain": rule.domain, "deleted": delete},
+        )

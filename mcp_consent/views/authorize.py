@@ -34,7 +34,7 @@ from .. import flows, ratelimit
 from ..adapter import get_adapter
 from ..app_settings import app_settings
 from ..models import Consent, MCPClient, RegistrationSource
-from ..registration import is_private_use_scheme
+from ..registration import authorizing_request, cimd_domain_blocked, is_private_use_scheme
 from .common import (
     as_authorization_request,
     browser_binding,
@@ -143,6 +143,18 @@ class AuthorizeView(AuthorizationView):
 
     def validate(self, request: HttpRequest) -> AuthorizationRequest | HttpResponse:
         query = request.META.get("QUERY_STRING", "")
+        client_id = request.GET.get("client_id", "")
+        if cimd_domain_blocked(client_id):
+            # CIMD-13: the operators' trust policy, said plainly; nothing is fetched.
+            return error_page(
+                request,
+                "This application is not allowed here",
+                f"This server's operators do not allow applications from "
+                f"{urlsplit(client_id).hostname}. You have not been sent anywhere.",
+                status=403,
+            )
+        # ABUSE-04 / SSRF-06: only this validation may fetch a client_id metadata document.
+        token = authorizing_request.set(request)
         try:
             scopes, credentials = self.validate_authorization_request(
                 as_authorization_request(request, query)
@@ -163,6 +175,8 @@ class AuthorizeView(AuthorizationView):
                 dict(oauthlib_error.twotuples),
                 post=request.method == "POST",
             )
+        finally:
+            authorizing_request.reset(token)
         client = credentials["request"].client.mcp_client
         return AuthorizationRequest(
             client=client, scopes=list(scopes), credentials=credentials, query=query

@@ -24,7 +24,7 @@ from oauth2_provider.views import (
 from .. import audit, flows, ratelimit
 from ..app_settings import app_settings
 from ..models import MCPClient, RegistrationSource
-from ..registration import RegistrationError, clean_client_metadata
+from ..registration import RegistrationError, clean_client_metadata, registration_budget_refusal
 from .common import too_many_requests
 
 MAX_BODY = 64 * 1024
@@ -95,13 +95,6 @@ class RegistrationView(DynamicClientRegistrationView):
         classes = oauth2_settings.DCR_REGISTRATION_PERMISSION_CLASSES
         return bool(classes) and all(cls().has_permission(request) for cls in classes)
 
-    def unused_clients_over_cap(self) -> bool:
-        """A cap on never-used DCR clients: a flood of registrations cannot grow without bound."""
-        unused = MCPClient.objects.filter(
-            registration_source=RegistrationSource.DCR, last_used_at__isnull=True
-        )
-        return unused.count() >= app_settings.MAX_UNUSED_DCR_CLIENTS
-
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not self.registration_permitted(request):
             response = JsonResponse(
@@ -116,18 +109,23 @@ class RegistrationView(DynamicClientRegistrationView):
             if limited.first_refusal:
                 flows.record_rate_limited("register", request)
             return too_many_requests(request, limited)
-        if self.unused_clients_over_cap():
+        budget = registration_budget_refusal(request)
+        if budget is not None:
+            # ABUSE-03: never-used clients are bounded per address; the global cap is the
+            # last resort (logged by the check, audited here once per address and window).
             flows.record_registration_refused(
-                "temporarily_unavailable", "too many unused clients", request
+                "temporarily_unavailable",
+                "too many unused clients"
+                + (" from all addresses (MAX_UNUSED_DCR_CLIENTS)" if budget.last_resort else ""),
+                request,
+                anonymous=True,
             )
             response = JsonResponse(
-                {
-                    "error": "temporarily_unavailable",
-                    "error_description": "Registration is paused; retry later.",
-                },
+                {"error": "temporarily_unavailable", "error_description": budget.description},
                 status=429,
             )
-            response["Retry-After"] = "3600"
+            response["Retry-After"] = str(budget.retry_after)
+            response["Cache-Control"] = "no-store"
             return response
         try:
             metadata = clean_client_metadata(_parse(request), RegistrationSource.DCR)

@@ -1,4 +1,9 @@
-"""Hygiene: expire pending upstream transactions and consents, delete long-unused DCR clients.
+"""Hygiene: expire pending upstream transactions and consents, delete unused clients.
+
+ABUSE-03: DCR and CIMD clients without a completed authorization UNUSED_CLIENT_TTL after
+registering (an MCP client registers right before it authorizes) are deleted, and so are
+transactions past TRANSACTION_RETENTION (abandoned sign-ins included), so a flood leaves
+nothing behind. DCR clients not used for UNUSED_CLIENT_DAYS go too.
 
 Run it from cron (e.g. hourly). Every change goes through the flows, so each deletion and
 expiry has its cascade (tokens, upstream tokens) and its audit event.
@@ -61,17 +66,37 @@ class Command(BaseCommand):
             for consent in consents:
                 flows.expire_consent(consent)
 
+        old_tx = AuthorizationTransaction.objects.filter(
+            expires_at__lte=now - timedelta(seconds=app_settings.TRANSACTION_RETENTION)
+        )
+        deleted_tx = old_tx.count()
+        if not dry:
+            old_tx.delete()
+
         cutoff = now - timedelta(days=days)
         unused = list(
             MCPClient.objects.filter(registration_source=RegistrationSource.DCR).filter(
                 Q(last_used_at__isnull=True, created_at__lte=cutoff) | Q(last_used_at__lte=cutoff)
             )
         )
+        never_used = list(
+            MCPClient.objects.filter(
+                registration_source__in=[RegistrationSource.DCR, RegistrationSource.CIMD],
+                last_used_at__isnull=True,
+                created_at__lte=now - timedelta(seconds=app_settings.UNUSED_CLIENT_TTL),
+            ).exclude(pk__in=[c.pk for c in unused])
+        )
         if not dry:
             for client in unused:
                 flows.delete_client(client, actor=audit.SYSTEM, reason=f"unused for {days} days")
+            for client in never_used:
+                flows.delete_client(
+                    client, actor=audit.SYSTEM, reason="no authorization since it registered"
+                )
         verb = "would be" if dry else "were"
         self.stdout.write(
             f"{expired_tx} pending transaction(s), {len(consents)} consent(s) and "
-            f"{len(unused)} unused DCR client(s) {verb} expired or deleted"
+            f"{len(unused)} unused DCR client(s) {verb} expired or deleted; "
+            f"{len(never_used)} never-used DCR or CIMD client(s) and {deleted_tx} old "
+            f"transaction(s) {verb} deleted"
         )
