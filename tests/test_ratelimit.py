@@ -27,9 +27,12 @@ def register(client: Client, ip: str = "203.0.113.7", **headers: str) -> Any:
     )
 
 
-def test_dcr02_registrations_over_the_limit_get_429(settings) -> None:
+def test_dcr02_registrations_over_the_limit_get_429(settings, monkeypatch) -> None:
     """DCR-02: 100 registrations a minute from one address -> 429 after the threshold."""
     settings.MCP_CONSENT = {**settings.MCP_CONSENT, "RATE_LIMITS": {"register": (10, 60)}}
+    # Within one instant: the bucket refills one token per 6 s, which a slow machine's loop
+    # of 100 registrations would otherwise see (test_token_bucket_refills_... covers that).
+    monkeypatch.setattr("mcp_consent.ratelimit.time.time", lambda: 1_000_000.0)
     client = Client()
     statuses = [register(client).status_code for _ in range(100)]
     assert statuses[:10] == [201] * 10 and set(statuses[10:]) == {429}
@@ -186,8 +189,9 @@ def test_abuse_01_300_junk_requests_get_429_before_the_end_and_never_a_5xx(endpo
     assert AuthorizationTransaction.objects.count() < 300
 
 
-def test_abuse_01_a_busy_resource_server_is_never_refused(settings) -> None:
+def test_abuse_01_a_busy_resource_server_is_never_refused(settings, monkeypatch) -> None:
     """ABUSE-01: introspection counts failed client authentication only, as axes does."""
+    monkeypatch.setattr("mcp_consent.ratelimit.time.time", lambda: 1_000_000.0)  # no refill
     from mcp_consent import flows
 
     application, secret = flows.create_resource_server("Billing MCP server")
