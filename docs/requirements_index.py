@@ -11,7 +11,9 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ID = re.compile(r"\b(CD|AS|DCR|CIMD|MU|LH|UP|URL|BCP|SSRF|MGMT|REV|TP|SM|RS|SH|INT)[-_](\d{2})\b")
+ID = re.compile(
+    r"\b(CD|AS|DCR|CIMD|MU|LH|UP|URL|BCP|SSRF|MGMT|REV|TP|SM|RS|SH|INT|ABUSE|SEC)[-_](\d{2})\b"
+)
 
 
 def main() -> None:
@@ -19,7 +21,7 @@ def main() -> None:
     defined = sorted(
         set(
             re.findall(
-                r"\*\*((?:CD|AS|DCR|CIMD|MU|LH|UP|URL|BCP|SSRF|MGMT|REV|TP|SM|RS|SH|INT)-\d{2})",
+                r"\*\*((?:CD|AS|DCR|CIMD|MU|LH|UP|URL|BCP|SSRF|MGMT|REV|TP|SM|RS|SH|INT|ABUSE|SEC)-\d{2})",
                 requirements.read_text(),
             )
         )
