@@ -6,7 +6,7 @@ POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 # Extra pytest arguments, e.g. PYTEST_ARGS="--junitxml=test-artifacts/junit.xml" (.ci/run).
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-postgres test-browser test-packaging screenshots messages lint typecheck clean bench
+.PHONY: demo test test-postgres test-browser test-packaging screenshots messages lint typecheck mutation clean bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,19 @@ messages: $(VENV)/.installed
 	cd mcp_consent && DJANGO_SETTINGS_MODULE= ../$(VENV)/bin/django-admin makemessages -l fr -l de -l es -l ar --no-location --no-obsolete
 	cd mcp_consent && DJANGO_SETTINGS_MODULE= ../$(VENV)/bin/django-admin compilemessages
 
+## Mutation testing of the security-critical modules ([tool.mutmut] in pyproject.toml): a
+## report, not a CI gate (it takes long). Restrict with e.g. MUTANTS='mcp_consent.vault*'.
+## Prints the surviving mutants and their count per module; docs/mutation.md explains them.
+MUTANTS ?=
+MUTATION_JOBS ?= 2
+mutation: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[dev,mutation]"
+	$(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS) || true
+	$(VENV)/bin/mutmut results | tee mutants/survivors.txt
+	@echo "== survivors per module"
+	@sed -n 's/^ *\(mcp_consent\.[a-z_.]*\)\.x[_a-zA-Z0-9]*__mutmut_[0-9]*: survived$$/\1/p' \
+		mutants/survivors.txt | sort | uniq -c
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -69,4 +82,4 @@ typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) $(FASTMCP_VENV) db.sqlite3 test-artifacts .pytest_cache
+	rm -rf $(VENV) $(FASTMCP_VENV) db.sqlite3 test-artifacts .pytest_cache mutants

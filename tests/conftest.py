@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -53,6 +55,35 @@ def _flush_may_truncate_the_audit_trail() -> None:
         original(self, sql_list)
 
     DatabaseOperations.execute_sql_flush = execute_sql_flush  # type: ignore[method-assign]
+
+
+DEMO_TEST_MODULES = ("tests/test_demo_upstream.py",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Demo-upstream tests check the bundled stand-in provider, not the product: mark them."""
+    for item in items:
+        if item.nodeid.startswith(DEMO_TEST_MODULES):
+            item.add_marker(pytest.mark.demo)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Count product and demo-upstream tests apart (issue 8: demo tests are not product tests)."""
+    counts = {"product": Counter[str](), "demo": Counter[str]()}
+    for outcome in ("passed", "failed", "error", "skipped", "xfailed", "xpassed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") not in {"call", "setup"}:
+                continue
+            if report.when == "setup" and outcome == "passed":
+                continue  # a passed setup is followed by the call's report
+            kind = "demo" if report.nodeid.startswith(DEMO_TEST_MODULES) else "product"
+            counts[kind][outcome] += 1
+    if not any(counts.values()):
+        return
+    terminalreporter.section("product vs demo-upstream tests")
+    for kind, counter in counts.items():
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(counter.items())) or "none ran"
+        terminalreporter.write_line(f"{kind + ' tests:':16} {summary}")
 
 
 def served_in_process(client: Client, request: requests.PreparedRequest) -> requests.Response:
