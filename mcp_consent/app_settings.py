@@ -101,7 +101,7 @@ class UpstreamConfig:
     revocation_url: str = ""
     issuer: str = ""
     client_id: str = ""
-    client_secret: str = ""
+    client_secret: str = field(default="", repr=False)  # SEC-02
     scopes: list[str] = field(default_factory=list)
     scope_map: dict[str, list[str]] = field(default_factory=dict)
     pkce: bool = True

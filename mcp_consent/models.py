@@ -187,6 +187,12 @@ class AuthorizationTransaction(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # SEC-04 / CD-01: the hop was approved by ``user``'s remembered consent, not on the page:
+    # it may complete only for that same person.
+    remembered = models.BooleanField(default=False)
+    # SEC-05: the client metadata version the person approved; a client changed while the
+    # person was at the upstream gets no code (null: a hop started before this was recorded).
+    client_metadata_version = models.PositiveIntegerField(null=True, blank=True)
     ip_address = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=512, blank=True)
     created_at = models.DateTimeField(default=timezone.now)

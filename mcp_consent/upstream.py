@@ -17,6 +17,7 @@ from urllib.parse import quote_plus, urljoin, urlsplit
 import requests
 from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 from oauthlib.common import add_params_to_uri, urldecode
 from oauthlib.oauth2 import WebApplicationClient
 from oauthlib.oauth2.rfc6749.parameters import prepare_token_request
@@ -76,6 +77,7 @@ def pkce_challenge(verifier: str) -> str:
     return str(WebApplicationClient(None).create_code_challenge(verifier, "S256"))
 
 
+@sensitive_variables("state", "code_verifier", "params")
 def authorization_url(*, state: str, scopes: list[str], code_verifier: str | None) -> str:
     """Where the approved browser goes: the upstream authorize URL with the static client.
 
@@ -140,6 +142,7 @@ def _expiry(seconds: Any) -> Any:
     return timezone.now() + timedelta(seconds=value) if value > 0 else None
 
 
+@sensitive_variables("code", "code_verifier", "data", "body")
 def exchange_code(code: str, code_verifier: str | None) -> dict[str, Any]:
     """Redeem the upstream authorization code; returns the token response with expiries."""
     body = prepare_token_request(
@@ -152,6 +155,7 @@ def exchange_code(code: str, code_verifier: str | None) -> dict[str, Any]:
     return _token_request(dict(urldecode(body)), "the code")
 
 
+@sensitive_variables("refresh_token", "body")
 def refresh(refresh_token: str) -> dict[str, Any]:
     """UP-08: refresh the upstream grant server-side (the client never sees these tokens)."""
     body = prepare_token_request(
@@ -160,6 +164,8 @@ def refresh(refresh_token: str) -> dict[str, Any]:
     return _token_request(dict(urldecode(body)), "the refresh token")
 
 
+# SEC-02: the request carries codes, verifiers, refresh tokens; the answer, new tokens.
+@sensitive_variables("data", "body", "access_token", "refresh_token")
 def _token_request(data: dict[str, str], what: str) -> dict[str, Any]:
     upstream = app_settings.UPSTREAM
     try:
@@ -197,6 +203,7 @@ def _token_request(data: dict[str, str], what: str) -> dict[str, Any]:
     }
 
 
+@sensitive_variables("access_token")
 def fetch_identity(access_token: str) -> dict[str, Any]:
     """GET the upstream user info with the new token; returns the JSON object."""
     upstream = app_settings.UPSTREAM
@@ -218,6 +225,7 @@ def fetch_identity(access_token: str) -> dict[str, Any]:
     return body
 
 
+@sensitive_variables("token")
 def revoke_token(token: str, token_type_hint: str) -> bool:
     """RFC 7009 revocation at the upstream (UP-09). False when none is configured."""
     upstream = app_settings.UPSTREAM
@@ -363,6 +371,7 @@ class UpstreamAPISession(requests.Session):
         kwargs["allow_redirects"] = False
         kwargs.setdefault("timeout", app_settings.UPSTREAM.timeout)
 
+        @sensitive_variables("token")
         def send(token: str) -> requests.Response:
             try:
                 return super(UpstreamAPISession, self).request(

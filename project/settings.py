@@ -373,3 +373,7 @@ LOGGING = {
         "mcp.server.streamable_http": {"level": "WARNING"},
     },
 }
+
+# SEC-02: error reports (DEBUG page, mails to ADMINS) hide the secrets mcp_consent marks, and
+# the upstream callback's code and state, with DEBUG on as well.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "mcp_consent.debug.ExceptionReporterFilter"

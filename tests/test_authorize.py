@@ -23,7 +23,7 @@ from django.test import Client, override_settings
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 
-from mcp_consent import flows
+from mcp_consent import audit, flows
 from mcp_consent.models import AuthorizationTransaction, Consent, RegistrationSource
 from mcp_consent.registration import clean_client_metadata
 from project.demo_upstream.models import Account, RequestLog
@@ -96,9 +96,40 @@ def assert_error_page(response: HttpResponse) -> None:
 def assert_error_redirect(
     response: HttpResponse, redirect_uri: str, error: str, state: str = "client-state-123"
 ) -> dict[str, str]:
-    """AS-51: back to the validated redirect URI, each parameter once, state and iss."""
+    """AS-51: back to the validated redirect URI, each parameter once, state and iss.
+
+    Only to a redirect URI the person approved before, or after their own Deny (SEC-03).
+    """
     assert response.status_code in (302, 303), response.status_code
-    location = response["Location"]
+    assert TX_COOKIE not in response.cookies
+    return assert_error_response_uri(response["Location"], redirect_uri, error, state)
+
+
+def error_link(response: HttpResponse) -> str:
+    """The href of the error page's link back to the client (SEC-03)."""
+    match = re.search(r'<a id="client-error-link" href="([^"]*)"', html(response))
+    assert match, "the error page offers no link back to the client"
+    return unescape(match.group(1))
+
+
+def assert_error_shown(
+    response: HttpResponse, redirect_uri: str, error: str, state: str = "client-state-123"
+) -> dict[str, str]:
+    """SEC-03 (BCP-02, AS-53): an unapproved client's error is OUR page, never a redirect.
+
+    The page names the client's host and links (the person's own click) to the redirect URI
+    with the same AS-51 error response the redirect would have carried.
+    """
+    assert_error_page(response)
+    link = error_link(response)
+    host = urlsplit(redirect_uri).netloc
+    assert f"go back to <strong>{host}</strong> with this error" in html(response)
+    return assert_error_response_uri(link, redirect_uri, error, state)
+
+
+def assert_error_response_uri(
+    location: str, redirect_uri: str, error: str, state: str
+) -> dict[str, str]:
     assert location.split("?")[0] == redirect_uri.split("?")[0]
     pairs = parse_qsl(urlsplit(location).query, keep_blank_values=True)
     names = [name for name, _ in pairs]
@@ -108,7 +139,6 @@ def assert_error_redirect(
     assert query["state"] == state
     assert query["iss"] == ISSUER
     assert "code" not in query
-    assert TX_COOKIE not in response.cookies
     return query
 
 
@@ -323,18 +353,16 @@ def test_cd34_redirect_uri_may_be_omitted_when_one_is_registered(
     assert redirect_text(page) == "https://app.example/cb"
 
 
-# --- AS-20..22, AS-31, AS-48, AS-51: other errors redirect with state and iss --------------
+# --- AS-20..22, AS-31, AS-48, AS-51: other errors: state and iss, redirected only when approved
 
 
-def test_as20_missing_code_challenge_redirects_invalid_request(
-    browser: Browser, client_app
-) -> None:
+def test_as20_missing_code_challenge_is_invalid_request(browser: Browser, client_app) -> None:
     """AS-20, BCP-05: no PKCE, no page and no upstream hop."""
     effects = Effects()
     response = browser.authorize(
         without(authorize_params(client_app), "code_challenge", "code_challenge_method")
     )
-    assert_error_redirect(response, "https://app.example/cb", "invalid_request")
+    assert_error_shown(response, "https://app.example/cb", "invalid_request")
     effects.assert_nothing_happened()
 
 
@@ -353,7 +381,7 @@ def test_as21_only_s256_is_accepted_before_any_page(
     )
     effects = Effects()
     response = browser.authorize(params)
-    assert_error_redirect(response, "https://app.example/cb", "invalid_request")
+    assert_error_shown(response, "https://app.example/cb", "invalid_request")
     effects.assert_nothing_happened()
 
 
@@ -372,7 +400,7 @@ def test_as22_code_challenge_syntax(browser: Browser, client_app, challenge: str
     """AS-22: RFC 7636 §4.2 code_challenge = 43*128unreserved."""
     effects = Effects()
     response = browser.authorize(authorize_params(client_app, challenge=challenge))
-    assert_error_redirect(response, "https://app.example/cb", "invalid_request")
+    assert_error_shown(response, "https://app.example/cb", "invalid_request")
     effects.assert_nothing_happened()
 
 
@@ -391,7 +419,7 @@ def test_as22_code_challenge_syntax(browser: Browser, client_app, challenge: str
         ),
     ],
 )
-def test_as31_resource_outside_the_allowlist_redirects_invalid_target(
+def test_as31_resource_outside_the_allowlist_is_invalid_target(
     browser: Browser, client_app, resources: list[str]
 ) -> None:
     """AS-31: RFC 8707 resources must be configured MCP servers; every repeated value counts."""
@@ -399,7 +427,7 @@ def test_as31_resource_outside_the_allowlist_redirects_invalid_target(
     params += [("resource", r) for r in resources]
     effects = Effects()
     response = get_authorize(browser, params)
-    assert_error_redirect(response, "https://app.example/cb", "invalid_target")
+    assert_error_shown(response, "https://app.example/cb", "invalid_target")
     effects.assert_nothing_happened()
 
 
@@ -414,7 +442,7 @@ def test_as32_resource_is_canonicalised(browser: Browser, client_app, resource: 
 def test_as32_another_port_is_another_server(browser: Browser, client_app) -> None:
     """AS-31, AS-32: canonicalisation never merges a different port into the allowlist."""
     response = browser.authorize(authorize_params(client_app, resource="http://127.0.0.1:80/mcp"))
-    assert_error_redirect(response, "https://app.example/cb", "invalid_target")
+    assert_error_shown(response, "https://app.example/cb", "invalid_target")
 
 
 def test_as35_no_resource_means_the_configured_one(browser: Browser, client_app) -> None:
@@ -464,37 +492,38 @@ def test_as48_implicit_and_other_response_types_are_refused(
     """AS-48, BCP-06: OAuth 2.1 has only response_type=code; no page, nothing upstream."""
     effects = Effects()
     response = browser.authorize(authorize_params(client_app, response_type=response_type))
-    error = query_of(response["Location"])["error"][0]
+    error = query_of(error_link(response))["error"][0]
     assert error in errors
-    assert_error_redirect(response, "https://app.example/cb", error)
+    assert_error_shown(response, "https://app.example/cb", error)
     effects.assert_nothing_happened()
 
 
-def test_unknown_scope_redirects_invalid_scope(browser: Browser, client_app) -> None:
+def test_unknown_scope_is_invalid_scope(browser: Browser, client_app) -> None:
     """AS-51: a scope this server does not have -> invalid_scope, no page."""
     effects = Effects()
     response = browser.authorize(authorize_params(client_app, scope="items:read admin:all"))
-    assert_error_redirect(response, "https://app.example/cb", "invalid_scope")
+    assert_error_shown(response, "https://app.example/cb", "invalid_scope")
     effects.assert_nothing_happened()
 
 
 @pytest.mark.parametrize(
     "state", ["a b&c=d", "x%2Fy", "ümlaut+plus", "iss=https://evil.example", "&&=="]
 )
-def test_as51_error_redirect_returns_state_unchanged(
+def test_as51_error_response_returns_state_unchanged(
     browser: Browser, client_app, state: str
 ) -> None:
     """AS-51: the client's state comes back byte for byte, each parameter exactly once."""
     params = without(authorize_params(client_app, state=state), "code_challenge")
     response = browser.authorize(params)
-    assert_error_redirect(response, "https://app.example/cb", "invalid_request", state=state)
+    assert_error_shown(response, "https://app.example/cb", "invalid_request", state=state)
 
 
-def test_as51_error_redirect_without_state_has_no_state(browser: Browser, client_app) -> None:
+def test_as51_error_response_without_state_has_no_state(browser: Browser, client_app) -> None:
     """AS-51: state is echoed only if the client sent one."""
     params = without(authorize_params(client_app), "state", "code_challenge")
     response = browser.authorize(params)
-    query = query_of(response["Location"])
+    assert_error_page(response)
+    query = query_of(error_link(response))
     assert query["error"] == ["invalid_request"] and "state" not in query
     assert query["iss"] == [ISSUER]
 
@@ -503,7 +532,7 @@ def test_as52_registered_query_is_kept_on_errors_and_success(browser: Browser) -
     """AS-52, AS-51: a registered ?tenant=7 survives, code/state/iss are added once each."""
     client = MCPClientFactory(redirect_uris=["https://app.example/cb?tenant=7"])
     error = browser.authorize(without(authorize_params(client), "code_challenge"))
-    query = assert_error_redirect(error, "https://app.example/cb?tenant=7", "invalid_request")
+    query = assert_error_shown(error, "https://app.example/cb?tenant=7", "invalid_request")
     assert query["tenant"] == "7"
 
     browser.login_upstream()
@@ -517,6 +546,10 @@ def test_as52_registered_query_is_kept_on_errors_and_success(browser: Browser) -
     assert (
         query["tenant"] == "7" and query["state"] == "client-state-123" and query["iss"] == ISSUER
     )
+    # Approved now (SEC-03): the same error is redirected, the registered query kept too.
+    error = browser.authorize(without(authorize_params(client), "code_challenge"))
+    query = assert_error_redirect(error, "https://app.example/cb?tenant=7", "invalid_request")
+    assert query["tenant"] == "7"
 
 
 def test_mu01_iss_equals_metadata_issuer_on_success_error_and_denial(
@@ -527,7 +560,7 @@ def test_mu01_iss_equals_metadata_issuer_on_success_error_and_denial(
     assert issuer == ISSUER
 
     error = browser.authorize(authorize_params(client_app, scope="nope"))
-    assert query_of(error["Location"])["iss"] == [issuer]
+    assert query_of(error_link(error))["iss"] == [issuer]  # SEC-03: a link, not a redirect
 
     denied = browser.post_form(browser.authorize(authorize_params(client_app)), "deny")
     assert query_of(denied["Location"])["iss"] == [issuer]
@@ -537,6 +570,96 @@ def test_mu01_iss_equals_metadata_issuer_on_success_error_and_denial(
     query = query_of(final["Location"])
     assert query["iss"] == [issuer]
     assert query["state"] == ["client-state-123"] and query["code"][0]
+
+    error = browser.authorize(authorize_params(client_app, scope="nope"))  # approved now
+    assert query_of(error["Location"])["iss"] == [issuer]
+
+
+# --- SEC-03 (RFC 9700 §4.11.2, BCP-02, AS-53): no open redirector ----------------------------
+
+PHISH = "https://phish.example/login"
+
+
+@pytest.fixture
+def phish():
+    """Anyone can self-register a client whose redirect URI is a phishing page."""
+    return MCPClientFactory(client_name="Totally Legit", redirect_uris=[PHISH])
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        pytest.param({"prompt": "none"}, "login_required", id="prompt-none"),
+        pytest.param({"code_challenge_method": "plain"}, "invalid_request", id="plain-pkce"),
+        pytest.param({"scope": "admin:all"}, "invalid_scope", id="unknown-scope"),
+        pytest.param({"response_type": "token"}, "unsupported_response_type", id="implicit"),
+        pytest.param({"resource": "https://unknown.example/mcp"}, "invalid_target", id="resource"),
+    ],
+)
+def test_sec03_self_registered_phishing_redirect_uri_gets_no_redirect(
+    browser: Browser, phish, extra: dict[str, str], error: str
+) -> None:
+    """SEC-03: an attacker's link answers our page, not a 302 to the phishing site."""
+    effects = Effects()
+    response = browser.authorize(authorize_params(phish, **extra))
+    assert_error_shown(response, PHISH, error)
+    assert "phish.example" not in response.get("Location", "")
+    effects.assert_nothing_happened()
+
+
+def test_sec03_prompt_none_of_a_signed_in_person_who_never_approved_gets_no_redirect(
+    browser: Browser, client_app, phish
+) -> None:
+    """SEC-03: being signed in (approved another client) does not open a redirect for this one."""
+    browser.login_upstream()
+    assert browser.run_flow(authorize_params(client_app)).status_code == 302
+    response = browser.authorize(authorize_params(phish, prompt="none"))
+    assert_error_shown(response, PHISH, "consent_required")
+
+
+def test_sec03_another_redirect_uri_of_an_approved_client_gets_no_redirect(
+    browser: Browser,
+) -> None:
+    """SEC-03: the approval is for a client AND a redirect URI; a second URI is unapproved."""
+    client = MCPClientFactory(redirect_uris=["https://app.example/cb", PHISH])
+    browser.login_upstream()
+    assert browser.run_flow(authorize_params(client)).status_code == 302
+    approved = browser.authorize(authorize_params(client, scope="admin:all"))
+    assert_error_redirect(approved, "https://app.example/cb", "invalid_scope")
+    other = browser.authorize(authorize_params(client, scope="admin:all", redirect_uri=PHISH))
+    assert_error_shown(other, PHISH, "invalid_scope")
+
+
+def test_sec03_a_revoked_approval_no_longer_redirects(browser: Browser, client_app) -> None:
+    """SEC-03: only a live consent counts as the person's approval."""
+    browser.login_upstream()
+    browser.run_flow(authorize_params(client_app))
+    assert_error_redirect(
+        browser.authorize(authorize_params(client_app, prompt="none")),
+        "https://app.example/cb",
+        "consent_required",
+    )
+    flows.revoke_consents(list(Consent.objects.all()), actor=audit.SYSTEM, reason="test")
+    assert_error_shown(
+        browser.authorize(authorize_params(client_app, prompt="none")),
+        "https://app.example/cb",
+        "consent_required",
+    )
+
+
+def test_sec03_another_persons_approval_does_not_redirect_for_me(client_app) -> None:
+    """SEC-03: the approval is this person's; someone else's consent opens nothing."""
+    someone = Browser()
+    someone.login_upstream()
+    someone.run_flow(authorize_params(client_app))
+    me = Browser()
+    me.login_upstream("hubot")
+    me.run_flow(authorize_params(MCPClientFactory(redirect_uris=["https://other.example/cb"])))
+    assert_error_shown(
+        me.authorize(authorize_params(client_app, scope="admin:all")),
+        "https://app.example/cb",
+        "invalid_scope",
+    )
 
 
 # --- CD-10..12, LH-01/02, DCR-19, AS-54: what the consent page shows ------------------------
@@ -742,15 +865,30 @@ def _bad_request(browser: Browser, client_app) -> HttpResponse:
     return browser.authorize(authorize_params(client_app, client_id="no-such-client"))
 
 
-@pytest.mark.parametrize("which", ["consent page", "error page"])
+@pytest.fixture(params=["demo middleware", "no XFrameOptionsMiddleware"])
+def framing_middleware(request, settings) -> None:
+    """The app's own headers must hold in a project without Django's clickjacking middleware."""
+    if request.param == "no XFrameOptionsMiddleware":
+        settings.MIDDLEWARE = [
+            m for m in settings.MIDDLEWARE if not m.endswith("XFrameOptionsMiddleware")
+        ]
+        assert not any("XFrameOptions" in m for m in settings.MIDDLEWARE)
+
+
+@pytest.mark.usefixtures("framing_middleware")
+@pytest.mark.parametrize("which", ["consent page", "error page", "callback page", "connections"])
 def test_cd14_pages_cannot_be_framed(browser: Browser, client_app, which: str) -> None:
-    """CD-14, BCP-13: X-Frame-Options DENY and CSP frame-ancestors 'none'."""
-    response = (
-        browser.authorize(authorize_params(client_app))
-        if which == "consent page"
-        else _bad_request(browser, client_app)
-    )
-    assert response.status_code == (200 if which == "consent page" else 400)
+    """CD-14, BCP-13: X-Frame-Options DENY and CSP frame-ancestors 'none', set by the app
+    itself (protect_page), not borrowed from the project's middleware."""
+    if which == "consent page":
+        response, status = browser.authorize(authorize_params(client_app)), 200
+    elif which == "error page":
+        response, status = _bad_request(browser, client_app), 400
+    elif which == "callback page":
+        response, status = browser.get("/upstream/callback/?state=unknown&code=x"), 400
+    else:
+        response, status = browser.get("/connections/"), 200
+    assert response.status_code == status
     assert response["X-Frame-Options"] == "DENY"
     assert "frame-ancestors 'none'" in response["Content-Security-Policy"]
 
@@ -1019,8 +1157,8 @@ def test_as51_fragment_response_mode_is_refused_or_clean(browser: Browser, clien
     """AS-51, AS-52, MU-01: either refuse response_mode=fragment, or put everything in the fragment once."""
     params = authorize_params(client_app, response_mode="fragment")
     first = browser.authorize(params)
-    if first.status_code in (302, 303):
-        assert query_of(first["Location"])["error"] == ["invalid_request"]
+    if first.status_code == 400:  # refused; SEC-03: shown, the client was never approved
+        assert_error_shown(first, "https://app.example/cb", "invalid_request")
         return
     browser.login_upstream()
     final = browser.run_flow(params)
@@ -1114,6 +1252,47 @@ def test_cd04_changed_client_metadata_asks_again(returning_user: Browser, client
     )
     response = returning_user.authorize(authorize_params(client_app), **{"Sec-Fetch-Site": "none"})
     assert is_consent_page(response)
+
+
+@pytest.mark.usefixtures("remember_consent")
+def test_cd04_metadata_version_alone_asks_again(returning_user: Browser, client_app) -> None:
+    """CD-04 by its own mechanism: a new redirect URI bumps the metadata version and leaves
+    the consent for https://app.example/cb live (only a removed URI's consents are revoked),
+    so only the version check in the remembered-consent rule can ask again here."""
+    consent = Consent.objects.get()
+    version = client_app.metadata_version
+    flows.update_client(
+        client_app,
+        clean_client_metadata(
+            {
+                "client_name": "Acme Agent",
+                "redirect_uris": ["https://app.example/cb", "https://app.example/cb2"],
+                "token_endpoint_auth_method": "none",
+            },
+            RegistrationSource.DCR,
+        ),
+    )
+    consent.refresh_from_db()
+    client_app.refresh_from_db()
+    assert consent.revoked_at is None and consent.expired_at is None  # still live
+    assert client_app.metadata_version == version + 1
+    response = returning_user.authorize(authorize_params(client_app), **{"Sec-Fetch-Site": "none"})
+    assert is_consent_page(response)
+
+
+@pytest.mark.usefixtures("remember_consent")
+def test_cd01_one_browser_two_people(returning_user: Browser, client_app) -> None:
+    """CD-01 in ONE browser: octocat's remembered consent skips the page for octocat; once
+    hubot signs in to the proxy in that same browser, the same link shows hubot the page."""
+    direct = {"Sec-Fetch-Site": "none"}
+    assert returning_user.authorize(authorize_params(client_app), **direct).status_code == 302
+    returning_user.login_upstream("hubot")
+    other = MCPClientFactory(client_name="Other", redirect_uris=["https://other.example/cb"])
+    assert code_from(returning_user.run_flow(authorize_params(other)))  # now hubot here
+    effects = Effects()
+    response = returning_user.authorize(authorize_params(client_app), **direct)
+    assert is_consent_page(response)
+    effects.assert_nothing_happened()
 
 
 def test_cd01_remembering_is_off_by_default(returning_user: Browser, client_app) -> None:

@@ -306,6 +306,65 @@ def test_sh01_no_token_is_401_even_with_a_session_id(issued) -> None:
     assert params["scope"] == "items:read"
 
 
+def stateful_app() -> Any:
+    """The demo's tools over a STATEFUL SDK transport: real Mcp-Session-Id values exist."""
+    from project.mcp_server import TOOL_SCOPES, build_server, resource_uri
+
+    sdk_app = build_server().streamable_http_app(
+        stateless_http=False,
+        json_response=True,
+        transport_security=mcp_sdk.transport_security(),
+    )
+    return mcp_sdk.ProtectedMCPApp(sdk_app, resource_uri=resource_uri(), tool_scopes=TOOL_SCOPES)
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+
+
+def test_sh02_another_users_real_session_id_is_no_credential() -> None:
+    """SH-01 / SH-02: hubot's REAL session id, presented without a token, is 401; presented
+    with octocat's token it is as unknown as a made-up one (404), never hubot's session."""
+    hubot = issue_token(username="hubot")
+    octocat = issue_token(username="octocat")
+    accept = {"Accept": "application/json, text/event-stream"}
+
+    async def scenario(app: Any) -> tuple[str, list[httpx2.Response]]:
+        async with http_client(app) as http:
+            opened = await http.post(
+                "/mcp", json=INITIALIZE, headers={**accept, "Authorization": hubot.authorization}
+            )
+            assert opened.status_code == 200, opened.text
+            session = opened.headers["Mcp-Session-Id"]
+            call = {**TOOLS_CALL, "params": {"name": "whoami", "arguments": {}}}
+            answers = []
+            for authorization in (None, octocat.authorization):
+                headers = {
+                    **accept,
+                    "Mcp-Session-Id": session,
+                    "MCP-Protocol-Version": "2025-06-18",
+                }
+                if authorization:
+                    headers["Authorization"] = authorization
+                answers.append(await http.post("/mcp", json=call, headers=headers))
+            return session, answers
+
+    session, (without_token, with_other_token) = serve(scenario, mcp_app=stateful_app())
+    assert len(session) >= 16
+    assert without_token.status_code == 401
+    assert "error" not in challenge(without_token)  # RS-04: no credentials, no error code
+    assert with_other_token.status_code == 404, with_other_token.text
+    assert "hubot" not in with_other_token.text
+
+
 def test_two_authorization_headers_are_invalid_request(issued) -> None:
     async def post(app: Any) -> httpx2.Response:
         async with http_client(app) as http:

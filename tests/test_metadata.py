@@ -7,7 +7,9 @@ What an MCP client reads before anything else: the issuer it must match byte for
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -176,10 +178,14 @@ def test_mu_01_iss_on_redirects_equals_metadata_issuer(client):
         "prompt": "none",
     }
     response = client.get("/authorize/?" + urlencode(params))
-    assert response.status_code in {302, 303}
-
-    assert query_of(response["Location"])["iss"] == [fetch(client)["issuer"]]
-    assert query_of(response["Location"])["state"] == ["st"]
+    # SEC-03: nobody approved this client, so the error response is a link on our page.
+    assert response.status_code == 400 and not response.has_header("Location")
+    link = re.search(r'<a id="client-error-link" href="([^"]*)"', response.content.decode())
+    assert link, "no link back to the client"
+    location = html.unescape(link.group(1))
+    assert location.startswith("https://app.example.com/cb?")
+    assert query_of(location)["iss"] == [fetch(client)["issuer"]]
+    assert query_of(location)["state"] == ["st"]
 
 
 @pytest.mark.parametrize("path", [METADATA, "/authorize/"])

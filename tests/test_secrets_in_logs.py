@@ -438,3 +438,101 @@ def test_token_endpoint_crash_report_hides_the_secrets(
         + [alt[0] for m in mailoutbox for alt in getattr(m, "alternatives", [])]
     )
     assert code not in report and verifier not in report
+
+
+# --- SEC-02: Django's technical 500 report of a callback that fails after the exchange -------
+
+
+def _fail_after_our_code(tx: Any, code: str) -> None:
+    """A bug right after our MCP code was minted (its frame holds the code)."""
+    raise RuntimeError("simulated crash after the code was minted")
+
+
+FAULTS = {
+    # The upstream tokens exist (plaintext in memory), nothing is recorded yet.
+    "storing-the-upstream-token": Crash('INSERT INTO "mcp_consent_upstreamtoken"'),
+    # The upstream tokens are stored and our code exists.
+    "after-our-code": None,
+}
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["debug-off", "debug-on"])
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_sec02_callback_crash_report_hides_every_secret(
+    settings: Any, recorder: RecordingAdapter, monkeypatch: Any, fault: str, debug: bool
+) -> None:
+    """SEC-02: the HTML and text technical 500 reports of a callback that fails after the
+    upstream exchange carry no upstream access or refresh token, no PKCE verifier, no
+    upstream code, no state, no binding nonce and none of our codes -- DEBUG page included."""
+    from django.core.signals import got_request_exception
+    from django.views.debug import ExceptionReporter
+
+    from mcp_consent import flows
+
+    settings.DEBUG = debug
+    assert settings.DEFAULT_EXCEPTION_REPORTER_FILTER == "mcp_consent.debug.ExceptionReporterFilter"
+    client = MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    browser = Browser()
+    browser.login_upstream()
+    _verifier, challenge = pkce_pair()
+    page = browser.authorize(authorize_params(client, challenge=challenge))
+    to_upstream = browser.post_form(page, "approve")
+    secrets = {
+        "upstream_state": query_of(to_upstream["Location"])["state"][0],
+        "binding_cookie": browser.client.cookies["__Host-mcp_consent_tx"].value,
+    }
+    callback_url = browser.through_upstream(to_upstream["Location"])["Location"]
+    secrets["upstream_code"] = query_of(callback_url)["code"][0]
+
+    ours: list[str] = []
+    if FAULTS[fault] is None:
+
+        def fail(tx: Any, code: str) -> None:
+            ours.append(code)
+            _fail_after_our_code(tx, code)
+
+        monkeypatch.setattr(flows, "record_issued_code", fail)
+    caught: list[tuple[Any, Any]] = []
+
+    def keep(sender: Any, request: Any, **kwargs: Any) -> None:
+        import sys
+
+        caught.append((request, sys.exc_info()))
+
+    got_request_exception.connect(keep)
+    browser.client.raise_request_exception = False
+    try:
+        if FAULTS[fault] is None:
+            crashed = browser.get(callback_url)
+        else:
+            with connection.execute_wrapper(FAULTS[fault]):
+                crashed = browser.get(callback_url)
+    finally:
+        got_request_exception.disconnect(keep)
+    assert crashed.status_code == 500
+    assert caught, "no exception reached Django's handler: the test exercises nothing"
+
+    for request, response in recorder.exchanges:
+        if (request.url or "").endswith("/login/oauth/access_token"):
+            body = response.json()
+            secrets["upstream_access_token"] = body["access_token"]
+            secrets["upstream_refresh_token"] = body["refresh_token"]
+            sent = parse_qs(
+                request.body if isinstance(request.body, str) else request.body.decode()
+            )
+            secrets["upstream_code_verifier"] = sent["code_verifier"][0]
+    assert {"upstream_access_token", "upstream_refresh_token"} <= set(secrets)
+    if ours:
+        secrets["mcp_code"] = ours[0]
+    assert all(len(v) >= 16 for v in secrets.values()), secrets
+
+    request, (exc_type, exc_value, tb) = caught[0]
+    reporter = ExceptionReporter(request, exc_type, exc_value, tb)
+    html_report = reporter.get_traceback_html()
+    text_report = reporter.get_traceback_text()
+    for report in (html_report, text_report):
+        assert "simulated crash" in report  # the real report of the real failure
+        assert "/upstream/callback/" in report and "********************" in report
+        assert leaks(report, secrets) == [], fault
+    # The frames are there, only their secret values are not (not a vacuous report).
+    assert "complete_authorization" in text_report or "_fail_after_our_code" in text_report

@@ -590,7 +590,9 @@ def test_as24_no_code_can_exist_without_a_challenge() -> None:
     params = authorize_params(client)
     del params["code_challenge"], params["code_challenge_method"]
     response = Browser().authorize(params)
-    assert response.status_code == 302 and "error=invalid_request" in response["Location"]
+    # SEC-03: an unapproved client's error is our page (a link back carries the error).
+    assert response.status_code == 400 and not response.has_header("Location")
+    assert "error=invalid_request" in response.content.decode()
     assert not get_grant_model().objects.exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from urllib.parse import urlencode
 
@@ -9,14 +10,24 @@ import pytest
 from django.contrib.auth import SESSION_KEY
 from django.utils import timezone
 
-from mcp_consent import vault
-from mcp_consent.models import AuthorizationTransaction, Consent, UpstreamIdentity, UpstreamToken
-from project.demo_upstream.models import RequestLog
+from mcp_consent import audit, flows, vault
+from mcp_consent.models import (
+    AuthorizationTransaction,
+    Consent,
+    RegistrationSource,
+    UpstreamIdentity,
+    UpstreamToken,
+)
+from mcp_consent.registration import clean_client_metadata
+from mcp_consent.views.common import BINDING_SALT
+from project.demo_upstream.models import RequestLog, Token
 from tests.browser_client import Browser, authorize_params
 from tests.conftest import query_of
 from tests.factories import MCPClientFactory
 
 pytestmark = pytest.mark.django_db
+
+UPSTREAM_AUTHORIZE = "http://localhost:8001/demo-upstream/login/oauth/authorize"
 
 
 @pytest.fixture
@@ -119,6 +130,46 @@ def test_tampered_binding_cookie_is_refused(client_a) -> None:
     before = exchanges()
     assert browser.get(callback).status_code == 400
     assert exchanges() == before
+
+
+def test_cd22_binding_cookie_older_than_the_ttl_is_refused(client_a) -> None:
+    """CD-22: the binding cookie's own signed age counts (max_age), not only the row's expiry.
+
+    The transaction is still live here; only the cookie is older than TRANSACTION_TTL. A
+    control with the same nonce signed now completes, so the refusal is the cookie's age.
+    """
+    from django.core import signing
+    from django.http import HttpRequest, HttpResponse
+
+    from mcp_consent.app_settings import app_settings
+
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    name = app_settings.TRANSACTION_COOKIE_NAME
+    seen = HttpRequest()
+    seen.COOKIES[name] = browser.client.cookies[name].value
+    nonce = seen.get_signed_cookie(name, salt=BINDING_SALT)
+
+    def signed(*, age: int) -> str:
+        """The same nonce in a cookie signed ``age`` seconds ago, as the proxy signs it."""
+        real = signing.TimestampSigner.timestamp
+        signing.TimestampSigner.timestamp = lambda self: signing.b62_encode(  # type: ignore[method-assign]
+            int(time.time()) - age
+        )
+        try:
+            response = HttpResponse()
+            response.set_signed_cookie(name, nonce, salt=BINDING_SALT)
+        finally:
+            signing.TimestampSigner.timestamp = real  # type: ignore[method-assign]
+        return response.cookies[name].value
+
+    AuthorizationTransaction.objects.update(expires_at=timezone.now() + timedelta(hours=1))
+    browser.client.cookies[name] = signed(age=app_settings.TRANSACTION_TTL + 5)
+    before = exchanges()
+    assert browser.get(callback).status_code == 400
+    assert exchanges() == before
+    browser.client.cookies[name] = signed(age=0)  # control: the same nonce, signed now
+    assert browser.get(callback).status_code == 302
 
 
 def test_replayed_callback_is_refused(client_a) -> None:
@@ -309,6 +360,17 @@ def test_cd03_consent_lives_server_side_and_cookies_cannot_forge_it(client_a, re
     page = thief.authorize(authorize_params(client_a), **{"Sec-Fetch-Site": "none"})
     assert page.status_code == 200 and "Approve" in page.content.decode()
 
+    # Control: the same request with the victim's real session (the server-side record it
+    # points to) does skip the page, so the refusal above is the missing session, nothing else.
+    thief.client.cookies["__Host-sessionid"] = victim.client.cookies["__Host-sessionid"].value
+    skipped = thief.authorize(authorize_params(client_a), **{"Sec-Fetch-Site": "none"})
+    assert skipped.status_code == 302
+    assert skipped["Location"].startswith(UPSTREAM_AUTHORIZE + "?")
+    # ... and once the server-side consent is revoked, even the real session skips nothing.
+    flows.revoke_consents(list(Consent.objects.all()), actor=audit.SYSTEM, reason="test")
+    again = thief.authorize(authorize_params(client_a), **{"Sec-Fetch-Site": "none"})
+    assert again.status_code == 200 and "Approve" in again.content.decode()
+
 
 def test_cd06_cleared_cookies_show_the_page_again(client_a, remembering) -> None:
     """CD-06: with remembering on, a browser without the user's session gets the page."""
@@ -320,3 +382,148 @@ def test_cd06_cleared_cookies_show_the_page_again(client_a, remembering) -> None
     browser.client.cookies.clear()
     page = browser.authorize(authorize_params(client_a), **{"Sec-Fetch-Site": "none"})
     assert page.status_code == 200 and "Approve" in page.content.decode()
+
+
+# --- SEC-04 / CD-01: a remembered consent is used only for the person who gave it -------------
+
+
+def live_upstream_tokens(login: str) -> int:
+    return Token.objects.filter(account__login=login, revoked_at__isnull=True).count()
+
+
+def test_sec04_remembered_consent_of_a_is_never_granted_to_b(client_a, remembering) -> None:
+    """SEC-04, CD-01 (one browser, two people): A's remembered consent skipped the page, the
+    upstream then signed in B. No consent for B, no code to the client, B's new upstream
+    tokens revoked, and a page saying why."""
+    browser = Browser()
+    browser.login_upstream("octocat")
+    assert browser.run_flow(authorize_params(client_a))["Location"].startswith(
+        "https://app.example/cb?code="
+    )
+    browser.login_upstream("hubot")  # same browser, another account at the upstream
+    skipped = browser.authorize(authorize_params(client_a), **{"Sec-Fetch-Site": "none"})
+    assert skipped.status_code == 302, "the remembered consent of octocat skipped the page"
+    callback = browser.through_upstream(skipped["Location"])["Location"]
+    refused = browser.get(callback)
+
+    assert refused.status_code == 403
+    assert not refused.has_header("Location")
+    assert "another account" in refused.content.decode()
+    hubot = UpstreamIdentity.objects.filter(login="hubot").first()
+    assert hubot is None or not Consent.objects.filter(user=hubot.user).exists()
+    assert Consent.objects.count() == 1  # octocat's, nothing else
+    assert Token.objects.filter(account__login="hubot").count() == 1  # issued to us ...
+    assert live_upstream_tokens("hubot") == 0  # ... and revoked at the upstream, not left live
+    tx = AuthorizationTransaction.objects.latest("pk")
+    assert (tx.outcome, tx.failure_reason) == ("failed", "remembered consent of another person")
+    assert tx.code_hash == ""
+
+
+def test_sec04_the_same_person_still_completes_with_a_remembered_consent(
+    client_a, remembering
+) -> None:
+    """SEC-04 control: the person whose consent was remembered gets their code."""
+    browser = Browser()
+    browser.login_upstream("octocat")
+    browser.run_flow(authorize_params(client_a))
+    skipped = browser.authorize(authorize_params(client_a), **{"Sec-Fetch-Site": "none"})
+    assert skipped.status_code == 302
+    final = browser.get(browser.through_upstream(skipped["Location"])["Location"])
+    assert final.status_code == 302 and query_of(final["Location"])["code"]
+
+
+def test_sec04_an_explicit_approval_completes_for_whoever_signs_in(client_a, remembering) -> None:
+    """SEC-04 boundary: a person who pressed Approve on the page approved for themselves,
+    whichever upstream account they then use (the page was shown, nothing was skipped)."""
+    browser = Browser()
+    browser.login_upstream("octocat")
+    browser.run_flow(authorize_params(client_a))
+    browser.login_upstream("hubot")
+    page = browser.authorize(authorize_params(client_a))  # no fetch metadata: the page
+    assert page.status_code == 200
+    final = browser.get(
+        browser.through_upstream(browser.post_form(page, "approve")["Location"])["Location"]
+    )
+    assert final.status_code == 302 and query_of(final["Location"])["code"]
+    assert Consent.objects.filter(user__upstream_identities__login="hubot").count() == 1
+
+
+# --- SEC-05: a client disabled or changed while the person is at the upstream -----------------
+
+
+def disable(client) -> None:
+    flows.disable_client(client, actor=audit.SYSTEM, reason="test")
+
+
+def add_redirect_uri(client) -> None:
+    flows.update_client(
+        client,
+        clean_client_metadata(
+            {
+                "client_name": "Acme Agent",
+                "redirect_uris": ["https://app.example/cb", "https://app.example/other"],
+                "token_endpoint_auth_method": "none",
+            },
+            RegistrationSource.DCR,
+        ),
+    )
+
+
+def rename(client) -> None:
+    flows.update_client(
+        client,
+        clean_client_metadata(
+            {
+                "client_name": "Totally Different",
+                "redirect_uris": ["https://app.example/cb"],
+                "token_endpoint_auth_method": "none",
+            },
+            RegistrationSource.DCR,
+        ),
+    )
+
+
+CHANGES = {"disabled": disable, "redirect-uri-added": add_redirect_uri, "renamed": rename}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_sec05_client_changed_before_the_callback_gets_a_clear_page(client_a, change) -> None:
+    """SEC-05: changed while the person was at the upstream: 409 page, no exchange, no code."""
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    CHANGES[change](client_a)
+    before = exchanges()
+    response = browser.get(callback)
+    assert response.status_code == 409 and not response.has_header("Location")
+    assert "changed or was disabled" in response.content.decode()
+    assert exchanges() == before  # the upstream code was never redeemed
+    assert not Consent.objects.exists() and not UpstreamToken.objects.exists()
+    assert AuthorizationTransaction.objects.get().outcome == "failed"
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_sec05_client_changed_during_the_upstream_exchange_revokes_the_new_tokens(
+    client_a, change, monkeypatch
+) -> None:
+    """SEC-05: changed while we were redeeming the upstream code (after the first check): no
+    500, a 409 page, no consent, no code, and the upstream grant just obtained revoked."""
+    from mcp_consent import upstream
+
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    real_exchange = upstream.exchange_code
+
+    def exchange_then_change(code: str, verifier: str | None) -> dict:
+        tokens = real_exchange(code, verifier)
+        CHANGES[change](client_a)  # an operator or the client, while the exchange ran
+        return tokens
+
+    monkeypatch.setattr(upstream, "exchange_code", exchange_then_change)
+    response = browser.get(callback)
+    assert response.status_code == 409 and not response.has_header("Location")
+    assert "changed or was disabled" in response.content.decode()
+    assert not Consent.objects.exists() and not UpstreamToken.objects.exists()
+    assert Token.objects.filter(account__login="octocat").count() == 1  # it was issued ...
+    assert live_upstream_tokens("octocat") == 0  # ... and revoked at the upstream
+    tx = AuthorizationTransaction.objects.get()
+    assert tx.outcome == "failed" and tx.code_hash == ""

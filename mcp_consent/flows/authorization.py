@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -35,11 +35,14 @@ from .common import client_ip, user_agent
 
 @dataclass
 class PendingUpstream:
-    """What the approving view needs to send the browser upstream (never stored raw)."""
+    """What the approving view needs to send the browser upstream (never stored raw).
+
+    SEC-02: the state and the PKCE verifier are secrets, kept out of the repr.
+    """
 
     transaction: AuthorizationTransaction
-    state: str
-    code_verifier: str | None
+    state: str = field(repr=False)
+    code_verifier: str | None = field(repr=False)
 
 
 def _new_transaction(
@@ -101,6 +104,8 @@ def begin_upstream_authorization(
             upstream_scopes=" ".join(app_settings.UPSTREAM.upstream_scopes_for(scopes)),
             resource=resource,
             user=user,
+            remembered=remembered,
+            client_metadata_version=client.metadata_version,
         )
         _record_decision(
             AuditEvent.Action.CONSENT_APPROVED,
@@ -250,19 +255,49 @@ def fail_transaction(
 
 @dataclass
 class UpstreamGrant:
-    """What the upstream returned for one transaction (tokens are secrets: never logged)."""
+    """What the upstream returned for one transaction.
+
+    SEC-02: the tokens are secrets, kept out of the repr (and so out of logs and reports).
+    """
 
     subject: str
     login: str
     email: str
     name: str
-    access_token: str
-    refresh_token: str
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
     token_type: str
     scopes: str
     expires_at: Any
     refresh_expires_at: Any
     raw_identity: dict[str, Any]
+
+
+class GrantRefused(Exception):
+    """The callback must not record this grant; ``reason`` is safe to log and audit."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ClientChanged(GrantRefused):
+    """SEC-05: the client was disabled or changed while the person was at the upstream."""
+
+
+class NotTheRememberedPerson(GrantRefused):
+    """SEC-04 / CD-01: a remembered consent of one person, an upstream sign-in of another."""
+
+
+def check_client_as_approved(tx: AuthorizationTransaction, client: MCPClient) -> None:
+    """SEC-05: the client is still enabled and shows what the person approved, or ClientChanged."""
+    if client.is_disabled:
+        raise ClientChanged("client disabled during the upstream sign-in")
+    if (
+        tx.client_metadata_version is not None
+        and client.metadata_version != tx.client_metadata_version
+    ):
+        raise ClientChanged("client metadata changed during the upstream sign-in")
 
 
 def complete_authorization(
@@ -271,14 +306,23 @@ def complete_authorization(
     """Map the upstream identity to a user, record the consent and store the upstream token.
 
     Runs inside the caller's transaction, together with the creation of the MCP
-    authorization code, so a failure leaves nothing half-written.
+    authorization code, so a failure leaves nothing half-written. Raises GrantRefused
+    (and so rolls back) when the grant is not the one the person approved (SEC-04, SEC-05).
     """
     adapter = get_adapter(request)
     now = timezone.now()
+    assert tx.client is not None  # an AUTHORIZE transaction always has its client
+    # SEC-05: the client row is locked first (the order of the client writers, which lock it
+    # before its consents): a disable or an update either committed before this check, or
+    # waits and then revokes what this transaction records.
+    client = MCPClient.objects.select_for_update().get(pk=tx.client.pk)
+    check_client_as_approved(tx, client)
     identity = _identity_for(grant, adapter)
     user = identity.user
-    client = tx.client
-    assert client is not None  # an AUTHORIZE transaction always has its client
+    if tx.remembered and user.pk != tx.user_id:
+        # SEC-04 / CD-01: the page was skipped for the proxy session's user (tx.user), but
+        # the upstream signed in someone else: nobody approved a grant for that person.
+        raise NotTheRememberedPerson("remembered consent of another person")
     consent = (
         Consent.objects.select_for_update()
         .filter(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,8 +46,9 @@ class RegisteredClient:
 
     client: MCPClient
     metadata: ClientMetadata
-    client_secret: str | None
-    registration_access_token: str | None
+    # SEC-02: shown once in the registration response, never in a repr.
+    client_secret: str | None = field(repr=False)
+    registration_access_token: str | None = field(repr=False)
 
 
 def _sync_redirect_uris(client: MCPClient, uris: list[str]) -> None:

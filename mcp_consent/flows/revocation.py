@@ -8,7 +8,7 @@ Idempotent, audited in the same transaction, ``consent_revoked`` sent on commit 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -31,8 +31,10 @@ Action = AuditEvent.Action
 
 @dataclass
 class _UpstreamSecrets:
-    access_token: str
-    refresh_token: str
+    """A retired consent's upstream tokens, to revoke at the upstream (SEC-02: no repr)."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
     consent: Consent
 
 

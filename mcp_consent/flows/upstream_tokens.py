@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from .. import upstream, vault
 from ..models import Consent, UpstreamToken
@@ -65,6 +66,7 @@ def consent_for(token: TokenClaims) -> Consent | None:
     return None
 
 
+@sensitive_variables("refresh_token", "tokens")  # SEC-02
 def refresh_upstream_token(token: UpstreamToken, *, force: bool = False) -> UpstreamToken:
     """Refresh one consent's upstream token server-side, once across concurrent workers (UP-08).
 
@@ -150,6 +152,7 @@ def upstream_session(token: TokenClaims) -> upstream.UpstreamAPISession:
     )
 
 
+@sensitive_variables("access_token", "refresh_token", "token")  # SEC-02
 def revoke_upstream_grant(access_token: str, refresh_token: str) -> str:
     """UP-09: revoke an upstream grant at the upstream's RFC 7009 endpoint (best effort).
 

@@ -2,8 +2,9 @@
 
 Top to bottom, for every GET and POST of /authorize/:
 1. validate the authorization request with DOT (client, exact redirect URI, PKCE S256,
-   resource allowlist, scopes); a bad client or redirect URI gets an error page, anything
-   else an error redirect with ``state`` and ``iss`` (AS-50, AS-51, MU-01);
+   resource allowlist, scopes); a bad client or redirect URI gets an error page; any other
+   error an error redirect with ``state`` and ``iss`` (AS-51, MU-01) only to a redirect URI
+   this person approved before, else our page with a link (AS-50, SEC-03);
 2. GET: show the consent page -- always, unless the opt-in remembered-consent rule holds;
 3. POST (CSRF-protected): Deny redirects ``access_denied``; Approve records the pending
    upstream hop and sends the browser to the upstream with the static client ID (CD-02,
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ from django.utils.crypto import salted_hmac
 from django.utils.decorators import method_decorator
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 
 # DOT 3.4 defines the errors its views raise only here.
 from oauth2_provider.exceptions import FatalClientError, OAuthToolkitError
@@ -38,6 +40,7 @@ from ..registration import authorizing_request, cimd_domain_blocked, is_private_
 from .common import (
     as_authorization_request,
     browser_binding,
+    client_error_link,
     error_page,
     protect_page,
     redirect_to_client,
@@ -56,8 +59,9 @@ class AuthorizationRequest:
 
     client: MCPClient
     scopes: list[str]
-    credentials: dict[str, Any]
-    query: str
+    # SEC-02: the query and DOT's credentials carry the client's state; not in reprs.
+    credentials: dict[str, Any] = field(repr=False)
+    query: str = field(repr=False)
 
     @property
     def redirect_uri(self) -> str:
@@ -118,6 +122,8 @@ def _redirect_parts(uri: str) -> dict[str, str]:
 
 @method_decorator(login_not_required, name="dispatch")
 @method_decorator(protect_page, name="dispatch")
+# SEC-02: the consent form's CSRF token is a per-session secret.
+@method_decorator(sensitive_post_parameters("csrfmiddlewaretoken"), name="dispatch")
 class AuthorizeView(AuthorizationView):
     """DOT's AuthorizationView with consent before login and before any upstream hop."""
 
@@ -170,10 +176,11 @@ class AuthorizeView(AuthorizationView):
             )
         except OAuthToolkitError as error:
             oauthlib_error = error.oauthlib_error
-            return redirect_to_client(
-                oauthlib_error.redirect_uri,
-                dict(oauthlib_error.twotuples),
-                post=request.method == "POST",
+            return self.client_error(
+                request,
+                client_id=oauthlib_error.client_id,
+                redirect_uri=oauthlib_error.redirect_uri,
+                params=dict(oauthlib_error.twotuples),
             )
         finally:
             authorizing_request.reset(token)
@@ -191,13 +198,62 @@ class AuthorizeView(AuthorizationView):
         if "none" in request.GET.get("prompt", "").split():
             # OIDC prompt=none: we never decide silently.
             error = "consent_required" if request.user.is_authenticated else "login_required"
-            return redirect_to_client(
-                ar.redirect_uri, {"error": error, "state": ar.state}, post=False
+            return self.client_error(
+                request,
+                client_id=ar.client.application.client_id,
+                redirect_uri=ar.redirect_uri,
+                params={"error": error, "state": ar.state},
             )
         if self.remembered(request, ar):
             return self.approve(request, ar, remembered=True)
         flows.record_consent_shown(ar.client, ar.scopes, ar.redirect_uri, request)
         return self.consent_page(request, ar)
+
+    def client_error(
+        self,
+        request: HttpRequest,
+        *,
+        client_id: str | None,
+        redirect_uri: str | None,
+        params: dict[str, str | None],
+    ) -> HttpResponse:
+        """An OAuth error of a request whose client and redirect URI are valid (AS-51).
+
+        SEC-03 (RFC 9700 §4.11.2, BCP-02, AS-53): such an error is found before the person
+        did anything, so an automatic redirect would make us an open redirector for anyone
+        who self-registers ``https://phish.example/login`` and sends a link with
+        ``prompt=none``, ``code_challenge_method=plain`` or an unknown scope. The redirect is
+        automatic only to a redirect URI this person approved before (a live consent of
+        theirs for this client and URI); everyone else gets our page, with a plainly
+        labelled link to the client's host carrying the same error.
+        """
+        post = request.method == "POST"
+        if redirect_uri and self.approved_before(request, client_id, redirect_uri):
+            return redirect_to_client(redirect_uri, params, post=post)
+        description = (params.get("error_description") or "").rstrip(".")
+        error = params.get("error") or "invalid_request"
+        return error_page(
+            request,
+            "This sign-in request cannot be completed",
+            "The application that sent you here made a request this server cannot accept "
+            f"({error}{': ' + description if description else ''}). You have not been sent "
+            "anywhere and nothing was shared.",
+            link=client_error_link(redirect_uri, params) if redirect_uri else None,
+        )
+
+    @staticmethod
+    def approved_before(request: HttpRequest, client_id: str | None, redirect_uri: str) -> bool:
+        """SEC-03: did this person approve this client and redirect URI (a live consent)?"""
+        if not client_id or not request.user.is_authenticated:
+            return False
+        return Consent.objects.filter(
+            user=request.user,
+            client__application__client_id=client_id,
+            redirect_uri=redirect_uri,
+            revoked_at__isnull=True,
+            expired_at__isnull=True,
+            expires_at__gt=timezone.now(),
+        ).exists()
 
     def remembered(self, request: HttpRequest, ar: AuthorizationRequest) -> bool:
         """Opt-in (REMEMBER_CONSENT): skip the page only for an identical, same-site request.
@@ -292,6 +348,7 @@ class AuthorizeView(AuthorizationView):
             )
         return self.approve(request, ar)
 
+    @sensitive_variables("binding", "pending")  # SEC-02: the browser nonce, state, verifier
     def approve(
         self, request: HttpRequest, ar: AuthorizationRequest, *, remembered: bool = False
     ) -> HttpResponse:

@@ -6,6 +6,7 @@ import copy
 import functools
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -21,6 +22,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.translation import gettext as _
+from django.views.decorators.debug import sensitive_variables
 
 from .. import upstream
 from ..app_settings import app_settings
@@ -114,14 +116,41 @@ def redirect_to_client(uri: str, params: dict[str, str | None], *, post: bool) -
     return response
 
 
+@dataclass(frozen=True)
+class ErrorLink:
+    """A link the person may follow from an error page: where to, and the words it shows."""
+
+    url: str
+    host: str
+
+
+def client_error_link(redirect_uri: str, params: dict[str, str | None]) -> ErrorLink:
+    """SEC-03: the error response as a link the person clicks, labelled with the client's host.
+
+    Never followed automatically: the person sees the host it leads to before choosing.
+    """
+    url = with_params(redirect_uri, {**params, "iss": app_settings.ISSUER})
+    return ErrorLink(url=url, host=urlsplit(redirect_uri).netloc or redirect_uri)
+
+
 def error_page(
-    request: HttpRequest, title: str, message: str, *, status: int = 400
+    request: HttpRequest,
+    title: str,
+    message: str,
+    *,
+    status: int = 400,
+    link: ErrorLink | None = None,
 ) -> HttpResponse:
-    """An error shown to the person, never a redirect (AS-50)."""
+    """An error shown to the person, never a redirect (AS-50, SEC-03)."""
     return render(
         request,
         "mcp_consent/error.html",
-        {"title": title, "message": message, "upstream_name": app_settings.UPSTREAM.name},
+        {
+            "title": title,
+            "message": message,
+            "upstream_name": app_settings.UPSTREAM.name,
+            "link": link,
+        },
         status=status,
     )
 
@@ -199,6 +228,7 @@ def read_browser_binding(request: HttpRequest) -> str | None:
     )
 
 
+@sensitive_variables("pending", "binding")  # SEC-02: state, verifier, the browser nonce
 def send_upstream(request: HttpRequest, pending: Any, binding: str) -> HttpResponse:
     """The redirect to the upstream with the static client ID, and the browser-binding cookie."""
     response = HttpResponse(status=303 if request.method == "POST" else 302)

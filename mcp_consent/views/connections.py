@@ -19,6 +19,7 @@ from django.utils.decorators import method_decorator
 from django.utils.translation import gettext_lazy as _
 from django.views import View
 from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.debug import sensitive_variables
 
 from .. import audit, flows, ratelimit
 from ..adapter import DefaultConsentAdapter, get_adapter
@@ -161,6 +162,7 @@ class ConnectionsView(View):
             )
         return render_form_page(request, self.template_name, context)
 
+    @sensitive_variables("binding")  # SEC-02: the browser-binding nonce of the sign-in
     def post(self, request: HttpRequest) -> HttpResponse:
         action = request.POST.get("action")
         if action == "sign-in":

@@ -22,6 +22,7 @@ from django.utils.decorators import method_decorator
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 from django.views import View
+from django.views.decorators.debug import sensitive_variables
 
 # DOT 3.4 defines the errors its views raise only in oauth2_provider.exceptions, and exports
 # OAuthLibMixin (the base of its own views) only from views.mixins, not from views.
@@ -31,6 +32,7 @@ from oauth2_provider.views.mixins import OAuthLibMixin
 from .. import flows, ratelimit, upstream, vault
 from ..adapter import get_adapter
 from ..app_settings import app_settings
+from ..debug import hide_callback_secrets
 from ..flows import upstream_tokens
 from ..models import AuthorizationTransaction
 from .common import (
@@ -81,7 +83,16 @@ def _grant(tokens: dict[str, Any], identity: dict[str, Any]) -> flows.UpstreamGr
 class UpstreamCallbackView(OAuthLibMixin, View):
     http_method_names = ["get"]
 
+    # SEC-02: every frame below the callback holds secrets (the upstream code and tokens,
+    # the PKCE verifier, the binding nonce, our code): none of their locals in error reports.
+    # A thin marked entry point: mutmut leaves decorated functions alone, the logic is below.
+    @sensitive_variables()
     def get(self, request: HttpRequest) -> HttpResponse:
+        return self.callback(request)
+
+    def callback(self, request: HttpRequest) -> HttpResponse:
+        state, code = request.GET.get("state", ""), request.GET.get("code", "")
+        hide_callback_secrets(request)
         limited = ratelimit.refused("callback", request)
         if limited is not None:
             # ABUSE-01: an address sending callbacks nobody started (unknown or used states)
@@ -91,7 +102,7 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             return too_many_requests(request, limited, html=True)
         binding = read_browser_binding(request)
         try:
-            tx = flows.consume_transaction(request.GET.get("state", ""), binding, request)
+            tx = flows.consume_transaction(state, binding, request)
         except DatabaseError:
             log.exception("upstream callback: database unavailable")
             return error_page(
@@ -116,27 +127,20 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                 ),
             )
         if tx.purpose == AuthorizationTransaction.Purpose.SIGN_IN:
-            return self.sign_in(request, tx)
+            return self.sign_in(request, tx, code)
 
         # CD-48: only the stored, re-validated request decides where the code goes.
         authz_request = as_authorization_request(request, tx.authorization_query)
         try:
             _scopes, credentials = self.validate_authorization_request(authz_request)
-        except (FatalClientError, OAuthToolkitError):
-            flows.fail_transaction(
-                tx, Outcome.FAILED, "authorization request no longer valid", request
-            )
-            return error_page(
-                request,
-                _("This sign-in cannot be completed"),
-                _(
-                    "The application's registration changed or was disabled while you were signing in. "
-                    "Nothing was shared with it."
-                ),
-            )
+            assert tx.client is not None  # an AUTHORIZE transaction always has its client
+            flows.check_client_as_approved(tx, tx.client)  # SEC-05, before the exchange
+        except (FatalClientError, OAuthToolkitError, flows.ClientChanged) as error:
+            reason = getattr(error, "reason", "authorization request no longer valid")
+            return self.refuse_grant(request, tx, None, flows.ClientChanged(reason))
         state = credentials.get("state")
 
-        answer = self.upstream_answer(request, tx)
+        answer = self.upstream_answer(request, tx, code)
         if isinstance(answer, HttpResponse):
             return answer
         if isinstance(answer, UpstreamFailure):
@@ -156,6 +160,14 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                 )
                 issued = parse_qs(urlsplit(uri).query).get("code", [""])[0]
                 flows.record_issued_code(tx, issued)
+        except flows.GrantRefused as refused:  # SEC-04, SEC-05: rolled back, nothing recorded
+            return self.refuse_grant(request, tx, answer, refused)
+        except (FatalClientError, OAuthToolkitError):
+            # SEC-05: DOT re-validates while minting the code; a client disabled or changed
+            # during the upstream exchange fails there (oauthlib's FatalClientError): not a 500.
+            return self.refuse_grant(
+                request, tx, answer, flows.ClientChanged("authorization request no longer valid")
+            )
         except DatabaseError:
             # Rolled back as one: no consent, no upstream token, no code. The client hears
             # back with a retryable error instead of the person meeting a bare 500.
@@ -180,8 +192,43 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         get_adapter(request).login(request, user)
         return redirect_to_client(uri, {}, post=False)
 
+    def refuse_grant(
+        self,
+        request: HttpRequest,
+        tx: AuthorizationTransaction,
+        answer: flows.UpstreamGrant | None,
+        refused: flows.GrantRefused,
+    ) -> HttpResponse:
+        """A grant nobody approved (SEC-04, SEC-05): no consent, no code, a clear page.
+
+        The upstream grant just obtained for it is revoked at the upstream (UP-09), never
+        left live; the transaction fails with the reason, audited.
+        """
+        log.info("upstream callback: grant refused: %s", refused.reason)
+        if answer is not None:
+            upstream_tokens.revoke_upstream_grant(answer.access_token, answer.refresh_token)
+        flows.fail_transaction(tx, Outcome.FAILED, refused.reason, request)
+        if isinstance(refused, flows.NotTheRememberedPerson):
+            return error_page(
+                request,
+                _("This sign-in cannot be completed"),
+                f"You signed in at {app_settings.UPSTREAM.name} with another account than the one "
+                "that approved this application before. Nothing was shared with the application. "
+                "Start again from your application to review its request.",
+                status=403,
+            )
+        return error_page(
+            request,
+            _("This sign-in cannot be completed"),
+            _(
+                "The application's registration changed or was disabled while you were signing in. "
+                "Nothing was shared with it."
+            ),
+            status=409,
+        )
+
     def upstream_answer(
-        self, request: HttpRequest, tx: AuthorizationTransaction
+        self, request: HttpRequest, tx: AuthorizationTransaction, code: str
     ) -> flows.UpstreamGrant | UpstreamFailure | HttpResponse:
         """Check the upstream's answer, redeem its code, fetch the identity (UP-01..06, MU-03)."""
         if "error" in request.GET:
@@ -206,7 +253,6 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                     "The provider's response did not come from the expected provider. Nothing was shared with the application."
                 ),
             )
-        code = request.GET.get("code", "")
         try:
             if not code:
                 raise upstream.UpstreamError("callback without code")
@@ -229,9 +275,11 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                 gettext_noop("The upstream provider could not complete the sign-in."),
             )
 
-    def sign_in(self, request: HttpRequest, tx: AuthorizationTransaction) -> HttpResponse:
+    def sign_in(
+        self, request: HttpRequest, tx: AuthorizationTransaction, code: str
+    ) -> HttpResponse:
         """Connected apps: the same upstream leg, then the person's own page (no client)."""
-        answer = self.upstream_answer(request, tx)
+        answer = self.upstream_answer(request, tx, code)
         if isinstance(answer, HttpResponse):
             return answer
         if isinstance(answer, UpstreamFailure):
