@@ -228,3 +228,61 @@ def test_cd_17_bcp_15_preflight_is_not_granted(client):
     )
     assert "Access-Control-Allow-Origin" not in response
     assert response.status_code in {400, 403, 405}
+
+
+PLAIN_HTTP_PROBE = """
+import json
+import django
+django.setup()
+from django.test import Client
+http = Client()
+host = {"HTTP_HOST": "proxy.example.com"}
+answers = {
+    "authorize": http.get("/authorize/?client_id=x&response_type=code", **host),
+    "token": http.post("/token/", {"grant_type": "authorization_code", "code": "c" * 30}, **host),
+    "register": http.post("/register/", "{}", content_type="application/json", **host),
+    "metadata": http.get("/.well-known/oauth-authorization-server", **host),
+}
+out = {name: [r.status_code, r.get("Location", "")] for name, r in answers.items()}
+out["over-https"] = http.get("/.well-known/oauth-authorization-server", secure=True, **host).status_code
+print(json.dumps(out))
+"""
+
+
+def test_as02_plain_http_is_redirected_to_https_in_production_settings(tmp_path) -> None:
+    """AS-02: the demo project configured for production (DEBUG off, an https issuer) answers a
+    plain-HTTP request to any AS endpoint with a redirect to https, before any view reads it;
+    the same request over https is served (control)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cryptography.fernet import Fernet
+
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "MCP_CONSENT_"))},
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "PUBLIC_BASE_URL": "https://proxy.example.com",
+        "DJANGO_SECRET_KEY": "a-production-like-secret-key-for-this-test-only-0123456789",
+        "MCP_CONSENT_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    }
+    done = subprocess.run(  # noqa: S603 -- this interpreter, a fixed script
+        [sys.executable, "-c", PLAIN_HTTP_PROBE],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, path in {
+        "authorize": "/authorize/?client_id=x&response_type=code",
+        "token": "/token/",
+        "register": "/register/",
+        "metadata": "/.well-known/oauth-authorization-server",
+    }.items():
+        assert answers[name] == [301, f"https://proxy.example.com{path}"], name
+    assert answers["over-https"] == 200
