@@ -73,7 +73,7 @@ def test_referrer_policy_of_every_page() -> None:
     )
     page("deny redirect", browser.post_form(browser.authorize(params), "deny"), NO_REFERRER)
     page(
-        "error redirect to the client",
+        "error page: client not approved yet (SEC-03)",
         browser.authorize(authorize_params(client, scope="nope")),
         NO_REFERRER,
     )
@@ -104,6 +104,11 @@ def test_referrer_policy_of_every_page() -> None:
     browser.login_upstream()
     to_callback = browser.through_upstream(to_upstream["Location"])
     page("callback redirect to the client", browser.get(to_callback["Location"]), NO_REFERRER)
+    page(
+        "error redirect to the approved client",
+        browser.authorize(authorize_params(client, scope="nope")),
+        NO_REFERRER,
+    )
 
     signed_in = page("Connected apps, signed in", browser.get("/connections/"), FORM_PAGE)
     token = form_fields(signed_in.content.decode())["csrfmiddlewaretoken"]
@@ -146,7 +151,8 @@ def test_referrer_policy_of_every_page() -> None:
         "consent page, no decision": 400,
         "consent page, changed request": 409,
         "deny redirect": 303,
-        "error redirect to the client": 302,
+        "error page: client not approved yet (SEC-03)": 400,
+        "error redirect to the approved client": 302,
         "error page: unknown client": 400,
         "error page: callback refused": 400,
         "CSRF failure page": 403,
