@@ -96,6 +96,41 @@ class RedirectURI(models.Model):
         return self.uri
 
 
+def live_consent(prefix: str = "") -> models.Q:
+    """THE definition of a live consent, as a Q (``prefix`` for a relation: ``"consents__"``).
+
+    Not revoked, not retired by the cleanup command, and not past ``expires_at``: expiry holds
+    by itself, whether or not the cleanup command has run (SEC-01).
+    """
+    return models.Q(
+        **{
+            f"{prefix}revoked_at__isnull": True,
+            f"{prefix}expired_at__isnull": True,
+            f"{prefix}expires_at__gt": timezone.now(),
+        }
+    )
+
+
+class ConsentQuerySet(models.QuerySet):
+    """The states of consents, each defined once (as allauth's EmailAddressManager does)."""
+
+    def live(self) -> ConsentQuerySet:
+        """Consents that grant access now (SEC-01): see ``live_consent``."""
+        return self.filter(live_consent())
+
+    def unretired(self) -> ConsentQuerySet:
+        """Not yet revoked or retired: live ones and lapsed ones whose cascade has not run.
+
+        What a revocation cascade works on, so the tokens of a lapsed consent go with it.
+        """
+        return self.filter(revoked_at__isnull=True, expired_at__isnull=True)
+
+    def lapsed(self) -> ConsentQuerySet:
+        """Past ``expires_at`` but not retired yet: their tokens and upstream grant still
+        exist and must go (SEC-01: when next touched, or swept by the cleanup command)."""
+        return self.unretired().filter(expires_at__lte=timezone.now())
+
+
 class Consent(models.Model):
     """One user's approval of one client, bound to exactly what the consent page showed."""
 
@@ -127,6 +162,8 @@ class Consent(models.Model):
     ip_address = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=512, blank=True)
 
+    objects = ConsentQuerySet.as_manager()
+
     class Meta:
         ordering = ["-granted_at"]
         indexes = [
@@ -145,9 +182,10 @@ class Consent(models.Model):
 
     @property
     def status(self) -> str:
+        """The state ``live_consent`` defines, for one loaded row."""
         if self.revoked_at:
             return self.Status.REVOKED
-        if self.expires_at <= timezone.now():
+        if self.expired_at is not None or self.expires_at <= timezone.now():
             return self.Status.EXPIRED
         return self.Status.ACTIVE
 

@@ -88,9 +88,9 @@ def begin_upstream_authorization(
     user = request.user if request.user.is_authenticated else None
     previously: set[str] = set()
     if user is not None:
-        for granted in Consent.objects.filter(
-            user=user, client=client, revoked_at__isnull=True, expired_at__isnull=True
-        ).values_list("scopes", flat=True):
+        for granted in (
+            Consent.objects.live().filter(user=user, client=client).values_list("scopes", flat=True)
+        ):
             previously |= set(granted.split())
     with transaction.atomic():
         pending = _new_transaction(
@@ -324,7 +324,8 @@ def complete_authorization(
         # the upstream signed in someone else: nobody approved a grant for that person.
         raise NotTheRememberedPerson("remembered consent of another person")
     consent = (
-        Consent.objects.select_for_update()
+        Consent.objects.live()
+        .select_for_update()
         .filter(
             user=user,
             client=client,
@@ -332,9 +333,6 @@ def complete_authorization(
             scopes=tx.scopes,
             resource=tx.resource,
             client_metadata_version=client.metadata_version,
-            revoked_at__isnull=True,
-            expired_at__isnull=True,
-            expires_at__gt=now,
         )
         .first()
     )

@@ -151,9 +151,7 @@ def record_client(
         changed = shown_before != metadata.displayed
         if changed:
             client.metadata_version += 1
-            active = Consent.objects.filter(
-                client=client, revoked_at__isnull=True, expired_at__isnull=True
-            )
+            active = Consent.objects.unretired().filter(client=client)
             if (
                 shown_before[0] != metadata.client_name
                 or shown_before[2:] != metadata.displayed[2:]

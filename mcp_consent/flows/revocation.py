@@ -164,9 +164,7 @@ def revoke_everything_of(
     client: Any, *, actor: audit.ActorInfo, reason: str, request: HttpRequest | None = None
 ) -> None:
     """Disable/delete: every consent with its cascade, then any token left at the client."""
-    consents = Consent.objects.filter(
-        client=client, revoked_at__isnull=True, expired_at__isnull=True
-    )
+    consents = Consent.objects.unretired().filter(client=client)
     revoke_consents(list(consents), actor=actor, reason=reason, request=request)
     application = client.application
     get_grant_model().objects.filter(application=application).delete()

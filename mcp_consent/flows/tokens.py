@@ -52,9 +52,7 @@ def record_token_issued(token: dict[str, Any], request: Request) -> None:
     client = application.mcp_client  # loaded (and checked) by the validator for this request
     mark_client_used(client, now)
     user = request.user
-    Consent.objects.filter(
-        user=user, client=client, revoked_at__isnull=True, expired_at__isnull=True
-    ).update(last_used_at=now)
+    Consent.objects.live().filter(user=user, client=client).update(last_used_at=now)
     audit.record(
         AuditEvent.Action.TOKEN_ISSUED
         if request.grant_type == "authorization_code"
@@ -129,9 +127,7 @@ def record_token_revoked(user: Any, application: Any) -> None:
             details={"grant_still_active": live},
         )
     if not live and client is not None and user is not None:
-        consents = Consent.objects.filter(
-            user=user, client=client, revoked_at__isnull=True, expired_at__isnull=True
-        )
+        consents = Consent.objects.unretired().filter(user=user, client=client)
         revoke_consents(
             list(consents),
             actor=audit.client_actor(client),

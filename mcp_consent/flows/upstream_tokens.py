@@ -49,13 +49,12 @@ def consent_for(token: TokenClaims) -> Consent | None:
     the one last used for an authorization wins; it must cover the token's scopes.
     """
     candidates = (
-        Consent.objects.select_related("upstream_token")
+        Consent.objects.live()
+        .select_related("upstream_token")
         .filter(
             user_id=token.user_id,
             client__application_id=token.application_id,
             resource=token.resource,
-            revoked_at__isnull=True,
-            expires_at__gt=timezone.now(),
             upstream_token__isnull=False,
         )
         .order_by(F("last_used_at").desc(nulls_last=True), "-granted_at", "-pk")

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
-from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.utils.decorators import method_decorator
 from django.utils.translation import gettext as _
@@ -246,14 +245,15 @@ class AuthorizeView(AuthorizationView):
         """SEC-03: did this person approve this client and redirect URI (a live consent)?"""
         if not client_id or not request.user.is_authenticated:
             return False
-        return Consent.objects.filter(
-            user=request.user,
-            client__application__client_id=client_id,
-            redirect_uri=redirect_uri,
-            revoked_at__isnull=True,
-            expired_at__isnull=True,
-            expires_at__gt=timezone.now(),
-        ).exists()
+        return (
+            Consent.objects.live()
+            .filter(
+                user=request.user,
+                client__application__client_id=client_id,
+                redirect_uri=redirect_uri,
+            )
+            .exists()
+        )
 
     def remembered(self, request: HttpRequest, ar: AuthorizationRequest) -> bool:
         """Opt-in (REMEMBER_CONSENT): skip the page only for an identical, same-site request.
@@ -267,15 +267,17 @@ class AuthorizeView(AuthorizationView):
             return False
         if request.headers.get("Sec-Fetch-Site") not in {"none", "same-origin"}:
             return False
-        candidates = Consent.objects.filter(
-            user=request.user,
-            client=ar.client,
-            redirect_uri=ar.redirect_uri,
-            resource=ar.resource,
-            client_metadata_version=ar.client.metadata_version,
-            revoked_at__isnull=True,
-            expires_at__gt=timezone.now(),
-        ).values_list("scopes", flat=True)
+        candidates = (
+            Consent.objects.live()
+            .filter(
+                user=request.user,
+                client=ar.client,
+                redirect_uri=ar.redirect_uri,
+                resource=ar.resource,
+                client_metadata_version=ar.client.metadata_version,
+            )
+            .values_list("scopes", flat=True)
+        )
         wanted = set(ar.scopes)
         return any(wanted <= set(scopes.split()) for scopes in candidates)
 

@@ -57,11 +57,7 @@ class Command(BaseCommand):
                 failure_reason="expired",
             )
 
-        consents = list(
-            Consent.objects.filter(
-                revoked_at__isnull=True, expired_at__isnull=True, expires_at__lte=now
-            )
-        )
+        consents = list(Consent.objects.lapsed())
         if not dry:
             for consent in consents:
                 flows.expire_consent(consent)
