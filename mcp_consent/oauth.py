@@ -219,6 +219,10 @@ class MCPOAuth2Validator(OAuth2Validator):
         PKCE challenge and its method, and the resource (five reads, stock DOT's 15
         statements); those methods below use this one.
         """
+        if not flows.lock_client_for_token(client):
+            # SEC-12: the client is locked first, as revocation and disable lock it
+            # (flows/locks.py); disabled while this request waited: no token.
+            return False
         grants = (
             get_grant_model().objects.select_related("user").filter(code=code, application=client)
         )
@@ -226,6 +230,9 @@ class MCPOAuth2Validator(OAuth2Validator):
             grants = grants.select_for_update(of=("self",))
         grant = grants.first()
         if grant is not None and not grant.is_expired():
+            if not flows.consent_is_live(client, grant.user_id):
+                # SEC-01 / REV-04: no live consent (revoked, expired) means no token.
+                return False
             # What DOT's validate_code sets, from the same row.
             request.scopes = grant.scope.split(" ")
             request.user = grant.user
@@ -329,13 +336,20 @@ class MCPOAuth2Validator(OAuth2Validator):
     ) -> bool:
         # AS-44 under races: parallel uses of one refresh token queue on its row; the first
         # rotates it, the others then see it used and DOT revokes the whole family.
-        checksum = secret_hash(refresh_token)
+        if not flows.lock_client_for_token(client):
+            # SEC-12: the client is locked before the refresh token, as revocation and
+            # disable lock it (flows/locks.py); disabled meanwhile: invalid_grant.
+            return False
+        rows = get_refresh_token_model().objects.filter(
+            token_checksum=secret_hash(refresh_token), application=client
+        )
         if transaction.get_connection().in_atomic_block:
-            list(
-                get_refresh_token_model()
-                .objects.select_for_update()
-                .filter(token_checksum=checksum)
-            )
+            rows = rows.select_for_update()
+        owner = next(iter(rows.values_list("user_id", flat=True)), None)
+        if owner is not None and not flows.consent_is_live(client, owner):
+            # SEC-01: a consent past its expires_at refreshes nothing: invalid_grant, no
+            # rotation (a rotation would hand out a fresh refresh token, so it never ends).
+            return False
         if super().validate_refresh_token(refresh_token, client, request, *args, **kwargs):
             return True
         # AS-44: DOT revoked the family if this was a rotated token presented again; audit it.
@@ -347,6 +361,10 @@ class MCPOAuth2Validator(OAuth2Validator):
     ) -> None:
         """RFC 7009 with the cascade: the client's last token revoked ends its consent (UP-09)."""
         owner = flows.token_owner(token, request.client)
+        if owner is not None and transaction.get_connection().in_atomic_block:
+            # SEC-12: under ATOMIC_REQUESTS the token's row lock would outlive DOT's revoke and
+            # precede the client lock of the cascade below: take the client first.
+            flows.lock_client_for_token(request.client)
         super().revoke_token(token, token_type_hint, request, *args, **kwargs)
         if owner is not None:
             flows.record_token_revoked(owner, request.client)

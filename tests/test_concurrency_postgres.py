@@ -12,12 +12,16 @@ overlap in the database, and every race is repeated for a few rounds.
 * many parallel callbacks with one upstream state: exactly one grant, one code exchange
   upstream (CD-45);
 * many parallel refreshes with one refresh token: the reuse revokes the family (AS-44);
-* many parallel approvals of one consent (one person, many tabs): one consent row.
+* many parallel approvals of one consent (one person, many tabs): one consent row;
+* refreshes in many token families against a revocation or a disable: no deadlock, and
+  nothing of the consent survives (SEC-12).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +31,7 @@ from django.db import connection
 from django.test import Client
 from oauth2_provider.models import get_access_token_model, get_grant_model, get_refresh_token_model
 
+from mcp_consent import audit, flows
 from mcp_consent import upstream as upstream_module
 from mcp_consent.models import AuthorizationTransaction, Consent, UpstreamIdentity, UpstreamToken
 from tests.browser_client import PROXY_HOST, Browser, authorize_params, form_action, form_fields
@@ -362,3 +367,100 @@ def test_parallel_first_sign_ins_give_one_user_identity_and_consent() -> None:
     results = approve_in_tabs(browser, client)
     assert_one_consent(client, results)
     assert get_user_model().objects.filter(upstream_identities__isnull=False).count() == 1
+
+
+# --- 5. refreshes against revocation and disable: one lock order (SEC-12) -------------------
+
+FAMILIES = 6
+
+
+def token_families(n: int) -> tuple[Any, list[str], Browser]:
+    """One person, one consent, ``n`` token families (``n`` codes redeemed): n refresh tokens."""
+    client, code, verifier, browser = new_code()
+    refresh_tokens = []
+    for i in range(n):
+        if i:
+            _client, code, verifier, browser = new_code(browser, client)
+        issued = Outcome.of(post_form(proxy_client(), redeem_data(client, code, verifier)))
+        assert issued.status == 200, issued
+        refresh_tokens.append(issued.body["refresh_token"])
+    assert Consent.objects.filter(client=client).count() == 1
+    return client, refresh_tokens, browser
+
+
+def race_refreshes_against(client: Any, refresh_tokens: list[str], end: Callable[[], Any]) -> None:
+    """Every family refreshes over and over while one more thread runs ``end`` (a revocation
+    or a disable) in the middle of them. Returns once every thread is done."""
+    application = client.application
+
+    def refresh_loop(http: Client, token: str) -> list[Outcome]:
+        outcomes = []
+        for _ in range(4):
+            outcome = Outcome.of(
+                post_form(
+                    http,
+                    {
+                        "grant_type": "refresh_token",
+                        "refresh_token": token,
+                        "client_id": application.client_id,
+                    },
+                )
+            )
+            outcomes.append(outcome)
+            if outcome.status != 200:
+                break
+            token = outcome.body["refresh_token"]
+        return outcomes
+
+    def go(i: int, http: Client) -> Any:
+        if i == len(refresh_tokens):
+            time.sleep(0.05)  # into the middle of the first refreshes
+            return end()
+        return refresh_loop(http, refresh_tokens[i])
+
+    results = race(len(refresh_tokens) + 1, lambda i: proxy_client(), go)
+    for outcomes in results[:-1]:
+        for outcome in outcomes:
+            # A deadlock aborted on PostgreSQL is a 500 here (or an exception in the ending
+            # thread, reported by race()); a refused refresh is an OAuth error.
+            assert outcome.status in {200, 400, 401}, outcome
+            if outcome.status != 200:
+                assert outcome.body.get("error") in {"invalid_grant", "invalid_client"}, outcome
+
+
+def test_sec12_refreshes_racing_a_revocation_neither_deadlock_nor_survive_it() -> None:
+    """SEC-12: a person revokes (Connected apps' flow) while the client refreshes in several
+    token families at once. One lock order (flows: client, consent, then tokens) means no
+    deadlock error on either side, and afterwards the consent is revoked and no token of it
+    works: a refresh that won the race was revoked by the cascade, one that lost it was
+    refused."""
+    for _round in range(ROUNDS):
+        client, refresh_tokens, _browser = token_families(FAMILIES)
+        consent = Consent.objects.get(client=client)
+
+        revoke = functools.partial(
+            flows.revoke_consent, consent, actor=audit.SYSTEM, reason="SEC-12 race"
+        )
+        race_refreshes_against(client, refresh_tokens, revoke)
+        consent.refresh_from_db()
+        assert consent.revoked_at is not None
+        assert usable_tokens(client.application) == (0, 0)
+        assert not UpstreamToken.objects.filter(consent=consent).exists()
+
+
+def test_sec12_refreshes_racing_a_disable_neither_deadlock_nor_survive_it() -> None:
+    """SEC-12: an operator disables the client while it refreshes in several token families:
+    no deadlock, and afterwards the client is disabled, its consent revoked, no token live."""
+    for _round in range(ROUNDS):
+        client, refresh_tokens, _browser = token_families(FAMILIES)
+
+        disable = functools.partial(
+            flows.disable_client, client, actor=audit.SYSTEM, reason="SEC-12 race"
+        )
+        race_refreshes_against(client, refresh_tokens, disable)
+        client.refresh_from_db()
+        assert client.disabled_at is not None
+        consent = Consent.objects.get(client=client)
+        assert consent.revoked_at is not None
+        assert usable_tokens(client.application) == (0, 0)
+        assert not UpstreamToken.objects.filter(consent=consent).exists()

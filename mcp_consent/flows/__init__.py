@@ -1,7 +1,8 @@
 """Every write of mcp_consent, each one transaction.
 
 Views, the admin and management commands call these functions; nothing else writes.
-Security-relevant writes append their AuditEvent in the same transaction.
+Security-relevant writes append their AuditEvent in the same transaction. Writes that lock
+several rows take them in the one order named in flows/locks.py (SEC-12).
 """
 
 from ..vault import secret_hash
@@ -45,6 +46,8 @@ from .revocation import (
     revoke_tokens,
 )
 from .tokens import (
+    consent_is_live,
+    lock_client_for_token,
     record_refresh_token_reuse,
     record_token_issued,
     record_token_revoked,
@@ -77,6 +80,8 @@ __all__ = [
     "disable_client",
     "expire_consent",
     "fail_transaction",
+    "consent_is_live",
+    "lock_client_for_token",
     "record_client",
     "record_refresh_token_reuse",
     "record_token_issued",

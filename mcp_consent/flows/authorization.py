@@ -29,6 +29,7 @@ from ..models import (
 )
 from ..vault import secret_hash
 from .common import client_ip, user_agent
+from .locks import lock_client
 
 # --- Consent and the upstream leg ----------------------------------------------------------
 
@@ -312,10 +313,10 @@ def complete_authorization(
     adapter = get_adapter(request)
     now = timezone.now()
     assert tx.client is not None  # an AUTHORIZE transaction always has its client
-    # SEC-05: the client row is locked first (the order of the client writers, which lock it
-    # before its consents): a disable or an update either committed before this check, or
-    # waits and then revokes what this transaction records.
-    client = MCPClient.objects.select_for_update().get(pk=tx.client.pk)
+    # SEC-05 / SEC-12: the client row is locked first (flows/locks.py: the client before its
+    # consents): a disable or an update either committed before this check, or waits and then
+    # revokes what this transaction records.
+    client = lock_client(tx.client.pk)
     check_client_as_approved(tx, client)
     identity = _identity_for(grant, adapter)
     user = identity.user

@@ -35,6 +35,7 @@ from ..registration import (
     clean_client_metadata,
     fetched_cimd_metadata,
 )
+from .locks import lock_client, lock_client_of
 from .revocation import revoke_consents, revoke_everything_of
 
 # --- Clients -------------------------------------------------------------------------------
@@ -108,7 +109,7 @@ def record_client(
     actor = actor or audit.client_actor(None)
     stale: list[Consent] = []
     with transaction.atomic():
-        client = MCPClient.objects.select_for_update().filter(application=application).first()
+        client = lock_client_of(application)  # SEC-12: the client first (flows/locks.py)
         if client is None:
             client = MCPClient.objects.create(
                 application=application,
@@ -254,9 +255,7 @@ def disable_client(
 ) -> bool:
     """Disable a client: unusable at once, every consent revoked with its cascade. Idempotent."""
     with transaction.atomic():
-        locked = (
-            MCPClient.objects.select_for_update().select_related("application").get(pk=client.pk)
-        )
+        locked = lock_client(client.pk)  # SEC-12: the client first (flows/locks.py)
         if locked.disabled_at is not None:
             return False
         locked.disabled_at = timezone.now()
@@ -284,9 +283,7 @@ def delete_client(
 ) -> None:
     """Delete a client with the same cascade (RFC 7592 DELETE, MGMT-04, UP-09)."""
     with transaction.atomic():
-        locked = (
-            MCPClient.objects.select_for_update().select_related("application").get(pk=client.pk)
-        )
+        locked = lock_client(client.pk)  # SEC-12: the client first (flows/locks.py)
         application = locked.application
         revoke_everything_of(
             locked, actor=actor, reason=reason or "client deleted", request=request

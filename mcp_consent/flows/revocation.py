@@ -24,6 +24,7 @@ from oauth2_provider.models import (
 
 from .. import audit, signals, vault
 from ..models import AuditEvent, Consent, UpstreamToken
+from .locks import lock_client_of, lock_consents_and_clients
 from .upstream_tokens import revoke_upstream_grant
 
 Action = AuditEvent.Action
@@ -76,20 +77,23 @@ def _take_upstream_token(consent: Consent) -> _UpstreamSecrets | None:
 
 
 def _retire(
-    consent: Consent,
+    locked: Consent,
     *,
     actor: audit.ActorInfo,
     reason: str,
     request: HttpRequest | None,
     expired: bool,
-) -> _UpstreamSecrets | None:
-    """Mark one consent revoked (or expired) with its cascade; None if it already was."""
-    locked = (
-        Consent.objects.select_for_update().select_related("client__application").get(pk=consent.pk)
-    )
-    if locked.revoked_at is not None or locked.expired_at is not None:
-        return None
+) -> tuple[bool, _UpstreamSecrets | None]:
+    """Mark one locked consent revoked (or expired) with its cascade; False if it already was.
+
+    The cascade follows the lock order (flows/locks.py): the DOT grants and tokens of this
+    user at this client, then the upstream token.
+    """
     now = timezone.now()
+    if locked.revoked_at is not None or locked.expired_at is not None:
+        return False, None
+    if expired and locked.expires_at > now:
+        return False, None  # renewed since it was found lapsed
     if expired:
         locked.expired_at = now
         locked.save(update_fields=["expired_at"])
@@ -107,8 +111,38 @@ def _retire(
         details={"reason": reason, "oauth_tokens_revoked": tokens, "scopes": locked.scopes},
     )
     transaction.on_commit(lambda: signals.consent_revoked.send(sender=Consent, consent=locked))
-    consent.revoked_at, consent.expired_at = locked.revoked_at, locked.expired_at
-    return secrets
+    return True, secrets
+
+
+def _retire_all(
+    consents: Iterable[Consent],
+    *,
+    actor: audit.ActorInfo,
+    reason: str,
+    request: HttpRequest | None,
+    expired: bool,
+) -> int:
+    """Retire several consents in one transaction, locked in THE order (SEC-12): their
+    clients, then the consents; the upstream is told after the local change committed."""
+    given = list(consents)
+    taken: list[_UpstreamSecrets | None] = []
+    count = 0
+    with transaction.atomic():
+        locked = lock_consents_and_clients(given)
+        for row in locked:
+            retired, secrets = _retire(
+                row, actor=actor, reason=reason, request=request, expired=expired
+            )
+            count += retired
+            taken.append(secrets)
+    states = {row.pk: (row.revoked_at, row.expired_at) for row in locked}
+    for consent in given:
+        consent.revoked_at, consent.expired_at = states.get(
+            consent.pk, (consent.revoked_at, consent.expired_at)
+        )
+    for secrets in taken:
+        _revoke_upstream(secrets, actor, request)
+    return count
 
 
 def _revoke_upstream(
@@ -145,19 +179,8 @@ def revoke_consents(
     reason: str,
     request: HttpRequest | None = None,
 ) -> int:
-    """Revoke several consents; the upstream is told after the local revocation committed."""
-    taken: list[_UpstreamSecrets | None] = []
-    count = 0
-    with transaction.atomic():
-        for consent in consents:
-            before = consent.revoked_at
-            secrets = _retire(consent, actor=actor, reason=reason, request=request, expired=False)
-            if consent.revoked_at is not None and before is None:
-                count += 1
-            taken.append(secrets)
-    for secrets in taken:
-        _revoke_upstream(secrets, actor, request)
-    return count
+    """Revoke several consents (how many were not revoked or retired before)."""
+    return _retire_all(consents, actor=actor, reason=reason, request=request, expired=False)
 
 
 def revoke_everything_of(
@@ -178,10 +201,25 @@ def revoke_everything_of(
 
 def expire_consent(consent: Consent) -> bool:
     """Retire a consent past its expires_at, with the same cascade (hygiene command)."""
-    with transaction.atomic():
-        secrets = _retire(consent, actor=audit.SYSTEM, reason="expired", request=None, expired=True)
-    _revoke_upstream(secrets, audit.SYSTEM)
-    return consent.expired_at is not None
+    return expire_consents([consent]) == 1
+
+
+def expire_consents(consents: Iterable[Consent]) -> int:
+    """SEC-01: retire lapsed consents with the cascade, so their tokens and upstream grant go.
+
+    Called when a lapsed consent is next touched (a token verified or refreshed, see
+    ``expire_lapsed_consents``) and by the cleanup command's sweep. Only consents past
+    ``expires_at`` are retired; one renewed meanwhile is left alone.
+    """
+    return _retire_all(consents, actor=audit.SYSTEM, reason="expired", request=None, expired=True)
+
+
+def expire_lapsed_consents(user_id: Any, application_id: Any) -> int:
+    """SEC-01: a token of this user at this client was refused for want of a live consent:
+    retire the lapsed consents behind it (tokens, upstream grant) now, not at the next sweep."""
+    return expire_consents(
+        Consent.objects.lapsed().filter(user_id=user_id, client__application_id=application_id)
+    )
 
 
 def revoke_tokens(
@@ -219,6 +257,7 @@ def revoke_tokens(
     with transaction.atomic():
         for user_id, application_id in bare:
             application = application_model.objects.get(pk=application_id)
+            lock_client_of(application)  # SEC-12: the client before its tokens (flows/locks.py)
             user = get_user_model().objects.get(pk=user_id)
             count = revoke_oauth_tokens(user, application)
             audit.record(

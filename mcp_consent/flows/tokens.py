@@ -13,7 +13,33 @@ from oauthlib.common import Request
 from .. import audit
 from ..models import AuditEvent, AuthorizationTransaction, Consent, MCPClient
 from ..vault import secret_hash
-from .revocation import revoke_consents
+from .locks import lock_client_of
+from .revocation import expire_consents, revoke_consents
+
+
+def lock_client_for_token(application: Any) -> bool:
+    """A token request's first lock: its client's row (SEC-12, flows/locks.py). False when
+    the client is unknown or was disabled while this request waited for the lock.
+
+    Every writer of a client's consents, grants and tokens takes this lock first, so a token
+    request and a revocation or disable of the same client queue here and never deadlock
+    further down (the token request's own consent UPDATE comes after its token rows).
+    """
+    with transaction.atomic(savepoint=False):
+        client = lock_client_of(application)
+    return client is not None and not client.is_disabled
+
+
+def consent_is_live(application: Any, user_id: Any) -> bool:
+    """SEC-01: expiry holds at the token endpoint by itself. True when this user has a live
+    consent at this client; otherwise the lapsed consents are retired on the spot with their
+    cascade (tokens revoked, the upstream grant revoked upstream) and the grant is refused."""
+    consents = list(Consent.objects.filter(client__application=application, user_id=user_id))
+    if any(c.status == Consent.Status.ACTIVE for c in consents):
+        return True
+    expire_consents([c for c in consents if c.revoked_at is None and c.expired_at is None])
+    return False
+
 
 # MCPClient.last_used_at tells never-used and long-idle clients apart (cleanup, ABUSE-03),
 # which is a question of days: writing it more often than this costs a statement per request.
