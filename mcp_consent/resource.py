@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.db import connections, router
+from django.db.models import OuterRef, Subquery
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, QueryDict
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
@@ -45,6 +46,8 @@ from oauthlib.common import Request as OAuthlibRequest
 from oauthlib.oauth2.rfc6749.tokens import get_token_from_header
 
 from .app_settings import app_settings, canonical_resource
+from .flows.revocation import expire_lapsed_consents
+from .models import Consent
 from .vault import secret_hash
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
@@ -223,10 +226,17 @@ class _TokenRow:
     user_is_active: bool | None  # None: no user (an RFC 7592 registration token)
     mcp_client_id: int | None  # None: a DOT application mcp_consent never registered
     mcp_client_disabled_at: datetime | None
+    consent_until: datetime | None  # the latest expires_at of the user's unretired consents
 
     def is_expired(self) -> bool:
         # DOT's AccessToken.is_expired, on the selected columns.
         return self.expires is None or timezone.now() >= self.expires
+
+    @property
+    def consent_live(self) -> bool:
+        """SEC-01: ``Consent.objects.live()`` for this user and client, split in two so that no
+        time is compiled into the hot query: unretired in SQL, ``expires_at > now`` here."""
+        return self.consent_until is not None and self.consent_until > timezone.now()
 
 
 _HOT_LOOKUPS = (
@@ -241,14 +251,24 @@ _HOT_LOOKUPS = (
     "user__is_active",
     "application__mcp_client__id",
     "application__mcp_client__disabled_at",
+    "consent_until",
 )
 
 
 def _hot_queryset(checksum_value: str) -> Any:
     """The verification query: one indexed lookup by token_checksum (unique), LEFT JOINs."""
+    # SEC-01: whether the user still has a live consent at the token's client comes with the
+    # token, as a subquery over the consent's (user, client) index: no second query.
+    until = (
+        Consent.objects.unretired()
+        .filter(user_id=OuterRef("user_id"), client__application_id=OuterRef("application_id"))
+        .order_by("-expires_at")
+        .values("expires_at")[:1]
+    )
     return (
         get_access_token_model()
         .objects.filter(token_checksum=checksum_value)
+        .annotate(consent_until=Subquery(until))
         .values_list(*_HOT_LOOKUPS)
         .order_by()
     )
@@ -323,6 +343,13 @@ def _load(raw: str) -> _TokenRow | None:
     return _TokenRow(*row) if row is not None else None
 
 
+def _retire_lapsed_consent(token: _TokenRow | None) -> None:
+    """SEC-01: a token refused for want of a live consent touches the lapsed consent behind it:
+    retired now with its cascade (tokens, upstream grant), not at the next cleanup sweep."""
+    if token is not None and token.user_id is not None and not token.consent_live:
+        expire_lapsed_consents(token.user_id, token.application_id)
+
+
 def _accepted(token: _TokenRow | None) -> tuple[str, ...] | None:
     """The token's canonical audiences when it is usable at all, else None."""
     if token is None or token.is_expired():
@@ -334,6 +361,10 @@ def _accepted(token: _TokenRow | None) -> tuple[str, ...] | None:
     if token.mcp_client_id is None or token.mcp_client_disabled_at is not None:
         # Fail closed: a client that did not pass mcp_consent's registration policy, or that
         # an operator disabled, has no working tokens.
+        return None
+    if not token.consent_live:
+        # SEC-01: a token lives no longer than the consent it was issued under. Past the
+        # consent's expires_at it is refused by itself, whether or not the cleanup ran.
         return None
     audiences = tuple(dict.fromkeys(canonical_resource(r) or r for r in (token.resource or [])))
     if not audiences:
@@ -374,6 +405,8 @@ def verify_token(
         raise InvalidToken("The access token is malformed.", resource=resource, scopes=required)
     token = _load(raw)
     audiences = _accepted(token)
+    if audiences is None:
+        _retire_lapsed_consent(token)
     if token is None or audiences is None:
         # One message for unknown, expired, revoked and foreign tokens: the answer tells an
         # attacker nothing about which of these a guessed or stolen value is.
@@ -579,6 +612,8 @@ def introspect(raw: str, *, resources: Iterable[str]) -> dict[str, Any]:
         return {"active": False}
     token = _load(raw)
     audiences = _accepted(token)
+    if audiences is None:
+        _retire_lapsed_consent(token)
     if token is None or audiences is None or not allowed.intersection(audiences):
         return {"active": False}
     return {

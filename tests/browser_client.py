@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from html import unescape
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from django.conf import settings
@@ -54,8 +55,9 @@ class Browser:
 
     # -- the proxy --------------------------------------------------------------------------
 
-    def authorize(self, params: dict[str, str], **headers: str) -> HttpResponse:
-        return self.get(f"/authorize/?{urlencode(params)}", **headers)
+    def authorize(self, params: dict[str, Any], **headers: str) -> HttpResponse:
+        # doseq: a list value (several ``resource``s) is sent as repeated parameters.
+        return self.get(f"/authorize/?{urlencode(params, doseq=True)}", **headers)
 
     # -- the demo upstream ------------------------------------------------------------------
 
@@ -86,7 +88,7 @@ class Browser:
     # -- a whole authorization --------------------------------------------------------------
 
     def run_flow(
-        self, params: dict[str, str], *, upstream_decision: str = "authorize"
+        self, params: dict[str, Any], *, upstream_decision: str = "authorize"
     ) -> HttpResponse:
         """authorize -> consent page -> Approve -> upstream -> callback; returns the last redirect."""
         page = self.authorize(params)

@@ -42,10 +42,10 @@ class Issued:
         return f"Bearer {self.access_token}"
 
 
-def post_form(path: str, data: dict[str, str]) -> Any:
+def post_form(path: str, data: dict[str, Any]) -> Any:
     return Client().post(
         path,
-        urlencode(data),
+        urlencode(data, doseq=True),
         content_type="application/x-www-form-urlencoded",
         HTTP_HOST=PROXY_HOST,
     )
@@ -55,11 +55,12 @@ def issue_token(
     *,
     client: Any = None,
     scope: str | None = None,
-    resource: str = RESOURCE,
+    resource: str | list[str] = RESOURCE,
     username: str = "octocat",
     browser: Browser | None = None,
 ) -> Issued:
-    """Run a whole authorization and redeem the code at /token/."""
+    """Run a whole authorization and redeem the code at /token/ (``resource``: one MCP server
+    or several, each sent as its own ``resource`` parameter)."""
     client = client or MCPClientFactory(redirect_uris=[REDIRECT_URI])
     if browser is None:
         browser = Browser()

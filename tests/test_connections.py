@@ -9,9 +9,12 @@ login, never by the internal username.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
+from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -19,6 +22,7 @@ from django.utils import timezone
 from mcp_consent.models import AuditEvent, Consent, RegistrationSource
 from tests.browser_client import Browser, authorize_params
 from tests.factories import MCPClientFactory
+from tests.mcp_tokens import issue_token
 
 pytestmark = pytest.mark.django_db
 
@@ -79,3 +83,27 @@ def test_operator_revocation_reads_revoked_by_the_operator_without_the_reason() 
     # The reason is where it belongs: the audit trail.
     event = AuditEvent.objects.get(action=AuditEvent.Action.CONSENT_REVOKED)
     assert event.actor_type == "operator" and event.details["reason"] == reason
+
+
+def test_sec01_connected_apps_lists_a_grant_whose_tokens_outlive_its_consent() -> None:
+    """SEC-01: the consent passed its expires_at, the cleanup has not run, and tokens of the
+    grant still exist: the application is listed with its Revoke button, never "No
+    application has access right now". Once the cascade has run, it is listed as ended."""
+    browser = Browser()
+    browser.login_upstream()
+    client = MCPClientFactory(client_name="Acme Agent", redirect_uris=["https://app.example/cb"])
+    issue_token(client=client, browser=browser)
+    Consent.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    page = connections(browser)
+    assert "No application has access right now." not in text(page)
+    listed = re.search(r'id="connections">(.*?)</ul>', page, re.S)
+    assert listed
+    assert "Acme Agent" in listed.group(1)
+    assert 'value="revoke"' in listed.group(1)
+
+    call_command("mcp_consent_cleanup", stdout=StringIO())
+    page = connections(browser)
+    assert "No application has access right now." in text(page)
+    ended = re.search(r'id="past">(.*?)</ul>', page, re.S)
+    assert ended
+    assert "Acme Agent" in ended.group(1)

@@ -29,7 +29,7 @@ from oauth2_provider.models import get_access_token_model
 
 from mcp_consent import resource
 from mcp_consent.integrations import mcp_sdk
-from mcp_consent.models import UpstreamToken
+from mcp_consent.models import Consent, MCPClient, UpstreamToken
 from project.demo_upstream.models import Token as DemoHubToken
 from project.mcp_server import build_app
 from tests.asgi_helpers import django_asgi_app, lifespan
@@ -282,6 +282,24 @@ def test_mcp_refuses_an_expired_token(issued) -> None:
     AccessToken.objects.filter(token_checksum=resource.checksum(issued.access_token)).update(
         expires=timezone.now() - timedelta(seconds=1)
     )
+    assert_invalid_token(refused_at_mcp(issued.authorization))
+
+
+def test_sec01_mcp_refuses_a_token_of_an_expired_consent(issued) -> None:
+    """SEC-01 at /mcp (the SDK's verifier): the consent expired, no cleanup ran; the token is
+    refused and the consent retired with its upstream grant."""
+    Consent.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert_invalid_token(refused_at_mcp(issued.authorization))
+    assert Consent.objects.get().expired_at is not None
+    assert not UpstreamToken.objects.exists()
+    assert not DemoHubToken.objects.filter(revoked_at__isnull=True).exists()
+
+
+def test_mcp_refuses_a_client_disabled_with_its_tokens_in_place(issued) -> None:
+    """The disabled-client check at /mcp on its own: the flag set, every token still there
+    (disabling through the flows would delete them and hide a missing check)."""
+    MCPClient.objects.filter(pk=issued.client.pk).update(disabled_at=timezone.now())
+    assert AccessToken.objects.filter(token_checksum=resource.checksum(issued.access_token))
     assert_invalid_token(refused_at_mcp(issued.authorization))
 
 

@@ -22,7 +22,9 @@ from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 
 from mcp_consent import audit, flows, resource
+from mcp_consent.models import AuditEvent, Consent, MCPClient, UpstreamToken
 from mcp_consent.resource import require_bearer_token
+from project.demo_upstream.models import Token as DemoHubToken
 from tests.browser_client import PROXY_HOST
 from tests.factories import MCPClientFactory
 from tests.mcp_tokens import OTHER_RESOURCE, RESOURCE, issue_token, post_form, upstream_tokens_of
@@ -202,6 +204,44 @@ def test_a_disabled_clients_token_is_refused(issued) -> None:
     """An operator disables the client: its tokens stop working (fail closed)."""
     flows.disable_client(issued.client, actor=audit.SYSTEM, reason="test")
     assert call(whoami, issued.authorization).status_code == 401
+
+
+def test_a_client_disabled_with_its_tokens_in_place_is_refused(issued) -> None:
+    """The disabled-client check of verification on its own: the flag set with every token
+    left in place (a database writer, or a disable whose cascade did not run). The test
+    above passes through the cascade too, which deletes the tokens."""
+    assert call(whoami, issued.authorization).status_code == 200
+    MCPClient.objects.filter(pk=issued.client.pk).update(disabled_at=timezone.now())
+    assert AccessToken.objects.filter(token_checksum=resource.checksum(issued.access_token))
+    response = call(whoami, issued.authorization)
+    assert response.status_code == 401
+    assert challenge(response)["error"] == "invalid_token"
+
+
+def test_sec01_a_token_of_an_expired_consent_is_refused_and_its_grant_retired(issued) -> None:
+    """SEC-01: the consent passed its expires_at and no cleanup has run. The access token,
+    itself still within its lifetime, is refused at the next request, and that request
+    retires the consent: its tokens are revoked and the upstream grant revoked upstream,
+    without waiting for the cron."""
+    assert call(whoami, issued.authorization).status_code == 200
+    Consent.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    response = call(whoami, issued.authorization)
+    assert response.status_code == 401
+    assert challenge(response)["error"] == "invalid_token"
+    consent = Consent.objects.get()
+    assert consent.expired_at is not None
+    assert not UpstreamToken.objects.filter(consent=consent).exists()
+    assert not DemoHubToken.objects.filter(revoked_at__isnull=True).exists()
+    assert not AccessToken.objects.filter(user__isnull=False).exists()
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.CONSENT_EXPIRED).count() == 1
+    assert call(whoami, issued.authorization).status_code == 401
+
+
+def test_sec01_introspection_calls_a_token_of_an_expired_consent_inactive(issued) -> None:
+    """SEC-01 for separate MCP servers: introspection applies the same expiry."""
+    assert resource.introspect(issued.access_token, resources=[RESOURCE])["active"] is True
+    Consent.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert resource.introspect(issued.access_token, resources=[RESOURCE]) == {"active": False}
 
 
 def test_a_deactivated_users_token_is_refused(issued) -> None:

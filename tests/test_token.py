@@ -22,7 +22,10 @@ from django.test import Client, override_settings
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model, get_grant_model, get_refresh_token_model
 
+from mcp_consent import audit, flows
+from mcp_consent.models import Consent, UpstreamToken
 from project.demo_upstream.models import Account
+from project.demo_upstream.models import Token as DemoHubToken
 from tests.browser_client import PROXY_HOST, Browser, authorize_params, code_from
 from tests.conftest import DjangoClientAdapter, pkce_pair
 from tests.factories import MCPClientFactory
@@ -393,6 +396,36 @@ def test_as44_refresh_response_is_not_cached(issued) -> None:
     code, first = issued
     response = refresh(first["refresh_token"], code.client_id)
     assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+
+
+def test_sec01_a_consent_past_its_expiry_refreshes_nothing(issued) -> None:
+    """SEC-01: expiry holds at the token endpoint by itself (no cleanup has run). The refresh
+    grant of a consent past its expires_at is invalid_grant and rotates nothing: a rotation
+    would hand out a fresh refresh token each time, so the access would never end. The
+    consent is retired on the spot, with its tokens and the upstream grant."""
+    code, first = issued
+    assert tokens(refresh(first["refresh_token"], code.client_id))  # control: live, it works
+    current = RefreshToken.objects.get(application=code.client.application, revoked__isnull=True)
+    Consent.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    rows = RefreshToken.objects.count()
+    response = refresh(first["refresh_token"], code.client_id)
+    assert_token_error(response, "invalid_grant")
+    assert RefreshToken.objects.count() == rows  # nothing minted
+    current.refresh_from_db()
+    assert current.revoked is not None
+    assert not AccessToken.objects.filter(user__isnull=False).exists()
+    consent = Consent.objects.get()
+    assert consent.expired_at is not None
+    assert not UpstreamToken.objects.exists()
+    assert not DemoHubToken.objects.filter(revoked_at__isnull=True).exists()
+
+
+def test_sec01_a_code_of_a_consent_revoked_before_redemption_buys_nothing(code) -> None:
+    """The token request checks the consent under its lock (SEC-12): a code redeemed after
+    its consent was revoked is invalid_grant."""
+    flows.revoke_consent(Consent.objects.get(), actor=audit.SYSTEM, reason="test")
+    assert_token_error(code.redeem(), "invalid_grant")
+    assert not AccessToken.objects.filter(user__isnull=False).exists()
 
 
 def test_as45_refresh_token_is_bound_to_its_client(issued) -> None:

@@ -20,7 +20,13 @@ from mcp_consent.models import Consent, UpstreamToken
 from project.demo_upstream.models import Token as DemoHubToken
 from tests.conftest import UPSTREAM_ORIGIN
 from tests.factories import MCPClientFactory
-from tests.mcp_tokens import REDIRECT_URI, issue_token, upstream_tokens_of
+from tests.mcp_tokens import (
+    OTHER_RESOURCE,
+    REDIRECT_URI,
+    RESOURCE,
+    issue_token,
+    upstream_tokens_of,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -157,9 +163,52 @@ def test_a_revoked_consent_gives_no_upstream_session(issued) -> None:
 
 
 def test_an_expired_consent_gives_no_upstream_session(issued) -> None:
+    """SEC-01: a token verified just before its consent expired reaches no upstream grant."""
+    token = verified(issued)  # verified before the expiry (afterwards verification refuses)
     Consent.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     with pytest.raises(upstream.UpstreamAuthorizationRequired):
-        upstream_session(verified(issued))
+        upstream_session(token)
+
+
+def test_a_token_whose_scopes_its_consent_does_not_cover_reaches_no_upstream_grant() -> None:
+    """RS-11: the upstream grant is handed out only for a consent that covers every scope of
+    the token. The consent narrowed to items:read (as a database writer would narrow it) no
+    longer speaks for a token of items:read items:write; the control case first."""
+    issued = issue_token(scope="items:read items:write")
+    token = verified(issued)
+    assert consent_for(token) is not None
+    Consent.objects.update(scopes="items:read")
+    assert consent_for(token) is None
+    with pytest.raises(upstream.UpstreamAuthorizationRequired):
+        upstream_session(token)
+
+
+def test_sec13_a_token_for_two_resources_reaches_its_upstream_grant_at_each(settings) -> None:
+    """SEC-13: a token minted for two MCP servers (the consent records "A B") finds its
+    upstream grant at both of them. Compared as one string, neither matched: the client got
+    401 at every call and looped through re-authorisation."""
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "RESOURCES": [RESOURCE, OTHER_RESOURCE]}
+    issued = issue_token(resource=[RESOURCE, OTHER_RESOURCE])
+    assert Consent.objects.get().resource.split() == [RESOURCE, OTHER_RESOURCE]
+    for at in (RESOURCE, OTHER_RESOURCE):
+        token = resource.verify_token(issued.access_token, resource=at)
+        consent = consent_for(token)
+        assert consent is not None, at
+        assert consent.client == issued.client
+        with upstream_session(token) as api:
+            assert api.get("user").json()["login"] == "octocat"
+
+
+def test_sec13_a_consent_for_other_resources_is_not_this_ones(settings) -> None:
+    """SEC-13, the other side: the resource is matched as a whole item of the list, so a
+    consent for ".../mcp-other" or ".../mcp/x" never serves a token verified for ".../mcp"."""
+    issued = issue_token()
+    token = verified(issued)
+    for stored in (f"{RESOURCE}-other", f"{RESOURCE}/x", f"{OTHER_RESOURCE} {RESOURCE}x"):
+        Consent.objects.update(resource=stored)
+        assert consent_for(token) is None, stored
+    Consent.objects.update(resource=f"{OTHER_RESOURCE} {RESOURCE}")
+    assert consent_for(token) is not None
 
 
 # --- UP-08 / RS-11: refresh ---------------------------------------------------------------------------

@@ -46,7 +46,9 @@ def consent_for(token: TokenClaims) -> Consent | None:
     Found from what the verified token says (its user, its client, the resource it was
     verified for), never from anything the MCP client sends, so a client can only ever
     reach the upstream grant that its own user approved for it. Of several live consents
-    the one last used for an authorization wins; it must cover the token's scopes.
+    the one last used for an authorization wins; it must cover the token's scopes (RS-11)
+    and list the token's resource among its resources (SEC-13: a token minted for two MCP
+    servers has a consent whose ``resource`` is "A B", and is verified for A or for B).
     """
     candidates = (
         Consent.objects.live()
@@ -54,13 +56,13 @@ def consent_for(token: TokenClaims) -> Consent | None:
         .filter(
             user_id=token.user_id,
             client__application_id=token.application_id,
-            resource=token.resource,
+            resource__contains=token.resource,  # narrows; the exact test is below
             upstream_token__isnull=False,
         )
         .order_by(F("last_used_at").desc(nulls_last=True), "-granted_at", "-pk")
     )
     for consent in candidates[:20]:
-        if token.scopes <= set(consent.scope_list):
+        if token.resource in consent.resource.split() and token.scopes <= set(consent.scope_list):
             return consent
     return None
 

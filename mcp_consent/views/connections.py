@@ -13,13 +13,16 @@ from urllib.parse import urlsplit
 
 from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_not_required
+from django.db.models import Exists, OuterRef, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.utils.translation import gettext_lazy as _
 from django.views import View
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_variables
+from oauth2_provider.models import get_access_token_model, get_refresh_token_model
 
 from .. import audit, flows, ratelimit
 from ..adapter import DefaultConsentAdapter, get_adapter
@@ -89,6 +92,31 @@ def _row(
     }
 
 
+def _with_live_tokens(consents: QuerySet[Consent]) -> QuerySet[Consent]:
+    """Each consent with whether DOT still holds a usable token of its user at its client."""
+    now = timezone.now()
+    access = get_access_token_model().objects.filter(
+        user_id=OuterRef("user_id"),
+        application_id=OuterRef("client__application_id"),
+        expires__gt=now,
+    )
+    refresh = get_refresh_token_model().objects.filter(
+        user_id=OuterRef("user_id"),
+        application_id=OuterRef("client__application_id"),
+        revoked__isnull=True,
+    )
+    return consents.annotate(live_tokens=Exists(access) | Exists(refresh))
+
+
+def _has_access(consent: Any) -> bool:
+    """SEC-01: listed under "Applications with access" while it is live, and also while a
+    grant whose consent lapsed still has tokens (the cleanup has not run): the person is
+    never told "No application has access" while something of it is left, and can Revoke."""
+    if consent.status == Consent.Status.ACTIVE:
+        return True
+    return consent.revoked_at is None and consent.expired_at is None and consent.live_tokens
+
+
 def upstream_login(user: Any) -> str:
     """The person's login at the upstream (octocat), not our internal username (octocat@upstream)."""
     identity = UpstreamIdentity.objects.filter(user=user).order_by("-last_login_at", "-pk").first()
@@ -110,9 +138,9 @@ class ConnectionsView(View):
         context: dict[str, Any] = {"upstream_name": app_settings.UPSTREAM.name}
         if request.user.is_authenticated:
             consents = list(
-                Consent.objects.filter(user=request.user).select_related("client__application")[
-                    :200
-                ]
+                _with_live_tokens(Consent.objects.filter(user=request.user)).select_related(
+                    "client__application"
+                )[:200]
             )
             revoked_by = dict(
                 AuditEvent.objects.filter(
@@ -148,16 +176,12 @@ class ConnectionsView(View):
                 {
                     "signed_in_as": upstream_login(request.user),
                     "connections": [
-                        _row(c, revoked_by, adapter)
-                        for c in consents
-                        if c.status == Consent.Status.ACTIVE
+                        _row(c, revoked_by, adapter) for c in consents if _has_access(c)
                     ],
                     "history": decisions,
-                    "past": [
-                        _row(c, revoked_by, adapter)
-                        for c in consents
-                        if c.status != Consent.Status.ACTIVE
-                    ][:50],
+                    "past": [_row(c, revoked_by, adapter) for c in consents if not _has_access(c)][
+                        :50
+                    ],
                 }
             )
         return render_form_page(request, self.template_name, context)
