@@ -159,12 +159,20 @@ class MCPOAuth2Validator(OAuth2Validator):
             # The Application and its MCPClient in one query (DOT would load the Application,
             # then client_record_for the MCPClient). DOT reuses a request.client it finds; a
             # CIMD client is left to DOT's own load, which re-fetches a stale document.
-            application = (
-                get_application_model()
-                .objects.select_related("mcp_client")
-                .filter(client_id=client_id)
-                .first()
-            )
+            if transaction.get_connection().in_atomic_block:
+                # SEC-12: a token request's first lock is its client's row (flows/locks.py),
+                # taken by the query that loads it, before the Grant or refresh token.
+                locked = flows.locks.lock_client_by_client_id(client_id)
+                application = locked.application if locked is not None else None
+                if application is not None:
+                    application.mcp_client = locked
+            else:
+                application = (
+                    get_application_model()
+                    .objects.select_related("mcp_client")
+                    .filter(client_id=client_id)
+                    .first()
+                )
             if (
                 application is not None
                 and application.registration_source != application.RegistrationSource.CIMD
@@ -219,18 +227,19 @@ class MCPOAuth2Validator(OAuth2Validator):
         PKCE challenge and its method, and the resource (five reads, stock DOT's 15
         statements); those methods below use this one.
         """
-        if not flows.lock_client_for_token(client):
-            # SEC-12: the client is locked first, as revocation and disable lock it
-            # (flows/locks.py); disabled while this request waited: no token.
-            return False
         grants = (
-            get_grant_model().objects.select_related("user").filter(code=code, application=client)
+            get_grant_model()
+            .objects.select_related("user")
+            .filter(code=code, application=client)
+            .annotate(consent_until=flows.consent_until())  # SEC-01, same query
         )
         if transaction.get_connection().in_atomic_block:
             grants = grants.select_for_update(of=("self",))
         grant = grants.first()
         if grant is not None and not grant.is_expired():
-            if not flows.consent_is_live(client, grant.user_id):
+            if not flows.live_until(grant.consent_until) and not flows.consent_is_live(
+                client, grant.user_id
+            ):
                 # SEC-01 / REV-04: no live consent (revoked, expired) means no token.
                 return False
             # What DOT's validate_code sets, from the same row.
@@ -336,17 +345,22 @@ class MCPOAuth2Validator(OAuth2Validator):
     ) -> bool:
         # AS-44 under races: parallel uses of one refresh token queue on its row; the first
         # rotates it, the others then see it used and DOT revokes the whole family.
-        if not flows.lock_client_for_token(client):
-            # SEC-12: the client is locked before the refresh token, as revocation and
-            # disable lock it (flows/locks.py); disabled meanwhile: invalid_grant.
-            return False
+        # SEC-12: the client was locked when it was loaded (_load_application), before this
+        # refresh token's row (flows/locks.py).
         rows = get_refresh_token_model().objects.filter(
             token_checksum=secret_hash(refresh_token), application=client
         )
         if transaction.get_connection().in_atomic_block:
-            rows = rows.select_for_update()
-        owner = next(iter(rows.values_list("user_id", flat=True)), None)
-        if owner is not None and not flows.consent_is_live(client, owner):
+            rows = rows.select_for_update(of=("self",))
+        found = next(
+            iter(rows.annotate(until=flows.consent_until()).values_list("user_id", "until")),
+            None,
+        )
+        if (
+            found is not None
+            and not flows.live_until(found[1])
+            and not flows.consent_is_live(client, found[0])
+        ):
             # SEC-01: a consent past its expires_at refreshes nothing: invalid_grant, no
             # rotation (a rotation would hand out a fresh refresh token, so it never ends).
             return False
@@ -361,10 +375,6 @@ class MCPOAuth2Validator(OAuth2Validator):
     ) -> None:
         """RFC 7009 with the cascade: the client's last token revoked ends its consent (UP-09)."""
         owner = flows.token_owner(token, request.client)
-        if owner is not None and transaction.get_connection().in_atomic_block:
-            # SEC-12: under ATOMIC_REQUESTS the token's row lock would outlive DOT's revoke and
-            # precede the client lock of the cascade below: take the client first.
-            flows.lock_client_for_token(request.client)
         super().revoke_token(token, token_type_hint, request, *args, **kwargs)
         if owner is not None:
             flows.record_token_revoked(owner, request.client)

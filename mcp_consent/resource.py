@@ -37,7 +37,6 @@ from urllib.parse import parse_qsl, urlsplit
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.db import connections, router
-from django.db.models import OuterRef, Subquery
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, QueryDict
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
@@ -47,7 +46,7 @@ from oauthlib.oauth2.rfc6749.tokens import get_token_from_header
 
 from .app_settings import app_settings, canonical_resource
 from .flows.revocation import expire_lapsed_consents
-from .models import Consent
+from .flows.tokens import consent_until, live_until
 from .vault import secret_hash
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
@@ -236,7 +235,7 @@ class _TokenRow:
     def consent_live(self) -> bool:
         """SEC-01: ``Consent.objects.live()`` for this user and client, split in two so that no
         time is compiled into the hot query: unretired in SQL, ``expires_at > now`` here."""
-        return self.consent_until is not None and self.consent_until > timezone.now()
+        return live_until(self.consent_until)
 
 
 _HOT_LOOKUPS = (
@@ -259,16 +258,10 @@ def _hot_queryset(checksum_value: str) -> Any:
     """The verification query: one indexed lookup by token_checksum (unique), LEFT JOINs."""
     # SEC-01: whether the user still has a live consent at the token's client comes with the
     # token, as a subquery over the consent's (user, client) index: no second query.
-    until = (
-        Consent.objects.unretired()
-        .filter(user_id=OuterRef("user_id"), client__application_id=OuterRef("application_id"))
-        .order_by("-expires_at")
-        .values("expires_at")[:1]
-    )
     return (
         get_access_token_model()
         .objects.filter(token_checksum=checksum_value)
-        .annotate(consent_until=Subquery(until))
+        .annotate(consent_until=consent_until())
         .values_list(*_HOT_LOOKUPS)
         .order_by()
     )

@@ -47,7 +47,8 @@ from .revocation import (
 )
 from .tokens import (
     consent_is_live,
-    lock_client_for_token,
+    consent_until,
+    live_until,
     record_refresh_token_reuse,
     record_token_issued,
     record_token_revoked,
@@ -81,7 +82,8 @@ __all__ = [
     "expire_consent",
     "fail_transaction",
     "consent_is_live",
-    "lock_client_for_token",
+    "consent_until",
+    "live_until",
     "record_client",
     "record_refresh_token_reuse",
     "record_token_issued",

@@ -9,7 +9,7 @@
 Parents before children, and the client always first: every writer of a client's consents,
 grants and tokens locks the client's row before anything else, so two of them queue there.
 A token request (code redemption, refresh) locks its client before the validator locks the
-Grant or the refresh token (``lock_client_for_token`` in flows/tokens.py; its consent's
+Grant or the refresh token (the validator's ``_load_application`` loads the client with ``lock_client_by_client_id``; its consent's
 ``last_used_at`` is updated after the token rows, safely, since nobody else can hold that
 consent without the client); a revocation, a disable, a delete, a metadata change and the
 upstream callback lock the client first, then the consents, then let the cascade reach the
@@ -64,3 +64,13 @@ def lock_consents_and_clients(consents: Iterable[Consent]) -> list[Consent]:
     for client_pk in sorted({c.client_id for c in consents}):
         lock_client(client_pk)
     return lock_consents(c.pk for c in consents)
+
+
+def lock_client_by_client_id(client_id: str) -> MCPClient | None:
+    """Step 1 for a token request, in the query that loads its client (no extra statement)."""
+    return (
+        MCPClient.objects.select_for_update(of=("self",))
+        .select_related("application")
+        .filter(application__client_id=client_id)
+        .first()
+    )

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model, get_refresh_token_model
 from oauthlib.common import Request
@@ -13,21 +14,24 @@ from oauthlib.common import Request
 from .. import audit
 from ..models import AuditEvent, AuthorizationTransaction, Consent, MCPClient
 from ..vault import secret_hash
-from .locks import lock_client_of
 from .revocation import expire_consents, revoke_consents
 
 
-def lock_client_for_token(application: Any) -> bool:
-    """A token request's first lock: its client's row (SEC-12, flows/locks.py). False when
-    the client is unknown or was disabled while this request waited for the lock.
+def consent_until() -> Subquery:
+    """SEC-01: the latest ``expires_at`` of the unretired consents of the outer row's user at
+    its client (a token's or a grant's ``user_id`` and ``application_id``), for the one query
+    that loads the row. ``Consent.objects.live()`` split in two so that no time is compiled
+    into those queries: unretired here, ``expires_at > now`` in ``live_until``."""
+    return Subquery(
+        Consent.objects.unretired()
+        .filter(user_id=OuterRef("user_id"), client__application_id=OuterRef("application_id"))
+        .order_by("-expires_at")
+        .values("expires_at")[:1]
+    )
 
-    Every writer of a client's consents, grants and tokens takes this lock first, so a token
-    request and a revocation or disable of the same client queue here and never deadlock
-    further down (the token request's own consent UPDATE comes after its token rows).
-    """
-    with transaction.atomic(savepoint=False):
-        client = lock_client_of(application)
-    return client is not None and not client.is_disabled
+
+def live_until(until: Any) -> bool:
+    return until is not None and until > timezone.now()
 
 
 def consent_is_live(application: Any, user_id: Any) -> bool:
