@@ -233,10 +233,12 @@ class AuthorizeView(AuthorizationView):
         error = params.get("error") or "invalid_request"
         return error_page(
             request,
-            "This sign-in request cannot be completed",
-            "The application that sent you here made a request this server cannot accept "
-            f"({error}{': ' + description if description else ''}). You have not been sent "
-            "anywhere and nothing was shared.",
+            _("This sign-in request cannot be completed"),
+            _(
+                "The application that sent you here made a request this server cannot accept "
+                "(%(error)s). You have not been sent anywhere and nothing was shared."
+            )
+            % {"error": f"{error}: {description}" if description else error},
             link=client_error_link(redirect_uri, params) if redirect_uri else None,
         )
 

@@ -212,9 +212,12 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             return error_page(
                 request,
                 _("This sign-in cannot be completed"),
-                f"You signed in at {app_settings.UPSTREAM.name} with another account than the one "
-                "that approved this application before. Nothing was shared with the application. "
-                "Start again from your application to review its request.",
+                _(
+                    "You signed in at %(upstream)s with another account than the one that "
+                    "approved this application before. Nothing was shared with the application. "
+                    "Start again from your application to review its request."
+                )
+                % {"upstream": app_settings.UPSTREAM.name},
                 status=403,
             )
         return error_page(
