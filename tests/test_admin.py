@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.urls import reverse
+from django.utils import timezone
 from oauth2_provider.models import (
     get_access_token_model,
     get_application_model,
@@ -15,6 +17,7 @@ from oauth2_provider.models import (
 
 from mcp_consent.models import AuditEvent, Consent, MCPClient, RedirectURI, UpstreamToken
 from tests.browser_client import Browser, authorize_params
+from tests.factories import MCPClientFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -458,3 +461,39 @@ def test_cimd_13_operator_blocks_a_domain_in_the_admin_and_it_is_audited(operato
         {"client_id": "https://app.evil.example/c.json", "response_type": "code"},
     )
     assert page.status_code == 403
+
+
+def test_consent_status_filter_and_active_count_use_the_one_live_definition(operator) -> None:
+    """SEC-01: "active" in the admin is ``live_consent``: a consent past expires_at that the
+    cleanup has not retired yet is expired there too, and is not counted as active."""
+    client = MCPClientFactory()
+    now = timezone.now()
+
+    def consent(username: str, **state: Any) -> Consent:
+        user = get_user_model().objects.create_user(username)
+        return Consent.objects.create(
+            user=user,
+            client=client,
+            redirect_uri="https://app.example/cb",
+            scopes="mcp",
+            resource="http://127.0.0.1:8000/mcp",
+            client_metadata_version=1,
+            **{"expires_at": now + timedelta(days=1), **state},
+        )
+
+    live = consent("live")
+    lapsed = consent("lapsed", expires_at=now - timedelta(seconds=1))
+    retired = consent("retired", expires_at=now - timedelta(days=1), expired_at=now)
+    revoked = consent("revoked", revoked_at=now)
+    changelist = reverse("admin:mcp_consent_consent_changelist")
+
+    def listed(status: str) -> set[int]:
+        response = operator.get(changelist, {"status": status})
+        assert response.status_code == 200
+        return {row.pk for row in response.context["cl"].result_list}
+
+    assert listed("active") == {live.pk}
+    assert listed("expired") == {lapsed.pk, retired.pk}
+    assert listed("revoked") == {revoked.pk}
+    clients = operator.get(reverse("admin:mcp_consent_mcpclient_changelist"))
+    assert [row._active_consents for row in clients.context["cl"].result_list] == [1]

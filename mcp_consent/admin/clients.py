@@ -12,7 +12,6 @@ from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from oauth2_provider.admin import ApplicationAdmin
 from oauth2_provider.models import get_access_token_model, get_application_model
@@ -99,12 +98,8 @@ class MCPClientAdmin(ScaleMixin, admin.ModelAdmin):
         # A correlated subquery, computed for the rows of the page only. A Count() over a
         # join made the list GROUP BY every client, twice (the count could not drop it).
         active = (
-            Consent.objects.filter(
-                client=OuterRef("pk"),
-                revoked_at__isnull=True,
-                expired_at__isnull=True,
-                expires_at__gt=timezone.now(),
-            )
+            Consent.objects.live()
+            .filter(client=OuterRef("pk"))
             .order_by()
             .values("client")
             .annotate(n=Count("pk"))

@@ -6,12 +6,18 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
 
 from .. import flows
-from ..models import AuthorizationTransaction, Consent, MCPClient, UpstreamIdentity, UpstreamToken
+from ..models import (
+    AuthorizationTransaction,
+    Consent,
+    MCPClient,
+    UpstreamIdentity,
+    UpstreamToken,
+    live_consent,
+)
 from .base import (
     InputFilter,
     ReadOnlyMixin,
@@ -32,17 +38,13 @@ class ConsentStatusFilter(admin.SimpleListFilter):
         return [(value, label) for value, label in Consent.Status.choices]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        now = timezone.now()
         if self.value() == Consent.Status.REVOKED:
             return queryset.filter(revoked_at__isnull=False)
         if self.value() == Consent.Status.EXPIRED:
-            return queryset.filter(revoked_at__isnull=True).filter(
-                Q(expired_at__isnull=False) | Q(expires_at__lte=now)
-            )
+            # Not revoked and not live (SEC-01): retired by the cleanup or past expires_at.
+            return queryset.filter(revoked_at__isnull=True).exclude(live_consent())
         if self.value() == Consent.Status.ACTIVE:
-            return queryset.filter(
-                revoked_at__isnull=True, expired_at__isnull=True, expires_at__gt=now
-            )
+            return queryset.filter(live_consent())
         return queryset
 
 

@@ -241,11 +241,8 @@ def revoke_tokens(
     bare: list[tuple[int, int]] = []
     for user_id, application_id in pairs:
         live = list(
-            Consent.objects.filter(
-                user_id=user_id,
-                client__application_id=application_id,
-                revoked_at__isnull=True,
-                expired_at__isnull=True,
+            Consent.objects.unretired().filter(
+                user_id=user_id, client__application_id=application_id
             )
         )
         if live:
