@@ -284,9 +284,10 @@ class MCPApplicationAdmin(ScaleMixin, ReadOnlyMixin, ApplicationAdmin):
     exclude = ("client_secret",)
 
 
-# Not through OAUTH2_PROVIDER["APPLICATION_ADMIN_CLASS"] (DOT 3.4): DOT's admin module imports
-# that class while it is itself being imported, and when this module loads first (it imports
-# DOT's ApplicationAdmin above) the import goes in a circle and fails. Replacing the
-# registration works in any INSTALLED_APPS order.
+# Not through OAUTH2_PROVIDER["APPLICATION_ADMIN_CLASS"] (DOT 3.4.1): DOT's admin module imports
+# that class while it is itself being imported. When this module loads first (it imports DOT's
+# ApplicationAdmin above) the import goes in a circle and fails ("does not define
+# MCPApplicationAdmin"); when DOT's loads first, it imports this package before it has
+# registered any of its own admins. Replacing the registration works in any INSTALLED_APPS order.
 admin.site.unregister(get_application_model())
 admin.site.register(get_application_model(), MCPApplicationAdmin)
