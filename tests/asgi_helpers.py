@@ -1,4 +1,5 @@
-"""Running ASGI applications in-process from sync tests: the lifespan, and Django's handler.
+"""Running ASGI applications in-process from sync tests: the lifespan, Django's handler, and
+the MCP router with a client for it (``serve``, ``http_client``, ``mcp_post``).
 
 Django's ASGI handler closes "old" database connections at the start and end of every
 request (request_started/request_finished → close_old_connections). In a test, that
@@ -9,14 +10,22 @@ Django's own test clients disconnect that receiver around each request; so does
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+import httpx2
+from asgiref.sync import async_to_sync
 from django.core.asgi import get_asgi_application
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
+
+from mcp_consent.integrations import mcp_sdk
+from project.mcp_server import build_app
+
+T = TypeVar("T")
+TOOLS_CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
 
 
 @asynccontextmanager
@@ -54,3 +63,43 @@ def django_asgi_app() -> Any:
             request_finished.connect(close_old_connections)
 
     return app
+
+
+def serve(scenario: Callable[[Any], Awaitable[T]], mcp_app: Any = None) -> T:
+    """Run ``scenario(asgi_app)`` with the lifespan started.
+
+    From this sync test through async_to_sync, as Django's own async test client does: the
+    ORM work of the request runs on this thread, inside the test's transaction.
+    """
+
+    async def main() -> T:
+        app = mcp_sdk.MCPRouter(django_asgi_app(), mcp_app or build_app(), paths=["/mcp"])
+        async with lifespan(app):
+            return await scenario(app)
+
+    return async_to_sync(main)()
+
+
+def http_client(app: Any, authorization: str | None = None, **kwargs: Any) -> httpx2.AsyncClient:
+    headers = {"Authorization": authorization} if authorization else {}
+    return httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app),
+        base_url="http://127.0.0.1:8000",
+        headers=headers,
+        timeout=30,
+        **kwargs,
+    )
+
+
+async def mcp_post(
+    app: Any, headers: dict[str, str], path: str = "/mcp", body: Any = None
+) -> httpx2.Response:
+    """POST ``body`` (a tools/call of whoami by default) to ``path`` with ``headers``."""
+    async with http_client(app) as http:
+        return await http.post(
+            path,
+            json=body
+            if body is not None
+            else {**TOOLS_CALL, "params": {"name": "whoami", "arguments": {}}},
+            headers={"Accept": "application/json, text/event-stream", **headers},
+        )

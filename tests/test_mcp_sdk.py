@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -32,7 +32,7 @@ from mcp_consent.integrations import mcp_sdk
 from mcp_consent.models import Consent, MCPClient, UpstreamToken
 from project.demo_upstream.models import Token as DemoHubToken
 from project.mcp_server import build_app
-from tests.asgi_helpers import django_asgi_app, lifespan
+from tests.asgi_helpers import TOOLS_CALL, http_client, mcp_post, serve
 from tests.browser_client import PROXY_HOST
 from tests.conftest import UPSTREAM_ORIGIN, DjangoClientAdapter
 from tests.mcp_tokens import (
@@ -49,36 +49,6 @@ pytestmark = pytest.mark.django_db
 MCP_URL = RESOURCE
 T = TypeVar("T")
 AccessToken = get_access_token_model()
-TOOLS_CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
-
-
-# --- Running the ASGI application in-process -------------------------------------------------------
-
-
-def serve(scenario: Callable[[Any], Awaitable[T]], mcp_app: Any = None) -> T:
-    """Run ``scenario(asgi_app)`` with the lifespan started.
-
-    From this sync test through async_to_sync, as Django's own async test client does: the
-    ORM work of the request runs on this thread, inside the test's transaction.
-    """
-
-    async def main() -> T:
-        app = mcp_sdk.MCPRouter(django_asgi_app(), mcp_app or build_app(), paths=["/mcp"])
-        async with lifespan(app):
-            return await scenario(app)
-
-    return async_to_sync(main)()
-
-
-def http_client(app: Any, authorization: str | None = None, **kwargs: Any) -> httpx2.AsyncClient:
-    headers = {"Authorization": authorization} if authorization else {}
-    return httpx2.AsyncClient(
-        transport=httpx2.ASGITransport(app=app),
-        base_url="http://127.0.0.1:8000",
-        headers=headers,
-        timeout=30,
-        **kwargs,
-    )
 
 
 class Seen:
@@ -225,21 +195,8 @@ def test_rs11_each_token_reaches_its_own_users_upstream_grant() -> None:
 
 
 def refused_at_mcp(authorization: str, **kwargs: Any) -> httpx2.Response:
-    response = serve(lambda app: _post(app, {"Authorization": authorization}, **kwargs))
+    response = serve(lambda app: mcp_post(app, {"Authorization": authorization}, **kwargs))
     return response
-
-
-async def _post(
-    app: Any, headers: dict[str, str], path: str = "/mcp", body: Any = None
-) -> httpx2.Response:
-    async with http_client(app) as http:
-        return await http.post(
-            path,
-            json=body
-            if body is not None
-            else {**TOOLS_CALL, "params": {"name": "whoami", "arguments": {}}},
-            headers={"Accept": "application/json, text/event-stream", **headers},
-        )
 
 
 def assert_invalid_token(response: httpx2.Response) -> None:
@@ -307,7 +264,7 @@ def test_mcp_refuses_a_token_in_the_query_string(issued) -> None:
     """RS-09 / TP-04 at /mcp: 400 invalid_request, with or without a header."""
     for headers in ({}, {"Authorization": issued.authorization}):
         response = serve(
-            lambda app, headers=headers: _post(
+            lambda app, headers=headers: mcp_post(
                 app, headers, path=f"/mcp?access_token={issued.access_token}"
             )
         )
@@ -317,7 +274,7 @@ def test_mcp_refuses_a_token_in_the_query_string(issued) -> None:
 
 def test_sh01_no_token_is_401_even_with_a_session_id(issued) -> None:
     """SH-01 / SH-02 / RS-04: every request is verified; a session id is no credential."""
-    response = serve(lambda app: _post(app, {"Mcp-Session-Id": "a" * 32}))
+    response = serve(lambda app: mcp_post(app, {"Mcp-Session-Id": "a" * 32}))
     assert response.status_code == 401
     params = challenge(response)
     assert "error" not in params  # RS-04: no credentials, no error code
@@ -428,7 +385,7 @@ def test_rs06_a_tool_that_needs_more_scope_is_a_403_step_up(issued) -> None:
     """RS-06 / SM-02: tools/call of a tool needing items:write with an items:read token."""
     body = {**TOOLS_CALL, "params": {"name": "write_note", "arguments": {"text": "hi"}}}
     response = serve(
-        lambda app: _post(app, {"Authorization": issued.authorization}, body=body), notes_app()
+        lambda app: mcp_post(app, {"Authorization": issued.authorization}, body=body), notes_app()
     )
     assert response.status_code == 403
     params = challenge(response)
@@ -440,7 +397,7 @@ def test_rs06_a_tool_that_needs_more_scope_is_a_403_step_up(issued) -> None:
 def test_rs06_the_401_challenge_names_the_tools_scope_too() -> None:
     """RS-05 / SM-02: no token for a write_note call -> scope="items:write" in one challenge."""
     body = {**TOOLS_CALL, "params": {"name": "write_note", "arguments": {"text": "hi"}}}
-    response = serve(lambda app: _post(app, {}, body=body), notes_app())
+    response = serve(lambda app: mcp_post(app, {}, body=body), notes_app())
     assert response.status_code == 401
     assert challenge(response) == {
         "resource_metadata": "http://127.0.0.1:8000/.well-known/oauth-protected-resource/mcp",
@@ -454,7 +411,7 @@ def test_rs06_scopes_of_every_tool_in_a_batch_count(issued) -> None:
         {**TOOLS_CALL, "id": 2, "params": {"name": "write_note", "arguments": {"text": "x"}}},
     ]
     response = serve(
-        lambda app: _post(app, {"Authorization": issued.authorization}, body=body), notes_app()
+        lambda app: mcp_post(app, {"Authorization": issued.authorization}, body=body), notes_app()
     )
     assert response.status_code == 403
 
@@ -571,13 +528,13 @@ def test_an_upstream_outage_is_a_tool_error_not_a_reauthorization(issued, upstre
 def test_rs10_a_foreign_origin_is_403_before_anything_else(issued) -> None:
     """RS-10: present and not allowed -> 403, even with a valid token; nothing runs."""
     response = serve(
-        lambda app: _post(
+        lambda app: mcp_post(
             app, {"Authorization": issued.authorization, "Origin": "https://evil.example"}
         )
     )
     assert response.status_code == 403
     assert "WWW-Authenticate" not in response.headers  # not even the challenge
-    response = serve(lambda app: _post(app, {"Origin": "null"}))
+    response = serve(lambda app: mcp_post(app, {"Origin": "null"}))
     assert response.status_code == 403
 
 
@@ -586,9 +543,9 @@ def test_rs10_the_allowed_origins_come_from_settings(issued, settings) -> None:
         **settings.MCP_CONSENT,
         "MCP_ALLOWED_ORIGINS": ["http://localhost:6274"],
     }
-    allowed = serve(lambda app: _post(app, {"Origin": "http://localhost:6274"}))
+    allowed = serve(lambda app: mcp_post(app, {"Origin": "http://localhost:6274"}))
     assert allowed.status_code == 401  # past the origin check, on to authentication
-    own = serve(lambda app: _post(app, {"Origin": "http://127.0.0.1:8000"}))
+    own = serve(lambda app: mcp_post(app, {"Origin": "http://127.0.0.1:8000"}))
     assert own.status_code == 403  # replaced, not added to
 
 
@@ -696,7 +653,7 @@ def test_sdk_alone_refuses_a_token_for_another_resource(settings) -> None:
 
         return server.streamable_http_app(stateless_http=True, json_response=True)
 
-    refused = serve(lambda app: _post(app, {"Authorization": other.authorization}), bare())
+    refused = serve(lambda app: mcp_post(app, {"Authorization": other.authorization}), bare())
     assert refused.status_code == 401
     (pong,) = serve(lambda app: call_tools(app, good, ("ping", {})), bare())
     assert text_of(pong) == "pong"

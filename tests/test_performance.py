@@ -22,7 +22,7 @@ from django.test.utils import CaptureQueriesContext
 from mcp_consent import resource
 from mcp_consent.integrations import mcp_sdk
 from project.mcp_server import build_app
-from tests.asgi_helpers import django_asgi_app, lifespan
+from tests.asgi_helpers import django_asgi_app, http_client, lifespan
 from tests.browser_client import Browser, authorize_params, code_from
 from tests.conftest import pkce_pair
 from tests.factories import MCPClientFactory
@@ -105,8 +105,6 @@ def test_an_mcp_call_costs_one_statement_end_to_end() -> None:
     async def scenario() -> int:
         app = mcp_sdk.MCPRouter(django_asgi_app(), build_app(), paths=["/mcp"])
         async with lifespan(app):
-            from tests.test_mcp_sdk import http_client
-
             async with http_client(app, issued.authorization) as http:
                 response = await http.post(
                     "/mcp",

@@ -7,7 +7,6 @@ upstream's RFC 7009 endpoint, then deleted; idempotent; audited; signalled on co
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -20,81 +19,21 @@ from oauth2_provider.models import get_refresh_token_model
 from mcp_consent import audit, flows, signals
 from mcp_consent.models import AuditEvent, Consent, MCPClient, UpstreamToken
 from project.demo_upstream.models import RequestLog, Token
-from tests.browser_client import PROXY_HOST, Browser, authorize_params, code_from, form_fields
-from tests.conftest import pkce_pair
+from tests.asgi_helpers import http_client, serve
+from tests.browser_client import PROXY_HOST, Browser, authorize_params, form_fields
 from tests.factories import MCPClientFactory
+from tests.mcp_tokens import REDIRECT_URI, Issued, access_token_valid, issue_token
 
 pytestmark = pytest.mark.django_db
 A = AuditEvent.Action
-REDIRECT = "https://app.example/cb"
-
-
-@dataclass
-class Connected:
-    client: MCPClient
-    browser: Browser
-    access_token: str
-    refresh_token: str
-
-    @property
-    def consent(self) -> Consent:
-        return Consent.objects.get(client=self.client)
-
-    def refresh(self) -> Any:
-        return Client().post(
-            "/token/",
-            {
-                "grant_type": "refresh_token",
-                "refresh_token": self.refresh_token,
-                "client_id": self.client.application.client_id,
-            },
-            HTTP_HOST=PROXY_HOST,
-        )
-
-
-def connect(
-    client: MCPClient | None = None, browser: Browser | None = None, **factory: Any
-) -> Connected:
-    client = client or MCPClientFactory(redirect_uris=[REDIRECT], **factory)
-    if browser is None:
-        browser = Browser()
-        browser.login_upstream()
-    verifier, challenge = pkce_pair()
-    final = browser.run_flow(authorize_params(client, challenge=challenge))
-    body = (
-        Client()
-        .post(
-            "/token/",
-            {
-                "grant_type": "authorization_code",
-                "code": code_from(final),
-                "client_id": client.application.client_id,
-                "redirect_uri": client.redirect_uris.first().uri,
-                "code_verifier": verifier,
-            },
-            HTTP_HOST=PROXY_HOST,
-        )
-        .json()
-    )
-    return Connected(client, browser, body["access_token"], body["refresh_token"])
-
-
-def access_token_valid(raw: str) -> bool:
-    """What the MCP endpoint checks on every request (mcp_consent.resource, RS-08)."""
-    from mcp_consent import resource
-
-    try:
-        resource.verify_token(raw)
-    except resource.InvalidToken:
-        return False
-    return True
+REDIRECT = REDIRECT_URI
 
 
 def upstream_revocations() -> int:
     return RequestLog.objects.filter(path__endswith="/demo-upstream/revoke").count()
 
 
-def assert_fully_revoked(connected: Connected) -> None:
+def assert_fully_revoked(connected: Issued) -> None:
     consent = connected.consent
     assert consent.revoked_at is not None and consent.status == Consent.Status.REVOKED
     assert not access_token_valid(connected.access_token)
@@ -114,7 +53,7 @@ def operator_client() -> Client:
 
 def test_operator_revokes_in_the_admin(operator_client, django_capture_on_commit_callbacks) -> None:
     """Issue 4 item 6: admin revoke -> access token refused at once, refresh fails, upstream told."""
-    connected = connect()
+    connected = issue_token()
     assert access_token_valid(connected.access_token)
     sent: list[Consent] = []
     signals.consent_revoked.connect(
@@ -141,7 +80,7 @@ def test_operator_revokes_in_the_admin(operator_client, django_capture_on_commit
 
 
 def test_revocation_is_idempotent() -> None:
-    connected = connect()
+    connected = issue_token()
     actor = audit.SYSTEM
     assert flows.revoke_consent(connected.consent, actor=actor, reason="first") is True
     assert flows.revoke_consent(connected.consent, actor=actor, reason="again") is False
@@ -152,8 +91,8 @@ def test_revocation_is_idempotent() -> None:
 def test_revoking_one_client_leaves_the_others_alone() -> None:
     browser = Browser()
     browser.login_upstream()
-    first = connect(browser=browser)
-    second = connect(browser=browser, client_name="Other App")
+    first = issue_token(browser=browser)
+    second = issue_token(browser=browser, client_name="Other App")
     flows.revoke_consent(first.consent, actor=audit.SYSTEM, reason="test")
     assert not access_token_valid(first.access_token)
     assert access_token_valid(second.access_token)
@@ -163,7 +102,7 @@ def test_revoking_one_client_leaves_the_others_alone() -> None:
 
 def test_user_revokes_on_connected_apps() -> None:
     """Item 4: the same cascade from the person's own page, POST with CSRF."""
-    connected = connect()
+    connected = issue_token()
     page = connected.browser.get("/connections/")
     html = page.content.decode()
     assert (
@@ -188,10 +127,10 @@ def test_user_revokes_on_connected_apps() -> None:
 
 
 def test_connected_apps_revoke_needs_csrf_and_ownership() -> None:
-    owner = connect()
+    owner = issue_token()
     other = Browser()
     other.login_upstream("hubot")
-    connect(browser=other, client_name="Hubot's App")
+    issue_token(browser=other, client_name="Hubot's App")
     strict = other.client
     page = other.get("/connections/")
     token = form_fields(page.content.decode())["csrfmiddlewaretoken"]
@@ -235,7 +174,7 @@ def test_connected_apps_signs_in_through_the_upstream_without_a_client() -> None
 
 def test_rfc7592_delete_cascades(django_capture_on_commit_callbacks) -> None:
     """MGMT-04 / UP-09: DELETE by the client revokes everything it held, upstream included."""
-    connected = connect()
+    connected = issue_token()
     token = connected.client.registered.registration_access_token
     client_id = connected.client.application.client_id
     response = Client().delete(
@@ -253,7 +192,7 @@ def test_rfc7592_delete_cascades(django_capture_on_commit_callbacks) -> None:
     assert again.status_code == 401
 
 
-def _put(connected: Connected, **changes: Any) -> Any:
+def _put(connected: Issued, **changes: Any) -> Any:
     token = connected.client.registered.registration_access_token
     client_id = connected.client.application.client_id
     body = {
@@ -273,7 +212,7 @@ def _put(connected: Connected, **changes: Any) -> Any:
 
 
 def test_mgmt06_renaming_a_client_invalidates_its_consents() -> None:
-    connected = connect()
+    connected = issue_token()
     assert _put(connected, client_name="Totally Different Name").status_code == 200
     assert_fully_revoked(connected)
     assert connected.consent.revoke_reason == "client metadata changed"
@@ -283,7 +222,7 @@ def test_mgmt06_changing_redirect_uris_invalidates_only_consents_bound_to_remove
     browser = Browser()
     browser.login_upstream()
     client = MCPClientFactory(redirect_uris=[REDIRECT, "https://app.example/other"])
-    kept = connect(client=client, browser=browser)  # bound to REDIRECT (the first)
+    kept = issue_token(client=client, browser=browser)  # bound to REDIRECT (the first)
     assert _put(kept, redirect_uris=[REDIRECT, "https://app.example/new"]).status_code == 200
     assert kept.consent.revoked_at is None and access_token_valid(kept.access_token)
     assert _put(kept, redirect_uris=["https://app.example/new"]).status_code == 200
@@ -292,7 +231,7 @@ def test_mgmt06_changing_redirect_uris_invalidates_only_consents_bound_to_remove
 
 def test_rfc7009_revoking_the_last_token_ends_the_consent() -> None:
     """UP-09 / REV-01: the client revoking its refresh token also retires the upstream token."""
-    connected = connect()
+    connected = issue_token()
     response = Client().post(
         "/revoke/",
         {"token": connected.refresh_token, "client_id": connected.client.application.client_id},
@@ -305,7 +244,7 @@ def test_rfc7009_revoking_the_last_token_ends_the_consent() -> None:
 
 def test_rfc7009_other_clients_token_is_untouched() -> None:
     """REV-02: client B cannot revoke client A's token (200 by RFC 7009, but nothing happens)."""
-    victim = connect()
+    victim = issue_token()
     other = MCPClientFactory(client_name="Other")
     response = Client().post(
         "/revoke/",
@@ -317,7 +256,7 @@ def test_rfc7009_other_clients_token_is_untouched() -> None:
 
 
 def test_disabling_a_client_in_the_admin(operator_client) -> None:
-    connected = connect()
+    connected = issue_token()
     url = reverse("admin:mcp_consent_mcpclient_changelist")
     data = {
         "action": "disable_clients",
@@ -343,7 +282,7 @@ def test_disabling_a_client_in_the_admin(operator_client) -> None:
 
 
 def test_admin_delete_button_uses_the_cascade(operator_client) -> None:
-    connected = connect()
+    connected = issue_token()
     url = reverse("admin:mcp_consent_mcpclient_changelist")
     data = {
         "action": "delete_clients",
@@ -368,7 +307,7 @@ def auditor() -> Client:
 
 def test_auditor_group_reads_everything_and_changes_nothing(auditor) -> None:
     """Issue 4 item 2/6: the data-migration group can view, not change, revoke or delete."""
-    connected = connect()
+    connected = issue_token()
     for name in (
         "mcpclient",
         "consent",
@@ -424,7 +363,7 @@ def test_auditor_group_reads_everything_and_changes_nothing(auditor) -> None:
 
 
 def test_admin_never_shows_tokens(operator_client) -> None:
-    connected = connect()
+    connected = issue_token()
     pages = [
         reverse("admin:mcp_consent_upstreamtoken_changelist"),
         reverse("admin:mcp_consent_upstreamtoken_change", args=[UpstreamToken.objects.get().pk]),
@@ -439,7 +378,7 @@ def test_admin_never_shows_tokens(operator_client) -> None:
 
 def test_refresh_token_reuse_is_audited() -> None:
     """AS-44: presenting a rotated refresh token revokes the family and leaves an audit row."""
-    connected = connect()
+    connected = issue_token()
     first = connected.refresh()
     assert first.status_code == 200
     replay = connected.refresh()
@@ -456,9 +395,8 @@ def test_refresh_token_reuse_is_audited() -> None:
 def test_operator_revocation_stops_the_clients_next_mcp_call(operator_client) -> None:
     """Issue 4 "done means": an operator revokes, the client's next MCP call fails (401)."""
     from mcp_consent import resource
-    from tests.test_mcp_sdk import http_client, serve
 
-    connected = connect()
+    connected = issue_token()
     listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
     headers = {
         "Authorization": f"Bearer {connected.access_token}",

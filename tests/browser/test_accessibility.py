@@ -27,7 +27,7 @@ from mcp_consent.models import Consent, RedirectURI
 from tests.conftest import pkce_pair
 
 from .conftest import TIMEOUT_MS, Listener, Sites
-from .test_consent_flow import SCREENSHOTS, authorize_url, complete_flow, register_client
+from .pages import SCREENSHOTS, authorize_url, complete_flow, register_client
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

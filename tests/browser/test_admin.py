@@ -14,7 +14,7 @@ from playwright.sync_api import Browser
 from tests.conftest import pkce_pair
 
 from .conftest import TIMEOUT_MS, Listener, Sites
-from .test_consent_flow import authorize_url, complete_flow, register_client, screenshot
+from .pages import authorize_url, complete_flow, register_client, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -23,7 +23,7 @@ from project.demo_upstream.models import RequestLog
 from tests.conftest import pkce_pair
 
 from .conftest import TIMEOUT_MS, Listener, Sites
-from .test_consent_flow import (
+from .pages import (
     attacker_page,
     authorize_url,
     complete_flow,

@@ -24,7 +24,7 @@ from mcp_consent.models import AuditEvent, Consent
 from tests.conftest import pkce_pair
 
 from .conftest import TIMEOUT_MS, Listener, Sites
-from .test_consent_flow import authorize_url, register_client, screenshot, through_upstream
+from .pages import authorize_url, register_client, screenshot, through_upstream
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
