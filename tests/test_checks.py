@@ -7,7 +7,9 @@ production-like ``manage.py check --deploy`` reports no mcp_consent message.
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,7 @@ from django.core.checks import Error, Warning, run_checks
 from django.core.management.utils import get_random_secret_key
 from django.test import override_settings
 
+from mcp_consent import checks
 from mcp_consent.checks import (
     E001,
     E002,
@@ -108,30 +111,63 @@ def test_project_settings_pass_the_configuration_checks():
     assert check_configuration() == []
 
 
+# Every message of checks.py, read from its source: a new check is in these tests by itself.
+CHECKS_SOURCE = REPO_ROOT / "mcp_consent" / "checks.py"
+CHECK_IDS = sorted(set(re.findall(r'id="mcp_consent\.([EW]\d{3})"', CHECKS_SOURCE.read_text())))
+CHECK_FUNCTIONS = {"check_configuration", "check_deployment", "check_resource_server", "run_checks"}
+# The messages built by a function, with sample arguments.
+BUILT = {"E001": E001, "E030": lambda: E030("MCP_CONSENT", "X", ["Y"])}
+
+
 def test_every_message_has_a_fixed_id_and_a_hint():
-    """STYLE 9: ids mcp_consent.E/W###, every message with a hint."""
-    messages = [
-        E001(),
-        E002,
-        E003,
-        E004,
-        E005,
-        E006,
-        E007,
-        E008,
-        E009,
-        E010,
-        E011,
-        E012,
-        W001,
-        W002,
-        W003,
-    ]
-    assert len({m.id for m in messages}) == len(messages)
-    for message in messages:
-        assert message.id.startswith("mcp_consent.")
-        assert message.hint
-        assert isinstance(message, Warning if message.id.split(".")[1].startswith("W") else Error)
+    """STYLE 9: ids mcp_consent.E/W###, every message with a hint, of the class its letter says."""
+    assert len(CHECK_IDS) >= 24
+    for check_id in CHECK_IDS:
+        message = BUILT[check_id]() if check_id in BUILT else getattr(checks, check_id)
+        assert isinstance(message, Warning if check_id.startswith("W") else Error), check_id
+        assert message.id == f"mcp_consent.{check_id}"
+        assert message.hint, check_id
+
+
+def triggering_tests(path: Path) -> dict[str, list[str]]:
+    """check id -> the tests in ``path`` named for it (``test_e020_...``) that run a check
+    function and name the message (``E020`` or ``"mcp_consent.E020"``)."""
+    found: dict[str, list[str]] = {}
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        named = set()
+        runs_a_check = False
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Name):
+                named.add(inner.id)
+            elif isinstance(inner, ast.Constant) and isinstance(inner.value, str):
+                named.update(re.findall(r"mcp_consent\.([EW]\d{3})", inner.value))
+            elif isinstance(inner, ast.Call):
+                function = inner.func
+                name = (
+                    function.id if isinstance(function, ast.Name) else getattr(function, "attr", "")
+                )
+                runs_a_check |= name in CHECK_FUNCTIONS
+        for check_id in CHECK_IDS:
+            if (
+                node.name.startswith(f"test_{check_id.lower()}_")
+                and runs_a_check
+                and check_id in named
+            ):
+                found.setdefault(check_id, []).append(f"{path.name}::{node.name}")
+    return found
+
+
+def test_every_check_id_has_a_test_that_triggers_it():
+    """Issue 12 item 6: each id in checks.py has a ``test_<id>_...`` that runs the checks on
+    settings that trigger it and compares the message (here, in test_checks_resource_server.py
+    or in the test file of the feature, e.g. test_providers.py for E031)."""
+    covered: dict[str, list[str]] = {}
+    for path in sorted((REPO_ROOT / "tests").glob("test_*.py")):
+        for check_id, tests in triggering_tests(path).items():
+            covered.setdefault(check_id, []).extend(tests)
+    assert [check_id for check_id in CHECK_IDS if check_id not in covered] == []
 
 
 @pytest.mark.parametrize(
