@@ -41,14 +41,16 @@ def test_operator_registers_a_verified_client_through_the_flow(operator) -> None
     )
     assert response.status_code == 302
     client = MCPClient.objects.get()
-    assert client.registration_source == "admin" and client.verified
+    assert client.registration_source == "admin"
+    assert client.verified
     assert client.application.client_type == "public"
     assert list(RedirectURI.objects.values_list("uri", flat=True)) == [
         "https://agent.example.com/cb",
         "http://127.0.0.1:7777/cb",
     ]
     page = Browser().authorize(authorize_params(client))
-    assert page.status_code == 200 and "Verified" in page.content.decode()
+    assert page.status_code == 200
+    assert "Verified" in page.content.decode()
     assert "Self-registered" not in page.content.decode()
 
 
@@ -62,7 +64,8 @@ def test_operator_registration_follows_the_redirect_uri_policy(operator, uri) ->
     )
     assert response.status_code == 200
     assert "redirect URI" in response.content.decode()
-    assert not get_application_model().objects.exists() and not MCPClient.objects.exists()
+    assert not get_application_model().objects.exists()
+    assert not MCPClient.objects.exists()
 
 
 def test_confidential_client_secret_is_shown_once(operator) -> None:
@@ -104,7 +107,8 @@ def test_upstream_token_admin_never_shows_secrets(operator) -> None:
     page = operator.get(
         reverse("admin:mcp_consent_upstreamtoken_change", args=[token.pk])
     ).content.decode()
-    assert token.access_token_encrypted not in page and token.refresh_token_encrypted not in page
+    assert token.access_token_encrypted not in page
+    assert token.refresh_token_encrypted not in page
 
 
 # --- Issue 9 item 4: the admin tells clients apart; the operator's address is recorded ---
@@ -161,13 +165,15 @@ def test_revoke_confirmation_tells_the_twins_apart(operator) -> None:
         reverse("admin:mcp_consent_consent_changelist"),
         {"action": "revoke_consents", "_selected_action": [consent.pk]},
     ).content.decode()
-    assert twin.application.client_id in page and "collector.evil.example" in page
+    assert twin.application.client_id in page
+    assert "collector.evil.example" in page
     assert real.application.client_id not in page
     clients = operator.post(
         reverse("admin:mcp_consent_mcpclient_changelist"),
         {"action": "disable_clients", "_selected_action": [real.pk]},
     ).content.decode()
-    assert real.application.client_id in clients and "claude.example" in clients
+    assert real.application.client_id in clients
+    assert "claude.example" in clients
 
 
 def test_registration_access_token_is_labelled_not_a_century_token(operator) -> None:
@@ -257,7 +263,8 @@ def test_csv_export_neutralises_formulas(operator, lead) -> None:
     rows = list(csv.reader(io.StringIO(body, newline="")))
     assert len(rows) == 1 + AuditEvent.objects.count()
     cells = [cell for row in rows[1:] for cell in row]
-    assert payload not in cells and f"'{payload}" in cells  # the User-Agent column
+    assert payload not in cells  # the User-Agent column
+    assert f"'{payload}" in cells
     for cell in cells:
         assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), repr(cell)
     # The names stay readable inside the details (JSON text, starting with "{").
@@ -318,13 +325,15 @@ def test_dot_token_admins_refuse_every_change(operator) -> None:
         change = reverse(f"admin:oauth2_provider_{name}_change", args=[obj.pk])
         assert operator.post(change, data).status_code == 403, name
         view = operator.get(change)
-        assert view.status_code == 200 and 'name="user"' not in view.content.decode()
+        assert view.status_code == 200
+        assert 'name="user"' not in view.content.decode()
         delete = reverse(f"admin:oauth2_provider_{name}_delete", args=[obj.pk])
         assert operator.post(delete, {"post": "yes"}).status_code == 403
     access.refresh_from_db()
     old_refresh.refresh_from_db()
     assert {f: getattr(access, f) for f in fields} == before_access
-    assert old_refresh.revoked == revoked_at and old_refresh.user_id != other.pk
+    assert old_refresh.revoked == revoked_at
+    assert old_refresh.user_id != other.pk
     assert access_token_valid(connected.access_token)
     application = connected.client.application
     app_change = reverse("admin:oauth2_provider_application_change", args=[application.pk])
@@ -339,20 +348,20 @@ def test_dot_token_revoke_goes_through_the_audited_flow(operator_at_desk) -> Non
     url = reverse("admin:oauth2_provider_accesstoken_changelist")
     listing = operator_at_desk.get(url).content.decode()
     assert "revoke_with_consent" in listing
-    assert 'value="revoke_tokens"' not in listing and 'value="delete_selected"' not in listing
+    assert 'value="revoke_tokens"' not in listing
+    assert 'value="delete_selected"' not in listing
     data = {"action": "revoke_with_consent", "_selected_action": [access.pk]}
     confirm = operator_at_desk.post(url, data)
-    assert (
-        confirm.status_code == 200
-        and connected.client.application.client_id in confirm.content.decode()
-    )
+    assert confirm.status_code == 200
+    assert connected.client.application.client_id in confirm.content.decode()
     operator_at_desk.post(url, {**data, "apply": "1", "reason": "leaked in a log"})
     assert not access_token_valid(connected.access_token)
     assert connected.refresh().status_code == 400
     connected_consent = Consent.objects.get(client=connected.client)
     assert connected_consent.revoked_at is not None
     event = AuditEvent.objects.get(action="consent_revoked")
-    assert event.actor_type == "operator" and event.details["reason"] == "leaked in a log"
+    assert event.actor_type == "operator"
+    assert event.details["reason"] == "leaked in a log"
     assert event.ip_address == OPERATOR_IP
     assert not UpstreamToken.objects.exists()
 
@@ -406,7 +415,8 @@ def test_dot_token_without_consent_is_revoked_and_audited(operator_at_desk) -> N
     )
     assert not get_access_token_model().objects.filter(pk=token.pk).exists()
     event = AuditEvent.objects.get(action="token_revoked")
-    assert event.actor_type == "operator" and event.ip_address == OPERATOR_IP
+    assert event.actor_type == "operator"
+    assert event.ip_address == OPERATOR_IP
     assert event.subject_user_id == person.pk
     assert event.client_id == client.application.client_id
     assert event.details == {

@@ -42,8 +42,10 @@ def test_a_flow_writes_its_events_in_order() -> None:
     approved = AuditEvent.objects.get(action=A.CONSENT_APPROVED)
     # SM-04: requested vs previously granted, with a correlation id.
     assert approved.details["scopes_requested"] == ["items:read"]
-    assert approved.details["elevation"] == ["items:read"] and approved.details["correlation_id"]
-    assert approved.ip_address == "127.0.0.1" and approved.actor_type == "anonymous"
+    assert approved.details["elevation"] == ["items:read"]
+    assert approved.details["correlation_id"]
+    assert approved.ip_address == "127.0.0.1"
+    assert approved.actor_type == "anonymous"
 
 
 def test_no_secret_ever_reaches_the_trail(upstream_http) -> None:
@@ -56,7 +58,8 @@ def test_no_secret_ever_reaches_the_trail(upstream_http) -> None:
         header = request.headers.get("Authorization", "")
         if header.startswith("Bearer "):
             assert header.split()[1] not in dump
-    assert "state=" not in dump and "code=" not in dump
+    assert "state=" not in dump
+    assert "code=" not in dump
 
 
 def test_refusals_are_audited_with_their_reason() -> None:
@@ -140,7 +143,8 @@ def test_a_tampered_row_is_detected_and_named(tamper: str, problem: str) -> None
     with pytest.raises(CommandError) as error:
         call_command("mcp_consent_verify_audit", stdout=StringIO())
     named = target.pk if "edited" in problem else events[3].pk
-    assert f"event #{named}" in str(error.value) and problem in str(error.value)
+    assert f"event #{named}" in str(error.value)
+    assert problem in str(error.value)
 
 
 def test_removing_the_newest_rows_is_detected() -> None:
@@ -207,7 +211,8 @@ def test_sec06_an_edit_rehashed_without_the_key_is_detected() -> None:
         return hashlib.sha256(audit._content(event).encode()).hexdigest()
 
     _rehash_chain(events[0].chain, hasher=unkeyed)
-    assert f"event #{events[0].pk}" in _verify_fails() and "was edited" in _verify_fails()
+    assert f"event #{events[0].pk}" in _verify_fails()
+    assert "was edited" in _verify_fails()
 
 
 def test_sec06_a_rewrite_with_another_key_is_detected(settings) -> None:
@@ -314,7 +319,8 @@ def test_issue11_unrelated_clients_write_to_separate_chains_and_each_verifies() 
     _raw_sql("UPDATE mcp_consent_auditevent SET id = %s WHERE id = %s", [first.pk, second.pk])
     _raw_sql("UPDATE mcp_consent_auditevent SET id = %s WHERE id = %s", [second.pk, -1])
     message = _verify_fails()
-    assert f"audit chain {first.chain} broken" in message and "reordered" in message
+    assert f"audit chain {first.chain} broken" in message
+    assert "reordered" in message
 
 
 @pytest.mark.django_db(transaction=True)
@@ -331,7 +337,8 @@ def test_issue11_tampering_in_any_chain_is_named(tamper: str, problem: str) -> N
     target = next(r for r in rows[: len(ids)] if r.chain != 0)
     _raw_sql(tamper, [target.pk])
     message = _verify_fails()
-    assert f"audit chain {target.chain} broken" in message and problem in message
+    assert f"audit chain {target.chain} broken" in message
+    assert problem in message
 
 
 def test_sec06_postgresql_refuses_truncate() -> None:
@@ -385,10 +392,12 @@ def test_sec06_rows_from_before_the_keyed_chain_keep_verifying_and_are_sealed() 
         == [(AuditEvent.Version.SHA256, 0)] * 3
     )
     seal = AuditEvent.objects.get(action=A.AUDIT_CHAIN_KEYED)
-    assert seal.details == {"legacy_events": 3} and seal.previous_hash == previous
+    assert seal.details == {"legacy_events": 3}
+    assert seal.previous_hash == previous
     out = StringIO()
     call_command("mcp_consent_verify_audit", stdout=out)
-    assert "4 event(s) verified" in out.getvalue() and "3 unkeyed" in out.getvalue()
+    assert "4 event(s) verified" in out.getvalue()
+    assert "3 unkeyed" in out.getvalue()
     audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id="new")
     call_command("mcp_consent_verify_audit", stdout=StringIO())
 
@@ -454,7 +463,8 @@ def test_issue11_writers_on_different_chains_do_not_wait_for_each_other() -> Non
     release.set()
     held.join(30)
     assert results[other] == "committed"
-    assert isinstance(results[same], OperationalError) and "lock timeout" in str(results[same])
+    assert isinstance(results[same], OperationalError)
+    assert "lock timeout" in str(results[same])
     out = StringIO()
     call_command("mcp_consent_verify_audit", stdout=out)
     assert "5 event(s) verified" in out.getvalue()
@@ -563,7 +573,8 @@ def test_a_secret_passed_in_details_never_reaches_the_table(caplog) -> None:
     dump = json.dumps(list(AuditEvent.objects.values()), default=str)
     assert secret not in dump
     assert AuditEvent.objects.get().details == {"grant_type": "authorization_code"}
-    assert "'access_token' is not listed" in caplog.text and secret not in caplog.text
+    assert "'access_token' is not listed" in caplog.text
+    assert secret not in caplog.text
 
 
 def test_a_revocation_keeps_the_number_of_tokens_it_revoked() -> None:
@@ -575,4 +586,5 @@ def test_a_revocation_keeps_the_number_of_tokens_it_revoked() -> None:
     flows.revoke_consent(Consent.objects.get(), actor=audit.SYSTEM, reason="test")
     revoked = AuditEvent.objects.get(action=A.CONSENT_REVOKED)
     assert revoked.details["oauth_tokens_revoked"] == 1, revoked.details  # the refresh token
-    assert revoked.details["reason"] == "test" and revoked.details["scopes"]
+    assert revoked.details["reason"] == "test"
+    assert revoked.details["scopes"]

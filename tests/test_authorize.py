@@ -524,7 +524,8 @@ def test_as51_error_response_without_state_has_no_state(browser: Browser, client
     response = browser.authorize(params)
     assert_error_page(response)
     query = query_of(error_link(response))
-    assert query["error"] == ["invalid_request"] and "state" not in query
+    assert query["error"] == ["invalid_request"]
+    assert "state" not in query
     assert query["iss"] == [ISSUER]
 
 
@@ -543,9 +544,9 @@ def test_as52_registered_query_is_kept_on_errors_and_success(browser: Browser) -
     names = [name for name, _ in pairs]
     assert sorted(names) == ["code", "iss", "state", "tenant"]
     query = dict(pairs)
-    assert (
-        query["tenant"] == "7" and query["state"] == "client-state-123" and query["iss"] == ISSUER
-    )
+    assert query["tenant"] == "7"
+    assert query["state"] == "client-state-123"
+    assert query["iss"] == ISSUER
     # Approved now (SEC-03): the same error is redirected, the registered query kept too.
     error = browser.authorize(without(authorize_params(client), "code_challenge"))
     query = assert_error_redirect(error, "https://app.example/cb?tenant=7", "invalid_request")
@@ -569,7 +570,8 @@ def test_mu01_iss_equals_metadata_issuer_on_success_error_and_denial(
     final = browser.run_flow(authorize_params(client_app))
     query = query_of(final["Location"])
     assert query["iss"] == [issuer]
-    assert query["state"] == ["client-state-123"] and query["code"][0]
+    assert query["state"] == ["client-state-123"]
+    assert query["code"][0]
 
     error = browser.authorize(authorize_params(client_app, scope="nope"))  # approved now
     assert query_of(error["Location"])["iss"] == [issuer]
@@ -708,9 +710,12 @@ def test_cd11_page_lists_mcp_scopes_and_the_upstream_scopes(browser: Browser, cl
     """CD-11, SM-07: each MCP scope with its description and the upstream permissions it needs."""
     page = browser.authorize(authorize_params(client_app, scope="items:read items:write"))
     body = html(page)
-    assert "Read your items" in body and "Create and change your items" in body
-    assert "<code>items:read</code>" in body and "<code>items:write</code>" in body
-    assert "<code>repo:read</code>" in body and "<code>repo:write</code>" in body
+    assert "Read your items" in body
+    assert "Create and change your items" in body
+    assert "<code>items:read</code>" in body
+    assert "<code>items:write</code>" in body
+    assert "<code>repo:read</code>" in body
+    assert "<code>repo:write</code>" in body
 
 
 def test_cd11_page_does_not_list_upstream_scopes_that_were_not_requested(
@@ -720,7 +725,8 @@ def test_cd11_page_does_not_list_upstream_scopes_that_were_not_requested(
     page = browser.authorize(authorize_params(client_app, scope="items:read"))
     body = html(page)
     assert "<code>repo:read</code>" in body
-    assert "repo:write" not in body and "Create and change your items" not in body
+    assert "repo:write" not in body
+    assert "Create and change your items" not in body
 
 
 @pytest.mark.parametrize(
@@ -779,7 +785,8 @@ def test_as54_state_is_never_reflected_unescaped(browser: Browser, client_app, s
     assert is_consent_page(page)
     body = html(page)
     assert state not in body
-    assert "<script" not in body and "<img" not in body
+    assert "<script" not in body
+    assert "<img" not in body
     assert body.count("<form") == 1
 
 
@@ -857,7 +864,8 @@ def test_cd13_post_without_a_decision_does_not_approve(browser: Browser, client_
     response = browser.client.post(
         f"/authorize/?{urlencode(authorize_params(client_app))}", fields, HTTP_HOST=PROXY_HOST
     )
-    assert response.status_code == 400 and not response.has_header("Location")
+    assert response.status_code == 400
+    assert not response.has_header("Location")
     effects.assert_nothing_happened()
 
 
@@ -1047,7 +1055,8 @@ def test_reloaded_page_keeps_the_first_form_working(browser: Browser, client_app
     params = authorize_params(client_app)
     first = browser.authorize(params)
     second = browser.authorize(params)
-    assert is_consent_page(first) and is_consent_page(second)
+    assert is_consent_page(first)
+    assert is_consent_page(second)
     response = browser.post_form(first, "approve")
     assert response.status_code == 303
     upstream_query(response["Location"])
@@ -1073,7 +1082,9 @@ def test_two_tabs_approving_two_clients_both_complete(browser: Browser) -> None:
         assert final.status_code == 302
         assert final["Location"].startswith(uri + "?")
         query = query_of(final["Location"])
-        assert query["state"] == [state] and query["iss"] == [ISSUER] and query["code"][0]
+        assert query["state"] == [state]
+        assert query["iss"] == [ISSUER]
+        assert query["code"][0]
     assert code_from(final_a) != code_from(final_b)
 
 
@@ -1274,7 +1285,8 @@ def test_cd04_metadata_version_alone_asks_again(returning_user: Browser, client_
     )
     consent.refresh_from_db()
     client_app.refresh_from_db()
-    assert consent.revoked_at is None and consent.expired_at is None  # still live
+    assert consent.revoked_at is None  # still live
+    assert consent.expired_at is None
     assert client_app.metadata_version == version + 1
     response = returning_user.authorize(authorize_params(client_app), **{"Sec-Fetch-Site": "none"})
     assert is_consent_page(response)

@@ -197,9 +197,11 @@ def test_parallel_redemptions_of_one_code_give_exactly_one_token() -> None:
         assert statuses.count(200) == 1, statuses
         for r in results:
             if r.status != 200:
-                assert r.status == 400 and r.body.get("error") == "invalid_grant", r
+                assert r.status == 400, r
+                assert r.body.get("error") == "invalid_grant", r
         winner = next(r for r in results if r.status == 200)
-        assert winner.body["access_token"] and winner.body["refresh_token"]
+        assert winner.body["access_token"]
+        assert winner.body["refresh_token"]
 
 
 def test_parallel_redemptions_of_one_code_leave_no_usable_token() -> None:
@@ -238,12 +240,15 @@ def test_parallel_callbacks_with_one_state_give_exactly_one_grant(
         grants = Grant.objects.count()
         results = race_gets(callback, cookies)
         statuses = sorted(r.status for r in results)
-        assert statuses.count(302) == 1 and statuses.count(400) == THREADS - 1, statuses
+        assert statuses.count(302) == 1, statuses
+        assert statuses.count(400) == THREADS - 1, statuses
         winner = next(r for r in results if r.status == 302)
-        assert winner.location.startswith(REDIRECT_URI + "?") and query_of(winner.location)["code"]
+        assert winner.location.startswith(REDIRECT_URI + "?")
+        assert query_of(winner.location)["code"]
         assert recorder.calls_to(TOKEN_URL) == exchanges + 1  # the upstream code, exchanged once
         assert Grant.objects.count() == grants + 1
-        assert Consent.objects.count() == 1 and UpstreamToken.objects.count() == 1
+        assert Consent.objects.count() == 1
+        assert UpstreamToken.objects.count() == 1
         tx = AuthorizationTransaction.objects.order_by("-pk").first()
         assert tx.outcome == AuthorizationTransaction.Outcome.COMPLETED
         model = audit_event_model()
@@ -274,7 +279,8 @@ def test_parallel_refresh_token_reuse_revokes_the_family() -> None:
         assert statuses.count(200) <= 1, statuses
         for r in results:
             if r.status == 200:
-                assert r.body["access_token"] and r.body["refresh_token"], r.body
+                assert r.body["access_token"], r.body
+                assert r.body["refresh_token"], r.body
             else:
                 assert r.body.get("error") == "invalid_grant", r
         assert usable_tokens(client.application) == (0, 0)
@@ -283,7 +289,8 @@ def test_parallel_refresh_token_reuse_revokes_the_family() -> None:
                 again = Outcome.of(
                     post_form(proxy_client(), {**data, "refresh_token": r.body["refresh_token"]})
                 )
-                assert again.status == 400 and again.body["error"] == "invalid_grant"
+                assert again.status == 400
+                assert again.body["error"] == "invalid_grant"
 
 
 # --- 4. one person, many tabs: parallel approvals of one consent ----------------------------

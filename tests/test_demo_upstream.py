@@ -160,7 +160,9 @@ def test_login_page_shows_form_and_demo_hint(client):
     assert response.status_code == 200
     body = response.content.decode()
     assert 'name="csrfmiddlewaretoken"' in body
-    assert "octocat" in body and "hubot" in body and "<strong>demo</strong>" in body
+    assert "octocat" in body
+    assert "hubot" in body
+    assert "<strong>demo</strong>" in body
     assert response["Cache-Control"] == "no-store"
 
 
@@ -171,7 +173,8 @@ def test_login_success_sets_signed_cookie_and_follows_next(client):
     assert response["Location"] == next_url
     cookie = response.cookies[USER_COOKIE]
     assert cookie.value != "octocat"  # signed, not the bare login
-    assert cookie["httponly"] and cookie["samesite"] == "Lax"
+    assert cookie["httponly"]
+    assert cookie["samesite"] == "Lax"
     assert cookie["path"] == PREFIX
 
 
@@ -219,13 +222,15 @@ def test_pages_keep_the_origin_header_for_csrf():
     )
     assert response.status_code == 302
     page = browser.get(authorize_url())
-    assert page.status_code == 200 and page["Referrer-Policy"] == "same-origin"
+    assert page.status_code == 200
+    assert page["Referrer-Policy"] == "same-origin"
     response = browser.post(
         reverse("demo_upstream:authorize"),
         {**query_of(authorize_url()), "decision": "authorize", "csrfmiddlewaretoken": token},
         HTTP_ORIGIN="http://testserver",
     )
-    assert response.status_code == 302 and "code" in query_of(response["Location"])
+    assert response.status_code == 302
+    assert "code" in query_of(response["Location"])
     # What a browser sends under no-referrer is refused:
     response = browser.post(
         reverse("demo_upstream:authorize"),
@@ -324,9 +329,11 @@ def test_first_authorization_shows_consent_page(octocat):
     assert response.status_code == 200
     body = response.content.decode()
     assert f"<strong>{CLIENT_ID}</strong> wants access to your Demo Hub account" in body
-    assert "read:user" in body and "repo:read" in body
+    assert "read:user" in body
+    assert "repo:read" in body
     assert body.count("<form") == 1
-    assert 'value="authorize"' in body and 'value="cancel"' in body
+    assert 'value="authorize"' in body
+    assert 'value="cancel"' in body
     assert 'name="csrfmiddlewaretoken"' in body
     assert response["Cache-Control"] == "no-store"
     assert not AuthorizationCode.objects.exists()
@@ -338,7 +345,8 @@ def test_consent_page_escapes_everything(octocat, demo_upstream_settings):
     body = response.content.decode()
     assert "<script>alert(1)" not in body
     assert "&lt;script&gt;" in body
-    assert "<b>x</b>" not in body and "&lt;b&gt;x&lt;/b&gt;" in body
+    assert "<b>x</b>" not in body
+    assert "&lt;b&gt;x&lt;/b&gt;" in body
 
 
 def test_approve_redirects_with_code_state_and_iss(octocat):
@@ -357,7 +365,8 @@ def test_approve_redirects_with_code_state_and_iss(octocat):
     assert code.redirect_uri == REDIRECT_URI
     assert code.expires_at - code.created_at == timedelta(minutes=10)
     cookie = response.cookies[CONSENT_COOKIE]
-    assert cookie["httponly"] and cookie["samesite"] == "Lax"
+    assert cookie["httponly"]
+    assert cookie["samesite"] == "Lax"
     assert cookie["path"] == PREFIX
     assert int(cookie["max-age"]) == 365 * 24 * 60 * 60
 
@@ -369,11 +378,13 @@ def test_remembered_consent_skips_the_consent_page(octocat):
     assert response.status_code == 302
     params = query_of(response["Location"])
     assert response["Location"].startswith(REDIRECT_URI + "?")
-    assert params["state"] == "second" and params["iss"] == ISSUER
+    assert params["state"] == "second"
+    assert params["iss"] == ISSUER
     assert AuthorizationCode.objects.filter(code_hash=hash_secret(params["code"])).exists()
     # A subset of the approved scopes is covered too.
     response = octocat.get(authorize_url(scope="repo:read"))
-    assert response.status_code == 302 and "code" in query_of(response["Location"])
+    assert response.status_code == 302
+    assert "code" in query_of(response["Location"])
 
 
 def test_remembered_consent_does_not_cover_new_scopes_or_other_users(octocat):
@@ -404,7 +415,8 @@ def test_cancel_redirects_with_access_denied(octocat):
     assert response.status_code == 302
     params = query_of(response["Location"])
     assert params["error"] == "access_denied"
-    assert params["state"] == "state-123" and params["iss"] == ISSUER
+    assert params["state"] == "state-123"
+    assert params["iss"] == ISSUER
     assert CONSENT_COOKIE not in response.cookies
     assert not AuthorizationCode.objects.exists()
 
@@ -579,7 +591,8 @@ def test_refresh_rotates_the_refresh_token(octocat):
     assert second["refresh_token"] != first["refresh_token"]
     assert second["access_token"] != first["access_token"]
     assert second["scope"] == first["scope"]
-    assert second["expires_in"] == 28800 and second["token_type"] == "bearer"
+    assert second["expires_in"] == 28800
+    assert second["token_type"] == "bearer"
     user_url = reverse("demo_upstream:user")
     new_access = f"Bearer {second['access_token']}"
     assert octocat.get(user_url, HTTP_AUTHORIZATION=new_access).status_code == 200
@@ -697,7 +710,8 @@ def test_items_with_repo_read_scope(octocat):
     assert response.status_code == 200
     items = response.json()
     own = list(Item.objects.filter(account__login="octocat").values("id", "title"))
-    assert items == own and len(items) >= 2
+    assert items == own
+    assert len(items) >= 2
     assert not any(i["title"] in {"Deploy the chat bot"} for i in items)
 
 
@@ -752,7 +766,8 @@ def test_every_request_writes_one_log_row_without_secret_values(octocat):
         "code_challenge_method",
     ]
     assert "code_verifier" in logs[2].body_params.split()
-    assert logs[2].auth_scheme == "Basic" and logs[3].auth_scheme == "Bearer"
+    assert logs[2].auth_scheme == "Basic"
+    assert logs[3].auth_scheme == "Bearer"
     assert logs[4].query_params == "?"
     secret_values = [
         code,

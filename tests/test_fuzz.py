@@ -493,7 +493,9 @@ def test_fuzz_registration(body: tuple[str, bytes]) -> None:
         assert parts.scheme == "https" or (
             parts.scheme == "http" and is_loopback_host(parts.hostname)
         ), uri
-        assert "#" not in uri and "*" not in uri and uri.isascii(), uri
+        assert "#" not in uri, uri
+        assert "*" not in uri, uri
+        assert uri.isascii(), uri
     if isinstance(data, bytes) and b"client_id" in data:
         assert info["client_id"] not in data.decode("utf-8", "replace")  # DCR-20
     # CD-10 / DCR-19: what the client said about itself is shown escaped on the consent page.
@@ -612,7 +614,9 @@ def test_fuzz_consent_post(clients: dict[str, Any], data: st.DataObject) -> None
         sent_tokens = (
             values(form, "csrfmiddlewaretoken") if encoded in {"form", "multipart"} else []
         )
-        assert sent_tokens and sent_tokens[-1] == csrf_token and csrf_token, form  # CD-13
+        assert sent_tokens, form  # CD-13
+        assert sent_tokens[-1] == csrf_token, form
+        assert csrf_token, form
     added = grown(before)
     went_upstream = response.status_code == 303 and response["Location"].startswith(
         app_settings.UPSTREAM.authorize_url
@@ -621,12 +625,17 @@ def test_fuzz_consent_post(clients: dict[str, Any], data: st.DataObject) -> None
     if went_upstream:
         assert added == {"transaction": 1}, added
         sent = values(form, "decision") if encoded in {"form", "multipart"} else []
-        assert sent and sent[-1] == "approve", form
-        assert values(form, "fingerprint")[-1] == fingerprint and fingerprint, form
+        assert sent, form
+        assert sent[-1] == "approve", form
+        assert values(form, "fingerprint")[-1] == fingerprint, form
+        assert fingerprint, form
         cookie = response.cookies["__Host-mcp_consent_tx"]  # CD-42: set with the redirect
         # CD-20 / CD-21: __Host- prefix rules (Secure, Path=/, no Domain), HttpOnly, Lax.
-        assert cookie["secure"] and cookie["httponly"] and cookie["path"] == "/"
-        assert not cookie["domain"] and cookie["samesite"] == "Lax"
+        assert cookie["secure"]
+        assert cookie["httponly"]
+        assert cookie["path"] == "/"
+        assert not cookie["domain"]
+        assert cookie["samesite"] == "Lax"
     else:
         assert added == {}, added
         assert "__Host-mcp_consent_tx" not in response.cookies  # CD-41
@@ -688,15 +697,13 @@ def test_fuzz_upstream_callback(
     event(f"callback: {'code issued' if granted else response.status_code}")
     if granted:
         # The one success: the real code, the real state, this browser, the right issuer.
-        assert pending == "real-code" and cookies == "browser", (pending, cookies)
-        assert (
-            values(pairs, "state")[-1] == valid["state"]
-            and values(pairs, "code")[-1] == valid["code"]
-        )
+        assert pending == "real-code", (pending, cookies)
+        assert cookies == "browser", (pending, cookies)
+        assert values(pairs, "state")[-1] == valid["state"]
+        assert values(pairs, "code")[-1] == valid["code"]
         assert added.pop("grant") == 1, added
-        assert set(added) <= {"consent", "upstream_token", "identity"} and all(
-            n == 1 for n in added.values()
-        ), added
+        assert set(added) <= {"consent", "upstream_token", "identity"}, added
+        assert all(n == 1 for n in added.values()), added
         assert response["Location"].startswith(client.redirect_uris.first().uri.split("?")[0])
     else:
         assert added == {}, added
@@ -805,11 +812,13 @@ def test_fuzz_token(code_source: Any, data: st.DataObject) -> None:
     added = grown(before)
     event(f"token: {response.status_code}")
     if response.status_code == 200:
-        assert real and encoding in {"form", "raw-form", "multipart"}, (real, encoding)
+        assert real, (real, encoding)
+        assert encoding in {"form", "raw-form", "multipart"}, (real, encoding)
         assert values(pairs, "code")[-1] == valid["code"]
         assert added == {"access_token": 1, "refresh_token": 1}, added
         again = Client().post("/token/", dict(pairs), HTTP_HOST=PROXY_HOST, **headers)
-        assert again.status_code == 400 and again.json()["error"] == "invalid_grant"  # AS-41
+        assert again.status_code == 400  # AS-41
+        assert again.json()["error"] == "invalid_grant"
     else:
         assert added == {}, added
         body_json = (
@@ -817,7 +826,8 @@ def test_fuzz_token(code_source: Any, data: st.DataObject) -> None:
             if response.get("Content-Type", "").startswith("application/json")
             else {}
         )
-        assert "access_token" not in body_json and "refresh_token" not in body_json
+        assert "access_token" not in body_json
+        assert "refresh_token" not in body_json
 
 
 # --- explicit edge cases the strategies reach only rarely -----------------------------------
@@ -941,7 +951,8 @@ def test_token_huge_body_is_a_json_error() -> None:
         content_type="application/x-www-form-urlencoded",
         HTTP_HOST=PROXY_HOST,
     )
-    assert response.status_code == 400 and grown(before) == {}
+    assert response.status_code == 400
+    assert grown(before) == {}
     assert response["Content-Type"].startswith("application/json")
     assert "no-store" in response.get("Cache-Control", "")
 

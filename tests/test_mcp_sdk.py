@@ -128,13 +128,16 @@ def test_tools_reach_demo_hub_with_the_consents_upstream_token(issued, upstream_
 
     tools, me, items, item, missing = serve(scenario)
     assert {t.name for t in tools.tools} == {"whoami", "list_items", "get_item"}
-    assert not me.is_error and json.loads(text_of(me)) == {
+    assert not me.is_error
+    assert json.loads(text_of(me)) == {
         "login": "octocat",
         "name": "The Octocat",
     }
-    assert "Fix the flux capacitor" in text_of(items) and "quarterly" not in text_of(items)
+    assert "Fix the flux capacitor" in text_of(items)
+    assert "quarterly" not in text_of(items)
     assert "Write the quarterly report" in text_of(item)
-    assert missing.is_error and "no item with id 99999" in text_of(missing)
+    assert missing.is_error
+    assert "no item with id 99999" in text_of(missing)
 
 
 def test_tp03_the_upstream_gets_the_upstream_token_never_the_mcp_token(
@@ -173,7 +176,8 @@ def test_tp05_the_upstream_tokens_never_reach_the_client(issued, upstream_http, 
     assert secrets_after != secrets_before  # the refresh happened
     shown = seen.text() + caplog.text
     for secret in (*secrets_before, *secrets_after):
-        assert secret and secret not in shown
+        assert secret
+        assert secret not in shown
 
 
 def test_rs11_each_token_reaches_its_own_users_upstream_grant() -> None:
@@ -424,10 +428,12 @@ def test_sm05_the_sdk_sees_implied_scopes_and_tools_accept_the_broader_grant() -
         return await call_tools(app, writer, ("write_note", {"text": "x"}), ("read_notes", {}))
 
     write, read = serve(scenario, notes_app())
-    assert not write.is_error and "noted for" in text_of(write)
+    assert not write.is_error
+    assert "noted for" in text_of(write)
     assert not read.is_error
     (items,) = serve(lambda app: call_tools(app, writer, ("list_items", {})))
-    assert not items.is_error and "flux" in text_of(items)
+    assert not items.is_error
+    assert "flux" in text_of(items)
 
 
 def test_verified_token_checks_scopes_inside_the_tool_too(issued) -> None:
@@ -437,7 +443,8 @@ def test_verified_token_checks_scopes_inside_the_tool_too(issued) -> None:
     (result,) = serve(
         lambda app: call_tools(app, issued, ("write_note", {"text": "x"})), server_app
     )
-    assert result.is_error and "items:write" in text_of(result)
+    assert result.is_error
+    assert "items:write" in text_of(result)
 
 
 # --- RS-11: the upstream grant in use ----------------------------------------------------------------
@@ -449,7 +456,8 @@ def test_rs11_an_upstream_401_is_refreshed_once_and_retried(issued, upstream_htt
     DemoHubToken.objects.update(access_expires_at=timezone.now() - timedelta(seconds=1))
     upstream_http.requests.clear()
     (items,) = serve(lambda app: call_tools(app, issued, ("list_items", {})))
-    assert not items.is_error and "flux" in text_of(items)
+    assert not items.is_error
+    assert "flux" in text_of(items)
     assert paths(upstream_http) == ["api/items", "login/oauth/access_token", "api/items"]
     new_access, new_refresh = upstream_tokens_of(issued)
     assert (new_access, new_refresh) != (old_access, old_refresh)  # rotated, stored
@@ -519,7 +527,8 @@ def test_an_upstream_outage_is_a_tool_error_not_a_reauthorization(issued, upstre
         session.adapters.pop(f"{UPSTREAM_ORIGIN}/demo-upstream/api/", None)
     assert items.is_error
     assert "not available right now" in text_of(items)
-    assert "10.0.0.5" not in seen.text() and all(r.status_code == 200 for r in seen.responses)
+    assert "10.0.0.5" not in seen.text()
+    assert all(r.status_code == 200 for r in seen.responses)
 
 
 # --- RS-10: Host and Origin ---------------------------------------------------------------------------
@@ -627,8 +636,10 @@ def test_the_verifier_returns_the_sdks_access_token_with_resource_and_subject(is
     assert token is not None
     assert token.resource == RESOURCE
     assert token.client_id == issued.client_id
-    assert token.subject and token.subject.isdigit()
-    assert token.claims and token.claims["iss"] == "http://127.0.0.1:8000"
+    assert token.subject
+    assert token.subject.isdigit()
+    assert token.claims
+    assert token.claims["iss"] == "http://127.0.0.1:8000"
     assert principal_components(token) == (issued.client_id, "http://127.0.0.1:8000", token.subject)
     upstream_access, _ = upstream_tokens_of(issued)
     assert async_to_sync(verifier.verify_token)(upstream_access) is None
@@ -714,7 +725,8 @@ def test_rs10_a_browser_client_at_an_allowed_origin_gets_cors(issued, settings) 
     assert allowed.headers["Access-Control-Allow-Origin"] == inspector  # never "*"
     assert "authorization" in allowed.headers["Access-Control-Allow-Headers"]
     assert "Access-Control-Allow-Credentials" not in allowed.headers
-    assert foreign.status_code == 403 and "Access-Control-Allow-Origin" not in foreign.headers
+    assert foreign.status_code == 403
+    assert "Access-Control-Allow-Origin" not in foreign.headers
     assert challenged.status_code == 401
     assert challenged.headers["Access-Control-Allow-Origin"] == inspector
     assert "WWW-Authenticate" in challenged.headers["Access-Control-Expose-Headers"]

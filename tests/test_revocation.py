@@ -35,7 +35,8 @@ def upstream_revocations() -> int:
 
 def assert_fully_revoked(connected: Issued) -> None:
     consent = connected.consent
-    assert consent.revoked_at is not None and consent.status == Consent.Status.REVOKED
+    assert consent.revoked_at is not None
+    assert consent.status == Consent.Status.REVOKED
     assert not access_token_valid(connected.access_token)
     assert connected.refresh().json()["error"] in {"invalid_grant", "invalid_client"}
     assert not UpstreamToken.objects.filter(consent=consent).exists()
@@ -63,14 +64,16 @@ def test_operator_revokes_in_the_admin(operator_client, django_capture_on_commit
     url = reverse("admin:mcp_consent_consent_changelist")
     data = {"action": "revoke_consents", "_selected_action": [connected.consent.pk]}
     confirm = operator_client.post(url, data)
-    assert confirm.status_code == 200 and b"Reason" in confirm.content
+    assert confirm.status_code == 200
+    assert b"Reason" in confirm.content
     with django_capture_on_commit_callbacks(execute=True):
         done = operator_client.post(url, {**data, "apply": "1", "reason": "lost laptop"})
     assert done.status_code == 302
     assert_fully_revoked(connected)
     assert upstream_revocations() > before
     revoked = AuditEvent.objects.get(action=A.CONSENT_REVOKED)
-    assert revoked.actor_type == "operator" and revoked.details["reason"] == "lost laptop"
+    assert revoked.actor_type == "operator"
+    assert revoked.details["reason"] == "lost laptop"
     assert (
         AuditEvent.objects.get(action=A.UPSTREAM_TOKEN_REVOKED).details["outcome"]
         == "revoked at the upstream"
@@ -105,12 +108,10 @@ def test_user_revokes_on_connected_apps() -> None:
     connected = issue_token()
     page = connected.browser.get("/connections/")
     html = page.content.decode()
-    assert (
-        page.status_code == 200
-        and "Acme Agent" in html
-        and "app.example" in html
-        and "Read your items" in html
-    )
+    assert page.status_code == 200
+    assert "Acme Agent" in html
+    assert "app.example" in html
+    assert "Read your items" in html
     token = form_fields(html)["csrfmiddlewaretoken"]
     revoked = connected.browser.client.post(
         "/connections/",
@@ -120,7 +121,8 @@ def test_user_revokes_on_connected_apps() -> None:
     assert revoked.status_code == 303
     assert_fully_revoked(connected)
     after = connected.browser.get("/connections/").content.decode()
-    assert "No application has access right now." in after and "Revoked by you" in after
+    assert "No application has access right now." in after
+    assert "Revoked by you" in after
     # The user's own revocation reason is an audit detail, not page text (issue 9 item 3).
     assert "revoked by the user on Connected apps" not in after
     assert AuditEvent.objects.get(action=A.CONSENT_REVOKED).actor_type == "user"
@@ -163,12 +165,14 @@ def test_connected_apps_signs_in_through_the_upstream_without_a_client() -> None
     browser.login_upstream()
     callback = browser.through_upstream(to_upstream["Location"])
     landed = browser.get(callback["Location"])
-    assert landed.status_code == 302 and landed["Location"] == "/connections/"
+    assert landed.status_code == 302
+    assert landed["Location"] == "/connections/"
     page = browser.get("/connections/").content.decode()
     # The upstream login, never the internal username (issue 9 item 3).
     assert 'Signed in as <strong class="name">octocat</strong>' in page
     assert "@upstream" not in page
-    assert not Consent.objects.exists() and not UpstreamToken.objects.exists()
+    assert not Consent.objects.exists()
+    assert not UpstreamToken.objects.exists()
     assert AuditEvent.objects.filter(action=A.SIGNED_IN).count() == 1
 
 
@@ -182,10 +186,12 @@ def test_rfc7592_delete_cascades(django_capture_on_commit_callbacks) -> None:
     )
     assert response.status_code == 204
     assert not access_token_valid(connected.access_token)
-    assert not Consent.objects.exists() and not UpstreamToken.objects.exists()
+    assert not Consent.objects.exists()
+    assert not UpstreamToken.objects.exists()
     assert not Token.objects.filter(revoked_at__isnull=True).exists()
     deleted = AuditEvent.objects.get(action=A.CLIENT_DELETED)
-    assert deleted.client_id == client_id and deleted.actor_type == "client"
+    assert deleted.client_id == client_id
+    assert deleted.actor_type == "client"
     again = Client().get(
         f"/register/{client_id}/", HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_HOST=PROXY_HOST
     )
@@ -224,7 +230,8 @@ def test_mgmt06_changing_redirect_uris_invalidates_only_consents_bound_to_remove
     client = MCPClientFactory(redirect_uris=[REDIRECT, "https://app.example/other"])
     kept = issue_token(client=client, browser=browser)  # bound to REDIRECT (the first)
     assert _put(kept, redirect_uris=[REDIRECT, "https://app.example/new"]).status_code == 200
-    assert kept.consent.revoked_at is None and access_token_valid(kept.access_token)
+    assert kept.consent.revoked_at is None
+    assert access_token_valid(kept.access_token)
     assert _put(kept, redirect_uris=["https://app.example/new"]).status_code == 200
     assert kept.consent.revoked_at is not None
 
@@ -252,7 +259,8 @@ def test_rfc7009_other_clients_token_is_untouched() -> None:
         HTTP_HOST=PROXY_HOST,
     )
     assert response.status_code == 200
-    assert victim.refresh().status_code == 200 and victim.consent.revoked_at is None
+    assert victim.refresh().status_code == 200
+    assert victim.consent.revoked_at is None
 
 
 def test_disabling_a_client_in_the_admin(operator_client) -> None:
@@ -267,7 +275,8 @@ def test_disabling_a_client_in_the_admin(operator_client) -> None:
     assert operator_client.post(url, data).status_code == 302
     assert_fully_revoked(connected)
     page = Browser().authorize(authorize_params(connected.client))
-    assert page.status_code == 400 and not page.has_header("Location")
+    assert page.status_code == 400
+    assert not page.has_header("Location")
     assert (
         AuditEvent.objects.filter(action=A.CLIENT_DISABLED).get().details["reason"]
         == "abuse report"
@@ -291,7 +300,8 @@ def test_admin_delete_button_uses_the_cascade(operator_client) -> None:
         "reason": "spam",
     }
     assert operator_client.post(url, data).status_code == 302
-    assert not MCPClient.objects.exists() and not access_token_valid(connected.access_token)
+    assert not MCPClient.objects.exists()
+    assert not access_token_valid(connected.access_token)
     assert not Token.objects.filter(revoked_at__isnull=True).exists()
     assert AuditEvent.objects.get(action=A.CLIENT_DELETED).details["reason"] == "spam"
 
@@ -340,7 +350,8 @@ def test_auditor_group_reads_everything_and_changes_nothing(auditor) -> None:
             "reason": "x",
         },
     )
-    assert connected.consent.revoked_at is None and MCPClient.objects.exists()
+    assert connected.consent.revoked_at is None
+    assert MCPClient.objects.exists()
     assert auditor.post(change_url, {}).status_code == 403
     assert (
         auditor.get(
@@ -356,10 +367,12 @@ def test_auditor_group_reads_everything_and_changes_nothing(auditor) -> None:
             "_selected_action": list(AuditEvent.objects.values_list("pk", flat=True)),
         },
     )
-    assert export.status_code == 200 and export["Content-Type"] == "text/csv"
+    assert export.status_code == 200
+    assert export["Content-Type"] == "text/csv"
     body = b"".join(export.streaming_content).decode()
     assert body.splitlines()[0].startswith("id,created_at,action")
-    assert "consent_granted" in body and connected.access_token not in body
+    assert "consent_granted" in body
+    assert connected.access_token not in body
 
 
 def test_admin_never_shows_tokens(operator_client) -> None:
@@ -372,7 +385,8 @@ def test_admin_never_shows_tokens(operator_client) -> None:
     ]
     for url in pages:
         html = operator_client.get(url).content.decode()
-        assert connected.access_token not in html and connected.refresh_token not in html
+        assert connected.access_token not in html
+        assert connected.refresh_token not in html
         assert UpstreamToken.objects.get().access_token_encrypted not in html
 
 

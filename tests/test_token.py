@@ -125,7 +125,8 @@ def assert_token_error(response: HttpResponse, *errors: str) -> dict[str, Any]:
     assert "no-store" in response["Cache-Control"]
     body = response.json()
     assert body["error"] in errors, body
-    assert "access_token" not in body and "refresh_token" not in body
+    assert "access_token" not in body
+    assert "refresh_token" not in body
     return body
 
 
@@ -170,10 +171,12 @@ def test_as42_code_exchange_returns_a_bearer_token(code: Authorized) -> None:
     assert response["Content-Type"].startswith("application/json")
     assert "no-store" in response["Cache-Control"]
     body = response.json()
-    assert body["access_token"] and body["refresh_token"]
+    assert body["access_token"]
+    assert body["refresh_token"]
     assert body["access_token"] != body["refresh_token"]
     assert body["token_type"] == "Bearer"
-    assert isinstance(body["expires_in"], int) and 0 < body["expires_in"] <= 3600  # AS-43
+    assert isinstance(body["expires_in"], int)  # AS-43
+    assert 0 < body["expires_in"] <= 3600
     assert body["scope"] == "items:read"
 
 
@@ -182,7 +185,8 @@ def test_as47_tokens_are_stored_as_checksums_only(issued) -> None:
     _code, body = issued
     access = AccessToken.objects.get(token_checksum=checksum(body["access_token"]))
     refresh_row = RefreshToken.objects.get(token_checksum=checksum(body["refresh_token"]))
-    assert access.token == "" and refresh_row.token == ""
+    assert access.token == ""
+    assert refresh_row.token == ""
     for raw in (body["access_token"], body["refresh_token"]):
         assert not AccessToken.objects.filter(token=raw).exists()
         assert not RefreshToken.objects.filter(token=raw).exists()
@@ -200,7 +204,8 @@ def test_as40_code_is_bound_to_resource_scope_and_user(code: Authorized) -> None
     row = access_token_row(body["access_token"])
     assert row.resource == [RESOURCE]
     assert row.scope == "items:read"
-    assert row.user is not None and row.application == code.client.application
+    assert row.user is not None
+    assert row.application == code.client.application
 
 
 # --- AS-23, AS-40: PKCE and code binding -------------------------------------------------------
@@ -382,7 +387,8 @@ def test_as44_refresh_rotates_and_replay_revokes_the_family(issued) -> None:
     second = tokens(refresh(first["refresh_token"], code.client_id))
     assert second["refresh_token"] != first["refresh_token"]
     assert second["access_token"] != first["access_token"]
-    assert second["token_type"] == "Bearer" and second["scope"] == "items:read"
+    assert second["token_type"] == "Bearer"
+    assert second["scope"] == "items:read"
 
     assert_token_error(refresh(first["refresh_token"], code.client_id), "invalid_grant")
 
@@ -395,7 +401,8 @@ def test_as44_refresh_response_is_not_cached(issued) -> None:
     """AS-42: refresh responses carry tokens too."""
     code, first = issued
     response = refresh(first["refresh_token"], code.client_id)
-    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
 
 
 def test_sec01_a_consent_past_its_expiry_refreshes_nothing(issued) -> None:
@@ -516,7 +523,8 @@ def upstream_access_tokens(upstream_http: DjangoClientAdapter) -> list[str]:
     for request in upstream_http.requests:
         if request.url and request.url.split("?")[0].endswith("/demo-upstream/user"):
             scheme, _, token = request.headers["Authorization"].partition(" ")
-            assert scheme == "Bearer" and token
+            assert scheme == "Bearer"
+            assert token
             found.append(token)
     assert found, "the proxy never called the upstream user endpoint"
     return found
@@ -595,7 +603,8 @@ def test_rev02_another_client_cannot_revoke_my_token(issued) -> None:
     other = MCPClientFactory(redirect_uris=[REDIRECT_URI])
     revoke(body["refresh_token"], other.application.client_id)
     row = access_token_row(body["access_token"])
-    assert row is not None and row.is_valid()
+    assert row is not None
+    assert row.is_valid()
     assert tokens(refresh(body["refresh_token"], code.client_id))["access_token"]
 
 
@@ -610,7 +619,8 @@ def test_as01_confidential_client_must_authenticate_at_the_token_endpoint() -> N
     secret = client.registered.client_secret
     flow = authorized(client)
     for attempt in (flow.redeem(), flow.redeem(client_secret="wrong")):
-        assert attempt.status_code == 401 and attempt.json()["error"] == "invalid_client"
+        assert attempt.status_code == 401
+        assert attempt.json()["error"] == "invalid_client"
         assert "no-store" in attempt["Cache-Control"]
     response = flow.redeem(client_secret=secret)
     assert tokens(response)["access_token"]
@@ -624,7 +634,8 @@ def test_as24_no_code_can_exist_without_a_challenge() -> None:
     del params["code_challenge"], params["code_challenge_method"]
     response = Browser().authorize(params)
     # SEC-03: an unapproved client's error is our page (a link back carries the error).
-    assert response.status_code == 400 and not response.has_header("Location")
+    assert response.status_code == 400
+    assert not response.has_header("Location")
     assert "error=invalid_request" in response.content.decode()
     assert not get_grant_model().objects.exists()
 
@@ -638,7 +649,8 @@ def test_as25_code_challenge_is_never_returned() -> None:
     browser.login_upstream()
     page = browser.authorize(authorize_params(client, challenge=challenge))
     to_upstream = browser.post_form(page, "approve")["Location"]
-    assert "code_challenge=" in to_upstream and challenge not in to_upstream
+    assert "code_challenge=" in to_upstream
+    assert challenge not in to_upstream
     final = browser.get(browser.through_upstream(to_upstream)["Location"])
     assert challenge not in final["Location"]
     body = post_token(
@@ -650,14 +662,16 @@ def test_as25_code_challenge_is_never_returned() -> None:
             "code_verifier": verifier,
         }
     )
-    assert body.status_code == 200 and challenge not in body.content.decode()
+    assert body.status_code == 200
+    assert challenge not in body.content.decode()
 
 
 def test_as46_refresh_token_expires_after_its_lifetime(issued) -> None:
     """AS-46 / BCP-08: refresh tokens have a lifetime (REFRESH_TOKEN_EXPIRE_SECONDS)."""
     flow, body = issued
     lifetime = settings.OAUTH2_PROVIDER["REFRESH_TOKEN_EXPIRE_SECONDS"]
-    assert lifetime and lifetime <= 60 * 60 * 24 * 90
+    assert lifetime
+    assert lifetime <= 60 * 60 * 24 * 90
     old = timezone.now() - timedelta(seconds=lifetime + 3600)
     AccessToken.objects.filter(pk=access_token_row(body["access_token"]).pk).update(
         expires=old, created=old

@@ -65,7 +65,8 @@ def test_success_redirects_to_client_with_code_state_iss_and_logs_user_in(client
     assert final.status_code == 302
     query = query_of(final["Location"])
     assert final["Location"].startswith("https://app.example/cb?")
-    assert query["state"] == ["client-state-123"] and query["iss"] == ["http://127.0.0.1:8000"]
+    assert query["state"] == ["client-state-123"]
+    assert query["iss"] == ["http://127.0.0.1:8000"]
     assert len(query["code"][0]) >= 20
     # Logged in with a fresh session (session fixation).
     assert browser.client.session[SESSION_KEY]
@@ -78,9 +79,11 @@ def test_success_redirects_to_client_with_code_state_iss_and_logs_user_in(client
         client_a,
         "https://app.example/cb",
     )
-    assert consent.scopes == "items:read" and consent.upstream_scopes == "read:user repo:read"
+    assert consent.scopes == "items:read"
+    assert consent.upstream_scopes == "read:user repo:read"
     tx = AuthorizationTransaction.objects.get()
-    assert tx.outcome == "completed" and tx.consumed_at is not None
+    assert tx.outcome == "completed"
+    assert tx.consumed_at is not None
 
 
 def test_upstream_token_is_encrypted_at_rest(client_a, upstream_http) -> None:
@@ -92,7 +95,8 @@ def test_upstream_token_is_encrypted_at_rest(client_a, upstream_http) -> None:
     row = UpstreamToken.objects.get()
     assert upstream_access_token not in row.access_token_encrypted
     assert vault.upstream_access_token(row) == upstream_access_token
-    assert row.refresh_token_encrypted and vault.upstream_refresh_token(row)
+    assert row.refresh_token_encrypted
+    assert vault.upstream_refresh_token(row)
 
 
 def test_callback_state_from_another_browser_is_refused(client_a) -> None:
@@ -102,7 +106,8 @@ def test_callback_state_from_another_browser_is_refused(client_a) -> None:
     victim = Browser()
     before = exchanges()
     response = victim.get(callback)
-    assert response.status_code == 400 and not response.has_header("Location")
+    assert response.status_code == 400
+    assert not response.has_header("Location")
     assert exchanges() == before  # no code exchange with the upstream
     assert response["X-Frame-Options"] == "DENY"
 
@@ -115,7 +120,8 @@ def test_missing_or_unknown_state_is_refused(client_a, query) -> None:
     browser = Browser()
     before = exchanges()
     response = browser.get(f"/upstream/callback/?{urlencode(query)}")
-    assert response.status_code == 400 and not response.has_header("Location")
+    assert response.status_code == 400
+    assert not response.has_header("Location")
     assert exchanges() == before
 
 
@@ -179,7 +185,8 @@ def test_replayed_callback_is_refused(client_a) -> None:
     assert browser.get(callback).status_code == 302
     before = exchanges()
     again = browser.get(callback)
-    assert again.status_code == 400 and not again.has_header("Location")
+    assert again.status_code == 400
+    assert not again.has_header("Location")
     assert exchanges() == before
 
 
@@ -227,7 +234,8 @@ def test_state_is_only_ever_stored_hashed(client_a) -> None:
     state = query_of(location)["state"][0]
     assert len(state) >= 43
     tx = AuthorizationTransaction.objects.get()
-    assert state not in tx.state_hash and len(tx.state_hash) == 64
+    assert state not in tx.state_hash
+    assert len(tx.state_hash) == 64
 
 
 def test_callback_uses_only_stored_values(client_a) -> None:
@@ -254,8 +262,10 @@ def test_upstream_denial_returns_access_denied_to_client(client_a) -> None:
     final = browser.get(callback)
     query = query_of(final["Location"])
     assert final["Location"].startswith("https://app.example/cb?")
-    assert query["error"] == ["access_denied"] and query["state"] == ["client-state-123"]
-    assert query["iss"] == ["http://127.0.0.1:8000"] and "code" not in query
+    assert query["error"] == ["access_denied"]
+    assert query["state"] == ["client-state-123"]
+    assert query["iss"] == ["http://127.0.0.1:8000"]
+    assert "code" not in query
     assert "denied the request" not in final["Location"]  # the upstream's own text is not relayed
     assert not Consent.objects.exists()
 
@@ -297,8 +307,10 @@ def test_upstream_token_endpoint_failure_leaves_nothing_half_written(
     }
     final = browser.get(callback)
     query = query_of(final["Location"])
-    assert query["error"] == ["server_error"] and query["state"] == ["client-state-123"]
-    assert not Consent.objects.exists() and not UpstreamToken.objects.exists()
+    assert query["error"] == ["server_error"]
+    assert query["state"] == ["client-state-123"]
+    assert not Consent.objects.exists()
+    assert not UpstreamToken.objects.exists()
     assert not get_grant_model().objects.exists()
     assert AuthorizationTransaction.objects.get().outcome == "failed"
 
@@ -358,7 +370,8 @@ def test_cd03_consent_lives_server_side_and_cookies_cannot_forge_it(client_a, re
     ].value
     thief.client.cookies["__Host-sessionid"] = "forged-session-value"
     page = thief.authorize(authorize_params(client_a), **{"Sec-Fetch-Site": "none"})
-    assert page.status_code == 200 and "Approve" in page.content.decode()
+    assert page.status_code == 200
+    assert "Approve" in page.content.decode()
 
     # Control: the same request with the victim's real session (the server-side record it
     # points to) does skip the page, so the refusal above is the missing session, nothing else.
@@ -369,7 +382,8 @@ def test_cd03_consent_lives_server_side_and_cookies_cannot_forge_it(client_a, re
     # ... and once the server-side consent is revoked, even the real session skips nothing.
     flows.revoke_consents(list(Consent.objects.all()), actor=audit.SYSTEM, reason="test")
     again = thief.authorize(authorize_params(client_a), **{"Sec-Fetch-Site": "none"})
-    assert again.status_code == 200 and "Approve" in again.content.decode()
+    assert again.status_code == 200
+    assert "Approve" in again.content.decode()
 
 
 def test_cd06_cleared_cookies_show_the_page_again(client_a, remembering) -> None:
@@ -381,7 +395,8 @@ def test_cd06_cleared_cookies_show_the_page_again(client_a, remembering) -> None
     assert remembered.status_code == 302  # straight upstream: the user is known here
     browser.client.cookies.clear()
     page = browser.authorize(authorize_params(client_a), **{"Sec-Fetch-Site": "none"})
-    assert page.status_code == 200 and "Approve" in page.content.decode()
+    assert page.status_code == 200
+    assert "Approve" in page.content.decode()
 
 
 # --- SEC-04 / CD-01: a remembered consent is used only for the person who gave it -------------
@@ -429,7 +444,8 @@ def test_sec04_the_same_person_still_completes_with_a_remembered_consent(
     skipped = browser.authorize(authorize_params(client_a), **{"Sec-Fetch-Site": "none"})
     assert skipped.status_code == 302
     final = browser.get(browser.through_upstream(skipped["Location"])["Location"])
-    assert final.status_code == 302 and query_of(final["Location"])["code"]
+    assert final.status_code == 302
+    assert query_of(final["Location"])["code"]
 
 
 def test_sec04_an_explicit_approval_completes_for_whoever_signs_in(client_a, remembering) -> None:
@@ -444,7 +460,8 @@ def test_sec04_an_explicit_approval_completes_for_whoever_signs_in(client_a, rem
     final = browser.get(
         browser.through_upstream(browser.post_form(page, "approve")["Location"])["Location"]
     )
-    assert final.status_code == 302 and query_of(final["Location"])["code"]
+    assert final.status_code == 302
+    assert query_of(final["Location"])["code"]
     assert Consent.objects.filter(user__upstream_identities__login="hubot").count() == 1
 
 
@@ -494,10 +511,12 @@ def test_sec05_client_changed_before_the_callback_gets_a_clear_page(client_a, ch
     CHANGES[change](client_a)
     before = exchanges()
     response = browser.get(callback)
-    assert response.status_code == 409 and not response.has_header("Location")
+    assert response.status_code == 409
+    assert not response.has_header("Location")
     assert "changed or was disabled" in response.content.decode()
     assert exchanges() == before  # the upstream code was never redeemed
-    assert not Consent.objects.exists() and not UpstreamToken.objects.exists()
+    assert not Consent.objects.exists()
+    assert not UpstreamToken.objects.exists()
     assert AuthorizationTransaction.objects.get().outcome == "failed"
 
 
@@ -520,10 +539,13 @@ def test_sec05_client_changed_during_the_upstream_exchange_revokes_the_new_token
 
     monkeypatch.setattr(upstream, "exchange_code", exchange_then_change)
     response = browser.get(callback)
-    assert response.status_code == 409 and not response.has_header("Location")
+    assert response.status_code == 409
+    assert not response.has_header("Location")
     assert "changed or was disabled" in response.content.decode()
-    assert not Consent.objects.exists() and not UpstreamToken.objects.exists()
+    assert not Consent.objects.exists()
+    assert not UpstreamToken.objects.exists()
     assert Token.objects.filter(account__login="octocat").count() == 1  # it was issued ...
     assert live_upstream_tokens("octocat") == 0  # ... and revoked at the upstream
     tx = AuthorizationTransaction.objects.get()
-    assert tx.outcome == "failed" and tx.code_hash == ""
+    assert tx.outcome == "failed"
+    assert tx.code_hash == ""
