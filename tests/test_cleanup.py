@@ -37,7 +37,9 @@ def test_pending_transactions_expire() -> None:
     AuthorizationTransaction.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     assert "1 pending transaction(s)" in run()
     tx = AuthorizationTransaction.objects.get()
-    assert tx.outcome == "failed" and tx.failure_reason == "expired" and tx.consumed_at is not None
+    assert tx.outcome == "failed"
+    assert tx.failure_reason == "expired"
+    assert tx.consumed_at is not None
 
 
 def test_expired_consents_are_retired_with_their_cascade() -> None:
@@ -48,7 +50,8 @@ def test_expired_consents_are_retired_with_their_cascade() -> None:
     Consent.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     run()
     consent = Consent.objects.get()
-    assert consent.expired_at is not None and consent.status == Consent.Status.EXPIRED
+    assert consent.expired_at is not None
+    assert consent.status == Consent.Status.EXPIRED
     assert not UpstreamToken.objects.exists()
     assert not Token.objects.filter(revoked_at__isnull=True).exists()
     assert (
@@ -78,10 +81,8 @@ def test_unused_dcr_clients_are_deleted_after_n_days() -> None:
         admin_client.pk,
     }
     deleted = AuditEvent.objects.get(action=AuditEvent.Action.CLIENT_DELETED)
-    assert (
-        deleted.client_id == old_unused.application.client_id
-        and "unused for 30 days" in deleted.details["reason"]
-    )
+    assert deleted.client_id == old_unused.application.client_id
+    assert "unused for 30 days" in deleted.details["reason"]
 
 
 def test_abuse_03_never_used_dcr_and_cimd_clients_go_after_the_ttl() -> None:

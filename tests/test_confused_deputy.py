@@ -31,12 +31,12 @@ def victim() -> Browser:
         client_name="Legit Desktop App", redirect_uris=["http://127.0.0.1:33418/cb"]
     )
     final = browser.run_flow(authorize_params(client_a))
-    assert final.status_code == 302 and final["Location"].startswith(
-        "http://127.0.0.1:33418/cb?code="
-    )
+    assert final.status_code == 302
+    assert final["Location"].startswith("http://127.0.0.1:33418/cb?code=")
     # Precondition of the attack: the upstream now skips its consent page for the static client.
     again = browser.get(_upstream_authorize_of(browser, client_a))
-    assert again.status_code == 302 and "code=" in again["Location"]
+    assert again.status_code == 302
+    assert "code=" in again["Location"]
     return browser
 
 
@@ -104,8 +104,10 @@ def test_cd00_attacker_receives_nothing_when_victim_denies(victim: Browser) -> N
     denied = victim.post_form(victim.authorize(params), "deny")
     assert denied.status_code == 303
     query = query_of(denied["Location"])
-    assert query["error"] == ["access_denied"] and "code" not in query
-    assert query["state"] == ["x"] and query["iss"] == ["http://127.0.0.1:8000"]
+    assert query["error"] == ["access_denied"]
+    assert "code" not in query
+    assert query["state"] == ["x"]
+    assert query["iss"] == ["http://127.0.0.1:8000"]
     assert RequestLog.objects.count() == upstream_requests
     assert not Consent.objects.filter(client__application__client_id=client_b).exists()
 

@@ -49,10 +49,13 @@ def test_each_connection_in_plain_words() -> None:
     Consent.objects.update(last_used_at=timezone.now())
     page = connections(browser)
     words = text(page)
-    assert "Acme Agent" in words and "Verified" in words
+    assert "Acme Agent" in words
+    assert "Verified" in words
     assert "Sends access to agent.acme.example.com (a server of example.com)" in words
     assert "Can Read your items" in words
-    assert "Approved " in words and "Last used " in words and "not yet" not in words
+    assert "Approved " in words
+    assert "Last used " in words
+    assert "not yet" not in words
     assert "Signed in as octocat (Demo Hub)" in words
     assert "@upstream" not in page
     # No internal identifier to puzzle over: the client_id is for the operator's admin.
@@ -76,13 +79,16 @@ def test_operator_revocation_reads_revoked_by_the_operator_without_the_reason() 
     words = text(page)
     assert "No application has access right now." in words
     ended = re.search(r'id="past">(.*?)</ul>', page, re.S)
-    assert ended and "Revoked by the operator" in ended.group(1)
+    assert ended
+    assert "Revoked by the operator" in ended.group(1)
     assert "Acme Agent" in ended.group(1)
     assert "Revoked by the operator · Acme Agent" in words  # the decisions list too
-    assert reason not in page and "4711" not in page
+    assert reason not in page
+    assert "4711" not in page
     # The reason is where it belongs: the audit trail.
     event = AuditEvent.objects.get(action=AuditEvent.Action.CONSENT_REVOKED)
-    assert event.actor_type == "operator" and event.details["reason"] == reason
+    assert event.actor_type == "operator"
+    assert event.details["reason"] == reason
 
 
 def test_sec01_connected_apps_lists_a_grant_whose_tokens_outlive_its_consent() -> None:

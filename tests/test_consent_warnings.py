@@ -67,7 +67,8 @@ def test_public_suffix_list_is_used_offline() -> None:
     assert registrable_domain("a.b.example.co.uk") == "example.co.uk"
     assert registrable_domain("someone.github.io") == "someone.github.io"
     assert registrable_domain("github.io") is None
-    assert registrable_domain("127.0.0.1") is None and registrable_domain("localhost") is None
+    assert registrable_domain("127.0.0.1") is None
+    assert registrable_domain("localhost") is None
 
 
 def test_cd12_lookalike_host_has_its_real_domain_emphasised() -> None:
@@ -79,7 +80,8 @@ def test_cd12_lookalike_host_has_its_real_domain_emphasised() -> None:
     assert emphasised(page) == "example.net"
     assert "claude.ai.evil.<strong>example.net</strong>/callback" in html(page)
     warning = re.search(r'id="destination-warning">(.*?)</div>', html(page), re.S)
-    assert warning and "Your access will be sent to a server at example.net." in warning.group(1)
+    assert warning
+    assert "Your access will be sent to a server at example.net." in warning.group(1)
 
 
 def test_lh01_remote_and_loopback_addresses_are_warned_about_alike() -> None:
@@ -153,4 +155,5 @@ def test_cd05_operator_registered_client_is_new_to_a_person_who_never_approved_i
     browser = signed_in_with(known)
     page = html(browser.authorize(authorize_params(vetted)))
     assert 'name="decision" value="approve"' in page
-    assert FIRST_TIME in page and '<span class="badge verified">Verified</span>' in page
+    assert FIRST_TIME in page
+    assert '<span class="badge verified">Verified</span>' in page

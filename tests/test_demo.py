@@ -38,7 +38,8 @@ def operator() -> Client:
 @pytest.mark.django_db
 def test_demo_hub_tables_are_shown_by_demo_hub_admin_only(operator: Client) -> None:
     proxy_admin = operator.get("/admin/", HTTP_HOST=PROXY_HOST).content.decode()
-    assert "mcp_consent" in proxy_admin and "Demo upstream" not in proxy_admin
+    assert "mcp_consent" in proxy_admin
+    assert "Demo upstream" not in proxy_admin
     assert "/admin/demo_upstream/" not in proxy_admin
 
     hub = operator.get("/demo-upstream/admin/", HTTP_HOST=UPSTREAM_HOST)
@@ -47,7 +48,8 @@ def test_demo_hub_tables_are_shown_by_demo_hub_admin_only(operator: Client) -> N
     accounts = operator.get(
         "/demo-upstream/admin/demo_upstream/account/", HTTP_HOST=UPSTREAM_HOST
     ).content.decode()
-    assert "octocat" in accounts and "hubot" in accounts
+    assert "octocat" in accounts
+    assert "hubot" in accounts
 
 
 def test_printed_admin_password_opens_both_admins(tmp_path: Path) -> None:
@@ -69,7 +71,8 @@ def test_printed_admin_password_opens_both_admins(tmp_path: Path) -> None:
         check=True,
     ).stdout
     passwords = re.findall(r"user: admin\s+password: (\S+)", printed)
-    assert len(passwords) == 2 and passwords[0] == passwords[1], printed
+    assert len(passwords) == 2, printed
+    assert passwords[0] == passwords[1], printed
     assert "http://localhost:8001/demo-upstream/admin/" in printed
     for database in (proxy_db, hub_db):
         with sqlite3.connect(database) as db:

@@ -78,7 +78,8 @@ def assert_server_error_at_client(response: Any) -> None:
     assert location.startswith(REDIRECT_URI + "?"), location
     query = query_of(location)
     assert query["error"] == ["server_error"], query
-    assert query["state"] == [CLIENT_STATE] and query["iss"] == [ISSUER]
+    assert query["state"] == [CLIENT_STATE]
+    assert query["iss"] == [ISSUER]
     assert "code" not in query
     assert UPSTREAM_DETAIL not in location
 
@@ -99,7 +100,8 @@ def assert_nothing_half_written(flow: AtCallback) -> None:
     assert grown(flow.before) == {}, grown(flow.before)
     tx = AuthorizationTransaction.objects.get(client=flow.client)
     assert tx.consumed_at is not None  # claimed: the callback cannot be replayed
-    assert tx.consent_id is None and not tx.code_hash
+    assert tx.consent_id is None
+    assert not tx.code_hash
 
 
 def assert_failure_audited(flow: AtCallback) -> None:
@@ -116,7 +118,8 @@ def assert_replay_refused(flow: AtCallback) -> None:
     """CD-45 holds after a failure too: the same callback URL does not get a second try."""
     exchanges = RequestLog.objects.filter(path__endswith="/login/oauth/access_token").count()
     again = flow.finish()
-    assert again.status_code == 400 and not again.has_header("Location")
+    assert again.status_code == 400
+    assert not again.has_header("Location")
     assert (
         RequestLog.objects.filter(path__endswith="/login/oauth/access_token").count() == exchanges
     )
@@ -390,7 +393,8 @@ def test_database_failure_in_the_callback_gives_a_proper_answer(
         assert location.startswith(REDIRECT_URI + "?"), location
         query = query_of(location)
         assert query["error"][0] in {"server_error", "temporarily_unavailable"}
-        assert query["state"] == [CLIENT_STATE] and query["iss"] == [ISSUER]
+        assert query["state"] == [CLIENT_STATE]
+        assert query["iss"] == [ISSUER]
     else:
         assert response.status_code in {500, 503}
         assert response["Content-Type"].startswith("text/html")

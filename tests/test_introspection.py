@@ -252,7 +252,8 @@ def test_resource_server_credentials_open_no_oauth_flow(resource_server) -> None
 
 def load_example() -> Any:
     spec = importlib.util.spec_from_file_location("introspecting_server", EXAMPLE)
-    assert spec and spec.loader
+    assert spec
+    assert spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -282,8 +283,10 @@ def test_the_documented_separate_server_verifies_through_introspection(
 
     accepted = async_to_sync(verify)(good.access_token)
     assert accepted is not None
-    assert accepted.resource == RESOURCE and accepted.client_id == good.client_id
-    assert accepted.subject and accepted.scopes == ["items:read"]
+    assert accepted.resource == RESOURCE
+    assert accepted.client_id == good.client_id
+    assert accepted.subject
+    assert accepted.scopes == ["items:read"]
     assert async_to_sync(verify)(foreign.access_token) is None
     assert async_to_sync(verify)("A" * 30) is None
 

@@ -375,12 +375,14 @@ def test_the_official_sdk_client_connects_consents_and_calls_demo_hub(demo: Demo
                 assert not items.is_error, text_of(items)
                 assert "Fix the flux capacitor" in text_of(items)
                 me = await client.call_tool("whoami", {})
-                assert not me.is_error and "octocat" in text_of(me)
+                assert not me.is_error
+                assert "octocat" in text_of(me)
 
                 # The client's own refresh: its access token has expired.
                 provider.context.token_expiry_time = time.time() - 1
                 me = await client.call_tool("whoami", {})
-                assert not me.is_error and "octocat" in text_of(me)
+                assert not me.is_error
+                assert "octocat" in text_of(me)
                 assert storage.tokens.access_token != first_access_token  # type: ignore[union-attr]
                 old = await anyio.to_thread.run_sync(
                     lambda: requests.post(
@@ -410,7 +412,8 @@ def test_the_official_sdk_client_connects_consents_and_calls_demo_hub(demo: Demo
                 # so /mcp answers 401 and the client authorizes again, then retries.
                 await anyio.to_thread.run_sync(person.revoke_at_demo_hub, demo.upstream_base)
                 me = await client.call_tool("whoami", {})
-                assert not me.is_error and "octocat" in text_of(me)
+                assert not me.is_error
+                assert "octocat" in text_of(me)
                 assert len(authorization_urls) == 2
                 # Our consent page again (nothing is remembered by default), then Demo Hub's
                 # own page again (the revocation made it forget its approval).

@@ -58,7 +58,8 @@ def test_as_13_issuer_is_the_configured_string(client):
     data = fetch(client)
     assert data["issuer"] == issuer_setting()
     assert not data["issuer"].endswith("/")
-    assert "?" not in data["issuer"] and "#" not in data["issuer"]
+    assert "?" not in data["issuer"]
+    assert "#" not in data["issuer"]
 
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1:8000", "testserver"])
@@ -179,7 +180,8 @@ def test_mu_01_iss_on_redirects_equals_metadata_issuer(client):
     }
     response = client.get("/authorize/?" + urlencode(params))
     # SEC-03: nobody approved this client, so the error response is a link on our page.
-    assert response.status_code == 400 and not response.has_header("Location")
+    assert response.status_code == 400
+    assert not response.has_header("Location")
     link = re.search(r'<a id="client-error-link" href="([^"]*)"', response.content.decode())
     assert link, "no link back to the client"
     location = html.unescape(link.group(1))

@@ -65,7 +65,8 @@ class Run:
         return response
 
     def secret(self, name: str, value: str | None) -> None:
-        assert value and len(value) >= 16, (name, value)
+        assert value, (name, value)
+        assert len(value) >= 16, (name, value)
         self.secrets[name] = value
 
 
@@ -437,7 +438,8 @@ def test_token_endpoint_crash_report_hides_the_secrets(
         [m.body for m in mailoutbox]
         + [alt[0] for m in mailoutbox for alt in getattr(m, "alternatives", [])]
     )
-    assert code not in report and verifier not in report
+    assert code not in report
+    assert verifier not in report
 
 
 # --- SEC-02: Django's technical 500 report of a callback that fails after the exchange -------
@@ -532,7 +534,8 @@ def test_sec02_callback_crash_report_hides_every_secret(
     text_report = reporter.get_traceback_text()
     for report in (html_report, text_report):
         assert "simulated crash" in report  # the real report of the real failure
-        assert "/upstream/callback/" in report and "********************" in report
+        assert "/upstream/callback/" in report
+        assert "********************" in report
         assert leaks(report, secrets) == [], fault
     # The frames are there, only their secret values are not (not a vacuous report).
     assert "complete_authorization" in text_report or "_fail_after_our_code" in text_report

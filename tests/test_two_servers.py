@@ -342,7 +342,8 @@ def test_flow_across_two_app_servers_and_revocation_everywhere_at_once(servers: 
         "resource": servers.resource,
     }
     page = browser.get(f"{one}/authorize/?{urlencode(params)}")
-    assert page.status_code == 200 and "Two-Server Agent" in page.text, page.text[:500]
+    assert page.status_code == 200, page.text[:500]
+    assert "Two-Server Agent" in page.text, page.text[:500]
     approved = browser.submit(page, decision="approve")
     assert approved.status_code == 303, (approved.status_code, approved.text[:500])
     to_upstream = approved.headers["Location"]
@@ -361,10 +362,12 @@ def test_flow_across_two_app_servers_and_revocation_everywhere_at_once(servers: 
     location = finished.headers["Location"]
     assert location.startswith(REDIRECT_URI + "?")
     answer = query_of(location)
-    assert answer["state"] == ["two-servers"] and answer["iss"] == [servers.issuer]
+    assert answer["state"] == ["two-servers"]
+    assert answer["iss"] == [servers.issuer]
     # The same callback again, now at server 1: single use across servers (CD-45).
     replay = browser.get(callback)
-    assert replay.status_code == 400 and "Location" not in replay.headers
+    assert replay.status_code == 400
+    assert "Location" not in replay.headers
 
     # Server 1 redeems the code server 2 issued.
     issued = token_request(
@@ -403,7 +406,8 @@ def test_flow_across_two_app_servers_and_revocation_everywhere_at_once(servers: 
             "client_id": client_id,
         },
     )
-    assert stale.status_code == 400 and stale.json()["error"] == "invalid_grant"
+    assert stale.status_code == 400
+    assert stale.json()["error"] == "invalid_grant"
 
     # A new grant for the revocation (the reuse above revoked the family).
     verifier2, challenge2 = pkce_pair()
@@ -445,7 +449,8 @@ def test_flow_across_two_app_servers_and_revocation_everywhere_at_once(servers: 
             "client_id": client_id,
         },
     )
-    assert dead.status_code == 400 and dead.json()["error"] == "invalid_grant", dead.text
+    assert dead.status_code == 400, dead.text
+    assert dead.json()["error"] == "invalid_grant", dead.text
     assert mcp_status(one, servers.resource, second["access_token"]) == 401
     # The family server 2 rotated and server 1 saw replayed is refused at /mcp too.
     assert mcp_status(one, servers.resource, fresh["access_token"]) == 401

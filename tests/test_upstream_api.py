@@ -149,7 +149,8 @@ def test_rs11_the_grant_used_is_the_one_of_this_tokens_client() -> None:
     assert len(set(tokens.values())) == 2
     for issued in (first, second):
         consent = consent_for(verified(issued))
-        assert consent is not None and consent.client == issued.client
+        assert consent is not None
+        assert consent.client == issued.client
         assert vault.upstream_access_token(consent.upstream_token) == tokens[issued.client_id]
 
 

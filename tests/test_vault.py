@@ -29,9 +29,11 @@ def test_encrypt_round_trip_and_no_plaintext(settings) -> None:
     """UP-07: ciphertext never contains the secret; the same secret encrypts differently each time."""
     with_keys(settings, Fernet.generate_key().decode())
     first, second = vault.encrypt("gho_secret_token", AD), vault.encrypt("gho_secret_token", AD)
-    assert "gho_secret_token" not in first and first != second
+    assert "gho_secret_token" not in first
+    assert first != second
     assert vault.decrypt(first, AD) == "gho_secret_token"
-    assert vault.encrypt("", AD) == "" and vault.decrypt("", AD) == ""
+    assert vault.encrypt("", AD) == ""
+    assert vault.decrypt("", AD) == ""
 
 
 def test_wrong_key_is_a_clear_error(settings) -> None:
@@ -47,7 +49,8 @@ def test_sec10_aes_gcm_names_its_key_and_refuses_other_associated_data(settings)
     with_keys(settings, Fernet.generate_key().decode())
     ciphertext = vault.encrypt("gho_secret_token", AD)
     fmt, key_id, _ = ciphertext.split(":", 2)
-    assert fmt == "v2" and len(key_id) == 8
+    assert fmt == "v2"
+    assert len(key_id) == 8
     for other in ("upstream_token:2:access", "upstream_token:1:refresh", ""):
         with pytest.raises(vault.VaultError, match="for this row"):
             vault.decrypt(ciphertext, other)
@@ -114,7 +117,8 @@ def test_refresh_replaces_a_rotated_refresh_token(stored_token) -> None:
     refreshed = flows.refresh_upstream_token(stored_token, force=True)
     assert vault.upstream_access_token(refreshed) != old_access
     new_refresh = vault.upstream_refresh_token(refreshed)
-    assert new_refresh and new_refresh != old_refresh
+    assert new_refresh
+    assert new_refresh != old_refresh
     # The old refresh token is dead at the upstream; the stored one works.
     with pytest.raises(upstream.UpstreamError):
         upstream.refresh(old_refresh)

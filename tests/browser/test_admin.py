@@ -50,7 +50,8 @@ def test_admin_lists_fit_1280_px(
             ("mcp_consent/mcpclient", ["client_id", "redirect_hosts", "disabled_at"]),
         ):
             response = admin.goto(f"{sites.proxy}/admin/{model}/")
-            assert response is not None and response.status == 200
+            assert response is not None
+            assert response.status == 200
             assert admin.locator("#result_list tbody tr").count() >= 1, model
             for column in columns:
                 box = admin.locator(f"#result_list th.column-{column}").bounding_box()

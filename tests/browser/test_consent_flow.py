@@ -59,8 +59,11 @@ def test_consent_flow_clicked_as_a_person(
     page.wait_for_url(f"{sites.upstream}/login/**")
     # CD-20, CD-21: the browser really holds the __Host- binding cookie on http://127.0.0.1.
     binding = cookie(context, "__Host-mcp_consent_tx")
-    assert binding["domain"] == "127.0.0.1" and binding["path"] == "/"
-    assert binding["secure"] and binding["httpOnly"] and binding["sameSite"] == "Lax"
+    assert binding["domain"] == "127.0.0.1"
+    assert binding["path"] == "/"
+    assert binding["secure"]
+    assert binding["httpOnly"]
+    assert binding["sameSite"] == "Lax"
 
     page.fill("#id_username", "octocat")
     page.fill("#id_password", "demo")
@@ -78,7 +81,9 @@ def test_consent_flow_clicked_as_a_person(
     ).json()
     assert hit.query["iss"] == [sites.proxy] == [metadata["issuer"]]  # MU-01, byte for byte
     session = cookie(context, "__Host-sessionid")
-    assert session["secure"] and session["httpOnly"] and session["sameSite"] == "Lax"
+    assert session["secure"]
+    assert session["httpOnly"]
+    assert session["sameSite"] == "Lax"
 
     token = requests.post(
         f"{sites.proxy}/token/",
@@ -101,8 +106,10 @@ def test_consent_flow_clicked_as_a_person(
     page.get_by_role("button", name="Deny").click()
     page.wait_for_url(f"{client_listener.origin}/cb?**")
     denied = client_listener.at("/cb")[-1].query
-    assert denied["error"] == ["access_denied"] and "code" not in denied
-    assert denied["state"] == ["st-2"] and denied["iss"] == [sites.proxy]  # MU-01
+    assert denied["error"] == ["access_denied"]
+    assert "code" not in denied
+    assert denied["state"] == ["st-2"]
+    assert denied["iss"] == [sites.proxy]  # MU-01
     assert RequestLog.objects.count() == upstream_requests  # nothing sent upstream
 
 
@@ -190,7 +197,8 @@ def test_consent_page_refuses_to_be_framed(
     assert not victim.url.startswith(sites.proxy), victim.url
     assert victim.locator("button").count() == 0
     assert "Approve" not in victim.content()
-    assert client_listener.hits == [] and RequestLog.objects.count() == 0
+    assert client_listener.hits == []
+    assert RequestLog.objects.count() == 0
 
 
 def test_cross_site_auto_submitting_post_cannot_approve(
@@ -256,7 +264,8 @@ def test_remembered_consent_not_applied_cross_site(
         client_listener,
         authorize_url(sites, client_id, redirect_uri, challenge=pkce_pair()[1], state="1"),
     )
-    assert first["code"] and Consent.objects.count() == 1
+    assert first["code"]
+    assert Consent.objects.count() == 1
 
     for origin in (attacker_listener.attacker_origin, attacker_listener.origin):
         target = authorize_url(sites, client_id, redirect_uri, challenge=pkce_pair()[1], state="2")
@@ -280,7 +289,9 @@ def test_remembered_consent_not_applied_cross_site(
     assert answered.value.status == 302  # no consent page: remembered
     assert answered.value.request.all_headers().get("sec-fetch-site") == "none"
     last = client_listener.at("/cb")[-1].query
-    assert last["code"] and last["state"] == ["3"] and last["iss"] == [sites.proxy]
+    assert last["code"]
+    assert last["state"] == ["3"]
+    assert last["iss"] == [sites.proxy]
 
 
 def test_screenshots(sites: Sites, page: Page) -> None:
@@ -300,12 +311,14 @@ def test_screenshots(sites: Sites, page: Page) -> None:
         sites, "no-such-client", redirect_uri, challenge=pkce_pair()[1], state="s"
     )
     response = page.goto(unknown)
-    assert response is not None and response.status == 400
+    assert response is not None
+    assert response.status == 400
     assert page.url == unknown  # shown, never redirected (AS-50)
     screenshot(page, "03-error-unknown-client")
 
     response = page.goto(f"{sites.proxy}/upstream/callback/?state=bogus&code=x")
-    assert response is not None and response.status == 400
+    assert response is not None
+    assert response.status == 400
     assert page.get_by_text("This sign-in cannot be completed").is_visible()
     screenshot(page, "04-error-callback")
 

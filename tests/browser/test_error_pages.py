@@ -78,7 +78,8 @@ def test_error_pages_refuse_to_be_framed(
         assert not frame.url.startswith(sites.proxy), (name, frame.url)
         assert "sign-in" not in frame.content().lower(), name
     screenshot(page, "11-error-pages-framed-by-attacker")
-    assert client_listener.hits == [] and RequestLog.objects.count() == 0
+    assert client_listener.hits == []
+    assert RequestLog.objects.count() == 0
 
 
 def test_mix_up_error_page(sites: Sites, page: Page, client_listener: Listener) -> None:
@@ -162,7 +163,8 @@ def test_admin_audit_trail_screenshot(
         admin.locator("input[type=submit]").click()
         admin.wait_for_url(f"{sites.proxy}/admin/")
         response = admin.goto(f"{sites.proxy}/admin/mcp_consent/auditevent/")
-        assert response is not None and response.status == 200
+        assert response is not None
+        assert response.status == 200
         assert admin.locator("#result_list tbody tr").count() >= 3
         screenshot(admin, "14-admin-audit-trail")
         admin.goto(f"{sites.proxy}/admin/mcp_consent/mcpclient/")

@@ -120,7 +120,8 @@ def test_every_form_clicked(
     # Consent page, Approve: a consent, and a token /mcp accepts.
     access = token_for(sites, page, client_listener, client_id, redirect_uri, "a")
     consent = Consent.objects.get()
-    assert consent.revoked_at is None and consent.client.application.client_id == client_id
+    assert consent.revoked_at is None
+    assert consent.client.application.client_id == client_id
     assert mcp_status(sites, access) == 200
 
     # Connected apps, Revoke: the consent and its tokens revoked, /mcp refuses the token.
@@ -129,7 +130,8 @@ def test_every_form_clicked(
     click_form(page, page.locator("#connections").get_by_role("button", name="Revoke"))
     assert page.url == f"{sites.proxy}/connections/"
     consent.refresh_from_db()
-    assert consent.revoked_at is not None and consent.status == Consent.Status.REVOKED
+    assert consent.revoked_at is not None
+    assert consent.status == Consent.Status.REVOKED
     assert AuditEvent.objects.get(action=A.CONSENT_REVOKED).actor_type == "user"
     assert mcp_status(sites, access) == 401
     assert page.get_by_text("No application has access right now.").is_visible()
@@ -176,9 +178,11 @@ def test_every_form_clicked(
     finally:
         operator.close()
     other.refresh_from_db()
-    assert other.revoked_at is not None and other.revoke_reason == "lost laptop"
+    assert other.revoked_at is not None
+    assert other.revoke_reason == "lost laptop"
     event = AuditEvent.objects.filter(action=A.CONSENT_REVOKED).order_by("-pk").first()
-    assert event is not None and event.actor_type == "operator"
+    assert event is not None
+    assert event.actor_type == "operator"
     assert event.details["reason"] == "lost laptop"
     assert mcp_status(sites, other_access) == 401
     assert mcp_status(sites, access) == 401
