@@ -35,13 +35,13 @@ def test_dcr02_registrations_over_the_limit_get_429(settings, monkeypatch) -> No
     monkeypatch.setattr("mcp_consent.ratelimit.time.time", lambda: 1_000_000.0)
     client = Client()
     statuses = [register(client).status_code for _ in range(100)]
-    assert statuses[:10] == [201] * 10 and set(statuses[10:]) == {429}
+    assert statuses[:10] == [201] * 10
+    assert set(statuses[10:]) == {429}
     limited = register(client)
-    assert limited["Retry-After"].isdigit() and 1 <= int(limited["Retry-After"]) <= 60
-    assert (
-        limited.json()["error"] == "temporarily_unavailable"
-        and "no-store" in limited["Cache-Control"]
-    )
+    assert limited["Retry-After"].isdigit()
+    assert 1 <= int(limited["Retry-After"]) <= 60
+    assert limited.json()["error"] == "temporarily_unavailable"
+    assert "no-store" in limited["Cache-Control"]
     assert MCPClient.objects.count() == 10
     # Audited once per window, not once per flooded request.
     assert AuditEvent.objects.filter(action=AuditEvent.Action.REGISTRATION_REFUSED).count() == 1
@@ -62,7 +62,8 @@ def test_token_endpoint_is_rate_limited(settings) -> None:
     ]
     assert [a.status_code for a in answers][3:] == [429, 429]
     assert all(a.status_code != 429 for a in answers[:3])
-    assert answers[-1].json()["error"] == "temporarily_unavailable" and answers[-1]["Retry-After"]
+    assert answers[-1].json()["error"] == "temporarily_unavailable"
+    assert answers[-1]["Retry-After"]
 
 
 def test_authorize_is_rate_limited_with_a_page(settings) -> None:
@@ -72,7 +73,8 @@ def test_authorize_is_rate_limited_with_a_page(settings) -> None:
     codes = [client.get("/authorize/", params, HTTP_HOST=PROXY_HOST).status_code for _ in range(3)]
     assert codes == [200, 200, 429]
     page = client.get("/authorize/", params, HTTP_HOST=PROXY_HOST)
-    assert "Too many requests" in page.content.decode() and page["Retry-After"]
+    assert "Too many requests" in page.content.decode()
+    assert page["Retry-After"]
     assert page["X-Frame-Options"] == "DENY"
 
 

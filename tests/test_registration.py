@@ -53,7 +53,8 @@ def assert_registration_error(response: Any, error: str) -> dict[str, Any]:
     assert response["Content-Type"].startswith("application/json")
     body = response.json()
     assert body["error"] == error, body
-    assert isinstance(body.get("error_description"), str) and body["error_description"]
+    assert isinstance(body.get("error_description"), str)
+    assert body["error_description"]
     return body
 
 
@@ -148,15 +149,15 @@ def test_dcr_04_confidential_registration_echoes_everything(client):
 
     for key, value in FULL_METADATA.items():
         assert body[key] == value, key
-    assert isinstance(body["client_id"], str) and body["client_id"]
+    assert isinstance(body["client_id"], str)
+    assert body["client_id"]
     assert isinstance(body["client_id_issued_at"], int)
     assert started - 5 <= body["client_id_issued_at"] <= int(time.time()) + 5
-    assert isinstance(body["client_secret"], str) and len(body["client_secret"]) >= 32
+    assert isinstance(body["client_secret"], str)
+    assert len(body["client_secret"]) >= 32
     assert body["client_secret_expires_at"] == 0
-    assert (
-        isinstance(body["registration_access_token"], str)
-        and len(body["registration_access_token"]) >= 32
-    )
+    assert isinstance(body["registration_access_token"], str)
+    assert len(body["registration_access_token"]) >= 32
     assert urlsplit(body["registration_client_uri"]).path == f"/register/{body['client_id']}/"
 
     application = Application.objects.get(client_id=body["client_id"])
