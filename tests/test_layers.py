@@ -234,3 +234,27 @@ def test_the_cross_import_test_sees_every_spelling() -> None:
         "tests.browser.test_d",
         "tests.browser.test_e",
     }
+
+
+def conjunctions_asserted(source: str, filename: str = "<test>") -> list[int]:
+    """Lines of ``assert a and b``: a failure of it does not say which of the two failed."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source, filename))
+        if isinstance(node, ast.Assert)
+        and isinstance(node.test, ast.BoolOp)
+        and isinstance(node.test.op, ast.And)
+    ]
+
+
+def test_each_assert_checks_one_condition() -> None:
+    """Issue 12 item 6: ``assert a`` then ``assert b`` (with the same message), never
+    ``assert a and b``, so that pytest's report names the condition that failed."""
+    found = [
+        f"{path.relative_to(TESTS)} line {line}"
+        for path in sorted(TESTS.rglob("*.py"))
+        for line in conjunctions_asserted(path.read_text(), str(path))
+    ]
+    assert found == []
+    # Control case: a conjunction at the top of an assert counts, one inside an operand not.
+    assert conjunctions_asserted("assert a and b, 'm'\nassert all(x and y for x, y in z)\n") == [1]
