@@ -41,6 +41,9 @@ from benchmarks.servers import (  # noqa: E402
 )
 
 DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432"
+# The bench drops and re-creates its databases: PREFIX, PREFIX_workers, PREFIX_verify,
+# PREFIX_small, PREFIX_large, PREFIX_admin. BENCH_DB_PREFIX keeps two runs on one server apart.
+DB_PREFIX = os.environ.get("BENCH_DB_PREFIX", "perfbench")
 
 
 class Plan:
@@ -351,14 +354,14 @@ def main() -> None:
             if pg:
                 side_by_side(
                     "PostgreSQL",
-                    recreate_database(args.postgres_url, "perfbench"),
+                    recreate_database(args.postgres_url, DB_PREFIX),
                     shared,
                     logdir,
                     plan,
                 )
         if wanted("workers") and pg:
             workers(
-                recreate_database(args.postgres_url, "perfbench_workers"),
+                recreate_database(args.postgres_url, f"{DB_PREFIX}_workers"),
                 shared["fake"],
                 logdir,
                 plan,
@@ -374,7 +377,7 @@ def main() -> None:
         )
     if wanted("verify"):
         urls = ["sqlite"] + (
-            [recreate_database(args.postgres_url, "perfbench_verify")] if pg else []
+            [recreate_database(args.postgres_url, f"{DB_PREFIX}_verify")] if pg else []
         )
         for url in urls:
             run_script(
@@ -404,7 +407,7 @@ def main() -> None:
                 [
                     str(admin),
                     "--database",
-                    f"{args.postgres_url}/perfbench_admin",
+                    f"{args.postgres_url}/{DB_PREFIX}_admin",
                     "--repeat",
                     "2",
                     *(["--scale", str(plan.scale[0] / 100_000)] if args.quick else []),

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg  # noqa: E402
 
 from benchmarks import load  # noqa: E402
-from benchmarks.bench import recreate_database  # noqa: E402
+from benchmarks.bench import DB_PREFIX, recreate_database  # noqa: E402
 from benchmarks.servers import Server, free_port, mcp_consent_env, migrate  # noqa: E402
 
 
@@ -149,7 +149,7 @@ def main() -> None:
     try:
         urls = {}
         for size in ("small", "large"):
-            urls[size] = recreate_database(args.postgres_url, f"perfbench_{size}")
+            urls[size] = recreate_database(args.postgres_url, f"{DB_PREFIX}_{size}")
             port = free_port()
             env = mcp_consent_env(f"http://127.0.0.1:{port}", fake.url, urls[size])
             migrate(env)
