@@ -137,6 +137,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_boo
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Two demo processes (proxy and demo upstream) share the file: wait for locks.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Write-ahead log: readers do not wait for a writer, and a commit is one append and one
+    # fsync (synchronous=FULL, SQLite's default: a committed revocation survives a power
+    # loss) instead of the rollback journal's several; a registration spent most of its
+    # time in the commit (docs/performance.md). The mode is kept in the file itself.
+    DATABASES["default"]["OPTIONS"].setdefault("init_command", "PRAGMA journal_mode=WAL")
     DATABASES["default"]["CONN_MAX_AGE"] = None
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 

@@ -152,6 +152,31 @@ def test_demo_keeps_sqlite_connections_open() -> None:
     assert db["CONN_HEALTH_CHECKS"] is True
 
 
+def test_demo_sqlite_commits_through_the_write_ahead_log(tmp_path: Path) -> None:
+    """One append and fsync per commit, readers never blocked by the writer; still durable.
+
+    The rollback journal spent most of a registration in its commit (several fsyncs, a
+    journal file created and deleted per transaction).
+    """
+    path = tmp_path / "demo.sqlite3"
+    code = (
+        "import django; django.setup(); from django.db import connection; "
+        "c = connection.cursor(); "
+        "print(c.execute('PRAGMA journal_mode').fetchone()[0], "
+        "c.execute('PRAGMA synchronous').fetchone()[0])"
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{path}",
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+    }
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    # synchronous 2 = FULL: a commit reaches the disk before it is acknowledged.
+    assert result.stdout.split() == ["wal", "2"]
+
+
 def test_mcp_requests_reuse_their_threads() -> None:
     """Each MCP request's ORM work runs on a thread of its own, and threads are reused.
 
