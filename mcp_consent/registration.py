@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from django.db.models import Count, Q
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -464,10 +465,14 @@ def registration_budget_refusal(request: HttpRequest) -> BudgetRefusal | None:
         created_at__gt=now - timedelta(seconds=ttl),
     )
     address = client_ip(request)
+    # Both counts in one statement: this runs before every registration.
+    counts = unused.aggregate(
+        everyone=Count("pk"), mine=Count("pk", filter=Q(registered_from=address))
+    )
     if address is not None:
         mine = unused.filter(registered_from=address)
         limit = app_settings.MAX_UNUSED_CLIENTS_PER_ADDRESS
-        if mine.count() >= limit:
+        if counts["mine"] >= limit:
             oldest = mine.order_by("created_at").values_list("created_at", flat=True).first()
             retry = int((oldest + timedelta(seconds=ttl) - now).total_seconds()) if oldest else ttl
             return BudgetRefusal(
@@ -476,7 +481,7 @@ def registration_budget_refusal(request: HttpRequest) -> BudgetRefusal | None:
                 "client or retry later.",
                 max(1, retry),
             )
-    if unused.count() >= app_settings.MAX_UNUSED_DCR_CLIENTS:
+    if counts["everyone"] >= app_settings.MAX_UNUSED_DCR_CLIENTS:
         log.error(
             "registration paused: %s never-used clients from all addresses "
             "(MCP_CONSENT['MAX_UNUSED_DCR_CLIENTS']); raise it or run mcp_consent_cleanup",

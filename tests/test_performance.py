@@ -38,6 +38,10 @@ TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
 CODE_EXCHANGE_MAX = 14  # stock DOT: 15
 REFRESH_MAX = 24  # stock DOT: 18 (our extra: the row lock of AS-44, the audit event)
 VERIFY_MAX = 1  # the access token, its application, MCPClient and user in one SELECT
+# POST /register/ (public client): the ABUSE-03 budget in one COUNT, the Application,
+# MCPClient, redirect URI, audit event (chain head read and written, in a savepoint),
+# registration access token, BEGIN and COMMIT. Was 18.
+REGISTRATION_MAX = 12
 
 
 def sql_of(ctx: CaptureQueriesContext) -> str:
@@ -87,6 +91,22 @@ def test_refresh_grant_statement_budget() -> None:
         )
     assert response.status_code == 200, response.content
     assert len(ctx.captured_queries) <= REFRESH_MAX, sql_of(ctx)
+
+
+def test_dynamic_registration_statement_budget(client: Any) -> None:
+    """POST /register/: no lookups of rows that cannot exist yet, the budget in one COUNT."""
+    body = {
+        "client_name": "Budget",
+        "redirect_uris": [REDIRECT_URI],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    }
+    client.post("/register/", body, content_type="application/json")  # warm: the chain head
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.post("/register/", body, content_type="application/json")
+    assert response.status_code == 201, response.content
+    assert len(ctx.captured_queries) <= REGISTRATION_MAX, sql_of(ctx)
 
 
 def test_verification_is_one_indexed_query() -> None:

@@ -52,9 +52,9 @@ class RegisteredClient:
     registration_access_token: str | None = field(repr=False)
 
 
-def _sync_redirect_uris(client: MCPClient, uris: list[str]) -> None:
+def _sync_redirect_uris(client: MCPClient, uris: list[str], *, new: bool = False) -> None:
     now = timezone.now()
-    active = {r.uri: r for r in client.redirect_uris.filter(removed_at__isnull=True)}
+    active = {} if new else {r.uri: r for r in client.redirect_uris.filter(removed_at__isnull=True)}
     for uri, row in active.items():
         if uri not in uris:
             row.removed_at = now
@@ -98,6 +98,7 @@ def record_client(
     *,
     actor: audit.ActorInfo | None = None,
     request: HttpRequest | None = None,
+    new: bool = False,
 ) -> MCPClient:
     """THE writer of MCPClient and RedirectURI rows, for DCR, CIMD and admin registrations.
 
@@ -105,11 +106,15 @@ def record_client(
     consent of the old version applies, CD-04) and revokes the consents bound to what
     changed: all of them for a new name or client URI, those of removed redirect URIs
     otherwise (MGMT-06, CIMD-12).
+
+    ``new``: ``application`` was created in the caller's open transaction, so it has no
+    MCPClient yet and no other transaction can see it: nothing to look up or lock.
     """
     actor = actor or audit.client_actor(None)
     stale: list[Consent] = []
-    with transaction.atomic():
-        client = lock_client_of(application)  # SEC-12: the client first (flows/locks.py)
+    with transaction.atomic(savepoint=not new):
+        # SEC-12: the client first (flows/locks.py); a new application has none to lock.
+        client = None if new else lock_client_of(application)
         if client is None:
             client = MCPClient.objects.create(
                 application=application,
@@ -124,7 +129,7 @@ def record_client(
                 else None,
                 **_client_fields(metadata),
             )
-            _sync_redirect_uris(client, metadata.redirect_uris)
+            _sync_redirect_uris(client, metadata.redirect_uris, new=True)
             audit.record(
                 AuditEvent.Action.CLIENT_REGISTERED,
                 actor=actor,
@@ -191,6 +196,9 @@ def register_client(
 ) -> RegisteredClient:
     """Register a new client (DCR or admin): the DOT Application, then its record."""
     Application = get_application_model()
+    # A public client has no secret (DCR-04, DCR-16): store none, so DOT's field neither
+    # generates one (128 random characters) nor hashes an empty string.
+    no_secret = {"client_secret": "", "hash_client_secret": False} if metadata.is_public else {}
     application = Application(
         user=user,
         client_type=Application.CLIENT_PUBLIC
@@ -201,18 +209,18 @@ def register_client(
             if source == RegistrationSource.DCR
             else Application.RegistrationSource.MANUAL
         ),
+        **no_secret,
     )
     _apply_metadata(application, metadata)
     raw_secret = None if metadata.is_public else application.client_secret
-    if metadata.is_public:
-        # A public client has no secret (DCR-04, DCR-16): store none, so DOT's field does
-        # not hash an empty string (a full password-hasher run per registration).
-        application.client_secret = ""
-        application.hash_client_secret = False
-    application.full_clean(exclude=["client_secret"])
+    # client_id: DOT's generator (40 random characters) and a unique column; the database
+    # refuses a duplicate, so full_clean need not look it up first.
+    application.full_clean(exclude=["client_secret", "client_id"])
     with transaction.atomic():
         application.save()
-        client = record_client(application, metadata, source, actor=actor, request=request)
+        client = record_client(
+            application, metadata, source, actor=actor, request=request, new=True
+        )
         raw_token = _issue_registration_token(application) if issue_registration_token else None
     return RegisteredClient(client, metadata, raw_secret, raw_token)
 
