@@ -206,3 +206,82 @@ def test_generate_key_command_prints_a_usable_key(settings) -> None:
     call_command("mcp_consent_generate_key", stdout=out)
     with_keys(settings, out.getvalue().strip())
     assert vault.decrypt(vault.encrypt("x", AD), AD) == "x"
+
+
+# --- Mutation testing (issue 8): what the vault must keep doing across versions --------------
+
+# Written by this version's encrypt() (random nonce) and kept as data: a stored upstream token
+# must decrypt after an upgrade with the same configured key. Any change to how a key is
+# derived from its configured value (HKDF salt, info, length) or to the key id would make
+# every stored upstream grant unreadable at once.
+KNOWN_KEY = "bWNwLWNvbnNlbnQga25vd24tYW5zd2VyIGtleSAzMmI="
+KNOWN_CIPHERTEXT = "v2:66df312c:yTTZCJoSedtNuQdHJi_PaeE43YT_YxwVFqNi7GaH7B9z0FAMc07AWpOH-5I="
+KNOWN_SECRET_KEY = "mcp-consent known-answer secret key"
+KNOWN_DERIVED_CIPHERTEXT = "v2:afb1914d:ExSWzowWyg7FX9hwSJm5VnU59mdRT4Bg6G6bh-Nqqt6bk90GOV5aOHt8NVg="
+
+
+def test_sec10_a_ciphertext_stored_by_this_version_keeps_decrypting(settings) -> None:
+    """SEC-10 (existing ciphertexts keep decrypting): a stored v2 ciphertext under a known
+    key decrypts, and names that key by the id this version gives it."""
+    with_keys(settings, KNOWN_KEY)
+    assert vault.decrypt(KNOWN_CIPHERTEXT, AD) == "gho_known_answer"
+    assert vault.encrypt("x", AD).split(":")[1] == "66df312c"
+
+
+def test_sec10_without_encryption_keys_the_key_is_derived_from_secret_key(settings) -> None:
+    """SEC-10: the DEBUG-only fallback (E002 refuses it elsewhere) derives its key from
+    SECRET_KEY, stably across versions; another SECRET_KEY cannot read what it wrote."""
+    with_keys(settings)
+    settings.SECRET_KEY = KNOWN_SECRET_KEY
+    assert vault.decrypt(KNOWN_DERIVED_CIPHERTEXT, AD) == "gho_known_answer"
+    settings.SECRET_KEY = KNOWN_SECRET_KEY + " changed"
+    with pytest.raises(vault.VaultError, match="not configured"):
+        vault.decrypt(KNOWN_DERIVED_CIPHERTEXT, AD)
+
+
+def test_sec10_a_key_that_is_not_a_fernet_key_does_not_hide_the_ones_after_it(settings) -> None:
+    """SEC-10 dual read: ENCRYPTION_KEYS may hold a new key that is no Fernet key before
+    the Fernet key of earlier versions; the earlier format still reads with the later key."""
+    old = Fernet.generate_key().decode()
+    legacy = Fernet(old).encrypt(b"gho_legacy_access").decode()
+    with_keys(settings, "a new key that is not in Fernet form", old)
+    assert vault.decrypt(legacy, AD) == "gho_legacy_access"
+    assert vault.rotate(legacy, AD).startswith("v2:")
+
+
+def test_sec10_each_refusal_names_its_cause(settings) -> None:
+    """SEC-10: a secret that does not decrypt is refused with the reason an operator acts
+    on (a key missing, a moved or altered row, a corrupt value, an unreadable old format)."""
+    with_keys(settings, KNOWN_KEY)
+    fernet_key = Fernet.generate_key().decode()
+    legacy = Fernet(fernet_key).encrypt(b"gho_legacy_access").decode()
+    cases = [
+        (legacy, "stored secret cannot be decrypted with the configured keys"),
+        ("v2:66df312c:not*base64", "stored secret is not a vault ciphertext"),
+        ("v2:66df312c", "stored secret is not a vault ciphertext"),
+        (
+            KNOWN_CIPHERTEXT.replace("yTTZ", "yTTA"),
+            "stored secret does not decrypt for this row (moved from another, or altered)",
+        ),
+        (
+            "v2:0badbeef:" + KNOWN_CIPHERTEXT.split(":")[2],
+            "stored secret was encrypted with key 0badbeef, which is not configured",
+        ),
+    ]
+    for ciphertext, message in cases:
+        with pytest.raises(vault.VaultError) as refused:
+            vault.decrypt(ciphertext, AD)
+        assert str(refused.value) == message, ciphertext
+    with_keys(settings, "a new key that is not in Fernet form")
+    with pytest.raises(vault.VaultError) as refused:
+        vault.decrypt(legacy, AD)
+    assert str(refused.value) == "no configured key can read the earlier (Fernet) format"
+
+
+def test_sec10_a_segment_put_before_the_key_id_is_refused(settings) -> None:
+    """SEC-10: the key id is the field right after the format; a value with another field
+    in front of the id is not this vault's and does not decrypt."""
+    with_keys(settings, KNOWN_KEY)
+    shifted = KNOWN_CIPHERTEXT.replace("v2:", "v2:0badbeef:", 1)
+    with pytest.raises(vault.VaultError, match="key 0badbeef, which is not configured"):
+        vault.decrypt(shifted, AD)
