@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from io import StringIO
 
 import pytest
@@ -217,7 +218,9 @@ def test_generate_key_command_prints_a_usable_key(settings) -> None:
 KNOWN_KEY = "bWNwLWNvbnNlbnQga25vd24tYW5zd2VyIGtleSAzMmI="
 KNOWN_CIPHERTEXT = "v2:66df312c:yTTZCJoSedtNuQdHJi_PaeE43YT_YxwVFqNi7GaH7B9z0FAMc07AWpOH-5I="
 KNOWN_SECRET_KEY = "mcp-consent known-answer secret key"
-KNOWN_DERIVED_CIPHERTEXT = "v2:afb1914d:ExSWzowWyg7FX9hwSJm5VnU59mdRT4Bg6G6bh-Nqqt6bk90GOV5aOHt8NVg="
+KNOWN_DERIVED_CIPHERTEXT = (
+    "v2:afb1914d:ExSWzowWyg7FX9hwSJm5VnU59mdRT4Bg6G6bh-Nqqt6bk90GOV5aOHt8NVg="
+)
 
 
 def test_sec10_a_ciphertext_stored_by_this_version_keeps_decrypting(settings) -> None:
@@ -285,3 +288,29 @@ def test_sec10_a_segment_put_before_the_key_id_is_refused(settings) -> None:
     shifted = KNOWN_CIPHERTEXT.replace("v2:", "v2:0badbeef:", 1)
     with pytest.raises(vault.VaultError, match="key 0badbeef, which is not configured"):
         vault.decrypt(shifted, AD)
+
+
+def test_sec02_a_crash_while_encrypting_keeps_the_plaintext_out_of_the_error_report(
+    settings,
+) -> None:
+    """SEC-02: encrypt() holds the upstream token in clear (the refresh path calls it under
+    a frame that hides other names). When it fails -- here a configured key that is not a
+    string, a settings mistake -- Django's error report must not show that token."""
+    import sys
+
+    from django.views.debug import ExceptionReporter
+
+    secret = "gho_" + secrets.token_hex(20)
+    with_keys(settings, None)  # type: ignore[arg-type]
+    try:
+        vault.encrypt(secret, AD)
+    except AttributeError:
+        exc_type, exc_value, tb = sys.exc_info()
+    else:
+        pytest.fail("a key that is not a string must not encrypt")
+    # From vault.encrypt down (this test's own frame holds the secret, as a caller's would).
+    reporter = ExceptionReporter(None, exc_type, exc_value, tb.tb_next)
+    text, html = reporter.get_traceback_text(), reporter.get_traceback_html()
+    for report in (text, html):
+        assert "encrypt" in report  # the failing frames are in the report ...
+        assert secret not in report  # ... without the plaintext they held
