@@ -13,18 +13,15 @@ from .authorization import (
     GrantRefused,
     NotTheRememberedPerson,
     PendingUpstream,
-    UpstreamGrant,
     begin_sign_in,
     begin_upstream_authorization,
     check_client_as_approved,
     complete_authorization,
-    complete_sign_in,
     consume_transaction,
     fail_transaction,
     record_consent_shown,
     record_denial,
     record_issued_code,
-    revoke_tokens_of_reused_code,
 )
 from .clients import (
     RegisteredClient,
@@ -37,6 +34,7 @@ from .clients import (
     update_client,
 )
 from .common import client_ip, user_agent
+from .identities import UpstreamGrant, complete_sign_in
 from .resource_servers import create_resource_server
 from .revocation import (
     expire_consent,
@@ -52,6 +50,7 @@ from .tokens import (
     record_refresh_token_reuse,
     record_token_issued,
     record_token_revoked,
+    revoke_tokens_of_reused_code,
     token_owner,
 )
 from .upstream_tokens import REFRESH_MARGIN, refresh_upstream_token

@@ -5,16 +5,13 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
-from oauth2_provider.models import (
-    get_refresh_token_model,
-)
 
 from .. import audit, ratelimit, signals, vault
 from ..adapter import DefaultConsentAdapter, get_adapter
@@ -28,7 +25,9 @@ from ..models import (
     UpstreamToken,
 )
 from ..vault import secret_hash
+from . import identities
 from .common import client_ip, user_agent
+from .identities import UpstreamGrant
 from .locks import lock_client
 
 # --- Consent and the upstream leg ----------------------------------------------------------
@@ -170,71 +169,78 @@ class CallbackRefused(Exception):
         self.reason = reason
 
 
+def _refusal(
+    reason: str, tx: AuthorizationTransaction | None, request: HttpRequest | None
+) -> CallbackRefused:
+    """The refusal of a callback, audited with its reason (CD-43..47)."""
+    if (
+        tx is None
+        and request is not None
+        and not ratelimit.first_in_window("callback-junk", request)
+    ):
+        # ABUSE-01: a state that names no transaction is anonymous junk: one audit
+        # event per address and window, not one row each behind the chain-head lock.
+        return CallbackRefused(reason)
+    audit.record(
+        AuditEvent.Action.CALLBACK_REFUSED,
+        actor=audit.actor_from(request) if request is not None else audit.SYSTEM,
+        request=request,
+        client=tx.client if tx is not None else None,
+        details={
+            "reason": reason,
+            "correlation_id": tx.pk if tx is not None else None,
+            **({"aggregated_seconds": app_settings.RATE_LIMIT_AUDIT_WINDOW} if tx is None else {}),
+        },
+    )
+    return CallbackRefused(reason)
+
+
 def consume_transaction(
     state: str, binding: str | None, request: HttpRequest | None = None
 ) -> AuthorizationTransaction:
     """Claim the transaction of ``state`` for this browser, exactly once (CD-43..46).
 
-    The claim is a conditional UPDATE (consumed_at IS NULL): of concurrent callbacks with
-    one state, exactly one gets a row count of 1. Every refusal is audited with its reason.
+    Every refusal is audited with its reason.
     """
-    tx: AuthorizationTransaction | None = None
-
-    def refuse(reason: str) -> CallbackRefused:
-        if (
-            tx is None
-            and request is not None
-            and not ratelimit.first_in_window("callback-junk", request)
-        ):
-            # ABUSE-01: a state that names no transaction is anonymous junk: one audit
-            # event per address and window, not one row each behind the chain-head lock.
-            return CallbackRefused(reason)
-        audit.record(
-            AuditEvent.Action.CALLBACK_REFUSED,
-            actor=audit.actor_from(request) if request is not None else audit.SYSTEM,
-            request=request,
-            client=tx.client if tx is not None else None,
-            details={
-                "reason": reason,
-                "correlation_id": tx.pk if tx is not None else None,
-                **(
-                    {"aggregated_seconds": app_settings.RATE_LIMIT_AUDIT_WINDOW}
-                    if tx is None
-                    else {}
-                ),
-            },
-        )
-        return CallbackRefused(reason)
-
     if not state or len(state) > 512:
-        raise refuse("missing state")
+        raise _refusal("missing state", None, request)
     tx = (
         AuthorizationTransaction.objects.select_related("client__application")
         .filter(state_hash=secret_hash(state))
         .first()
     )
     if tx is None:
-        raise refuse("unknown state")
+        raise _refusal("unknown state", None, request)
     if binding is None or not hmac.compare_digest(tx.binding_hash, secret_hash(binding)):
         # CD-43: a state from another browser (login CSRF, stolen callback URL).
-        raise refuse("state not bound to this browser")
+        raise _refusal("state not bound to this browser", tx, request)
+    reason = _claim(tx)
+    if reason is not None:
+        raise _refusal(reason, tx, request)
+    return tx
+
+
+def _claim(tx: AuthorizationTransaction) -> str | None:
+    """Mark ``tx`` consumed, or say why it cannot be (CD-44 expired, CD-45 used).
+
+    The claim is a conditional UPDATE (consumed_at IS NULL): of concurrent callbacks with
+    one state, exactly one gets a row count of 1.
+    """
     now = timezone.now()
     if tx.consumed_at is not None:
-        raise refuse("state already used")
+        return "state already used"
+    unclaimed = AuthorizationTransaction.objects.filter(pk=tx.pk, consumed_at__isnull=True)
     if tx.expires_at <= now:
-        AuthorizationTransaction.objects.filter(pk=tx.pk, consumed_at__isnull=True).update(
+        unclaimed.update(
             consumed_at=now,
             outcome=AuthorizationTransaction.Outcome.FAILED,
             failure_reason="expired",
         )
-        raise refuse("state expired")
-    claimed = AuthorizationTransaction.objects.filter(pk=tx.pk, consumed_at__isnull=True).update(
-        consumed_at=now
-    )
-    if claimed != 1:
-        raise refuse("state already used")
+        return "state expired"
+    if unclaimed.update(consumed_at=now) != 1:
+        return "state already used"
     tx.consumed_at = now
-    return tx
+    return None
 
 
 def fail_transaction(
@@ -252,26 +258,6 @@ def fail_transaction(
             client=tx.client,
             details={"reason": reason, "outcome": outcome, "correlation_id": tx.pk},
         )
-
-
-@dataclass
-class UpstreamGrant:
-    """What the upstream returned for one transaction.
-
-    SEC-02: the tokens are secrets, kept out of the repr (and so out of logs and reports).
-    """
-
-    subject: str
-    login: str
-    email: str
-    name: str
-    access_token: str = field(repr=False)
-    refresh_token: str = field(repr=False)
-    token_type: str
-    scopes: str
-    expires_at: Any
-    refresh_expires_at: Any
-    raw_identity: dict[str, Any]
 
 
 class GrantRefused(Exception):
@@ -318,12 +304,27 @@ def complete_authorization(
     # revokes what this transaction records.
     client = lock_client(tx.client.pk)
     check_client_as_approved(tx, client)
-    identity = _identity_for(grant, adapter)
+    identity = identities.identity_for(grant, adapter)
     user = identity.user
     if tx.remembered and user.pk != tx.user_id:
         # SEC-04 / CD-01: the page was skipped for the proxy session's user (tx.user), but
         # the upstream signed in someone else: nobody approved a grant for that person.
         raise NotTheRememberedPerson("remembered consent of another person")
+    consent = _upsert_consent(tx, client, user, adapter, request, now)
+    _store_upstream_token(consent, identity, grant)
+    _record_completed(tx, client, user, consent, grant, request, now)
+    return user, consent
+
+
+def _upsert_consent(
+    tx: AuthorizationTransaction,
+    client: MCPClient,
+    user: Any,
+    adapter: DefaultConsentAdapter,
+    request: HttpRequest,
+    now: datetime,
+) -> Consent:
+    """The live consent for exactly what was approved, renewed, or a new one (audited)."""
     consent = (
         Consent.objects.live()
         .select_for_update()
@@ -338,36 +339,43 @@ def complete_authorization(
         .first()
     )
     expires_at = now + timedelta(seconds=adapter.consent_lifetime(client, user))
-    if consent is None:
-        consent = Consent.objects.create(
-            user=user,
-            client=client,
-            redirect_uri=tx.redirect_uri,
-            scopes=tx.scopes,
-            upstream_scopes=tx.upstream_scopes,
-            resource=tx.resource,
-            client_metadata_version=client.metadata_version,
-            granted_at=now,
-            expires_at=expires_at,
-            ip_address=client_ip(request),
-            user_agent=user_agent(request),
-            last_used_at=now,
-        )
-        audit.record(
-            AuditEvent.Action.CONSENT_GRANTED,
-            actor=audit.ActorInfo(AuditEvent.Actor.USER, user.pk, user.get_username()),
-            request=request,
-            consent=consent,
-            details={
-                "scopes": tx.scopes,
-                "upstream_scopes": tx.upstream_scopes,
-                "correlation_id": tx.pk,
-            },
-        )
-        transaction.on_commit(lambda: signals.consent_granted.send(sender=Consent, consent=consent))
-    else:
+    if consent is not None:
         consent.last_used_at, consent.expires_at = now, expires_at
         consent.save(update_fields=["last_used_at", "expires_at"])
+        return consent
+    consent = Consent.objects.create(
+        user=user,
+        client=client,
+        redirect_uri=tx.redirect_uri,
+        scopes=tx.scopes,
+        upstream_scopes=tx.upstream_scopes,
+        resource=tx.resource,
+        client_metadata_version=client.metadata_version,
+        granted_at=now,
+        expires_at=expires_at,
+        ip_address=client_ip(request),
+        user_agent=user_agent(request),
+        last_used_at=now,
+    )
+    audit.record(
+        AuditEvent.Action.CONSENT_GRANTED,
+        actor=audit.ActorInfo(AuditEvent.Actor.USER, user.pk, user.get_username()),
+        request=request,
+        consent=consent,
+        details={
+            "scopes": tx.scopes,
+            "upstream_scopes": tx.upstream_scopes,
+            "correlation_id": tx.pk,
+        },
+    )
+    transaction.on_commit(lambda: signals.consent_granted.send(sender=Consent, consent=consent))
+    return consent
+
+
+def _store_upstream_token(
+    consent: Consent, identity: UpstreamIdentity, grant: UpstreamGrant
+) -> None:
+    """The upstream grant, encrypted, as the one upstream token of this consent."""
     UpstreamToken.objects.update_or_create(
         consent=consent,
         defaults={
@@ -385,6 +393,18 @@ def complete_authorization(
             "refresh_expires_at": grant.refresh_expires_at,
         },
     )
+
+
+def _record_completed(
+    tx: AuthorizationTransaction,
+    client: MCPClient,
+    user: Any,
+    consent: Consent,
+    grant: UpstreamGrant,
+    request: HttpRequest,
+    now: datetime,
+) -> None:
+    """The transaction completed for this user and consent, the client used, audited."""
     MCPClient.objects.filter(pk=client.pk).update(last_used_at=now)
     AuthorizationTransaction.objects.filter(pk=tx.pk).update(
         user=user, consent=consent, outcome=AuthorizationTransaction.Outcome.COMPLETED
@@ -396,75 +416,7 @@ def complete_authorization(
         consent=consent,
         details={"correlation_id": tx.pk, "upstream_login": grant.login},
     )
-    return user, consent
-
-
-def _identity_for(grant: UpstreamGrant, adapter: DefaultConsentAdapter) -> UpstreamIdentity:
-    """(upstream provider, subject) -> the local user, created on first sight (the adapter)."""
-    upstream = app_settings.UPSTREAM
-    provider = upstream.issuer or upstream.authorize_url
-    identities = UpstreamIdentity.objects.select_for_update()
-    identity = identities.filter(provider=provider, subject=grant.subject).first()
-    if identity is None:
-        try:
-            with transaction.atomic():  # a savepoint: a parallel first sign-in may win
-                # django-stubs types the user as the default User; any AUTH_USER_MODEL works.
-                user: Any = adapter.create_user(grant)
-                identity = UpstreamIdentity.objects.create(
-                    provider=provider, subject=grant.subject, user=user
-                )
-        except IntegrityError:
-            identity = identities.get(provider=provider, subject=grant.subject)
-    identity.login, identity.email, identity.last_login_at = (
-        grant.login,
-        grant.email,
-        timezone.now(),
-    )
-    identity.save(update_fields=["login", "email", "last_login_at"])
-    adapter.update_user(identity.user, grant)
-    return identity
-
-
-def complete_sign_in(
-    tx: AuthorizationTransaction, grant: UpstreamGrant, request: HttpRequest
-) -> AbstractBaseUser:
-    """Connected apps sign-in: map the identity to the user; no consent, no token is kept."""
-    with transaction.atomic():
-        user = _identity_for(grant, get_adapter(request)).user
-        AuthorizationTransaction.objects.filter(pk=tx.pk).update(
-            user=user, outcome=AuthorizationTransaction.Outcome.COMPLETED
-        )
-        audit.record(
-            AuditEvent.Action.SIGNED_IN,
-            actor=audit.ActorInfo(AuditEvent.Actor.USER, user.pk, user.get_username()),
-            request=request,
-            details={"correlation_id": tx.pk, "upstream_login": grant.login},
-        )
-    return user
 
 
 def record_issued_code(tx: AuthorizationTransaction, code: str) -> None:
     AuthorizationTransaction.objects.filter(pk=tx.pk).update(code_hash=secret_hash(code))
-
-
-def revoke_tokens_of_reused_code(hashed_code: str, application: Any) -> bool:
-    """AS-41: a second redemption of a code revokes the tokens issued for the first."""
-    tx = (
-        AuthorizationTransaction.objects.filter(
-            code_hash=hashed_code, client__application=application, code_redeemed_at__isnull=False
-        )
-        .exclude(token_family=None)
-        .first()
-    )
-    if tx is None:
-        return False
-    with transaction.atomic():
-        get_refresh_token_model().revoke_family(tx.token_family)
-        audit.record(
-            AuditEvent.Action.CODE_REUSE,
-            actor=audit.client_actor(tx.client),
-            client=tx.client,
-            subject_user_id=tx.user_id,
-            details={"correlation_id": tx.pk, "tokens_revoked": True},
-        )
-    return True

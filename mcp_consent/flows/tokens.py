@@ -163,3 +163,26 @@ def record_token_revoked(user: Any, application: Any) -> None:
             actor=audit.client_actor(client),
             reason="the client revoked its tokens (RFC 7009)",
         )
+
+
+def revoke_tokens_of_reused_code(hashed_code: str, application: Any) -> bool:
+    """AS-41: a second redemption of a code revokes the tokens issued for the first."""
+    tx = (
+        AuthorizationTransaction.objects.filter(
+            code_hash=hashed_code, client__application=application, code_redeemed_at__isnull=False
+        )
+        .exclude(token_family=None)
+        .first()
+    )
+    if tx is None:
+        return False
+    with transaction.atomic():
+        get_refresh_token_model().revoke_family(tx.token_family)
+        audit.record(
+            AuditEvent.Action.CODE_REUSE,
+            actor=audit.client_actor(tx.client),
+            client=tx.client,
+            subject_user_id=tx.user_id,
+            details={"correlation_id": tx.pk, "tokens_revoked": True},
+        )
+    return True

@@ -1,0 +1,80 @@
+"""The person behind an upstream sign-in: their upstream identity and their local user."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.http import HttpRequest
+from django.utils import timezone
+
+from .. import audit
+from ..adapter import DefaultConsentAdapter, get_adapter
+from ..app_settings import app_settings
+from ..models import AuditEvent, AuthorizationTransaction, UpstreamIdentity
+
+
+@dataclass
+class UpstreamGrant:
+    """What the upstream returned for one transaction.
+
+    SEC-02: the tokens are secrets, kept out of the repr (and so out of logs and reports).
+    """
+
+    subject: str
+    login: str
+    email: str
+    name: str
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    token_type: str
+    scopes: str
+    expires_at: Any
+    refresh_expires_at: Any
+    raw_identity: dict[str, Any]
+
+
+def identity_for(grant: UpstreamGrant, adapter: DefaultConsentAdapter) -> UpstreamIdentity:
+    """(upstream provider, subject) -> the local user, created on first sight (the adapter)."""
+    upstream = app_settings.UPSTREAM
+    provider = upstream.issuer or upstream.authorize_url
+    identities = UpstreamIdentity.objects.select_for_update()
+    identity = identities.filter(provider=provider, subject=grant.subject).first()
+    if identity is None:
+        try:
+            with transaction.atomic():  # a savepoint: a parallel first sign-in may win
+                # django-stubs types the user as the default User; any AUTH_USER_MODEL works.
+                user: Any = adapter.create_user(grant)
+                identity = UpstreamIdentity.objects.create(
+                    provider=provider, subject=grant.subject, user=user
+                )
+        except IntegrityError:
+            identity = identities.get(provider=provider, subject=grant.subject)
+    identity.login, identity.email, identity.last_login_at = (
+        grant.login,
+        grant.email,
+        timezone.now(),
+    )
+    identity.save(update_fields=["login", "email", "last_login_at"])
+    adapter.update_user(identity.user, grant)
+    return identity
+
+
+def complete_sign_in(
+    tx: AuthorizationTransaction, grant: UpstreamGrant, request: HttpRequest
+) -> AbstractBaseUser:
+    """Connected apps sign-in: map the identity to the user; no consent, no token is kept."""
+    with transaction.atomic():
+        user = identity_for(grant, get_adapter(request)).user
+        AuthorizationTransaction.objects.filter(pk=tx.pk).update(
+            user=user, outcome=AuthorizationTransaction.Outcome.COMPLETED
+        )
+        audit.record(
+            AuditEvent.Action.SIGNED_IN,
+            actor=audit.ActorInfo(AuditEvent.Actor.USER, user.pk, user.get_username()),
+            request=request,
+            details={"correlation_id": tx.pk, "upstream_login": grant.login},
+        )
+    return user
