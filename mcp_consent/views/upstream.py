@@ -100,9 +100,35 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             if limited.first_refusal:
                 flows.record_rate_limited("callback", request)
             return too_many_requests(request, limited, html=True)
+        tx = self.claim(request, state)
+        if isinstance(tx, HttpResponse):
+            return tx
+        if tx.purpose == AuthorizationTransaction.Purpose.SIGN_IN:
+            return self.sign_in(request, tx, code)
+        credentials = self.revalidate(request, tx)
+        if isinstance(credentials, HttpResponse):
+            return credentials
+        answer = self.upstream_answer(request, tx, code)
+        if isinstance(answer, HttpResponse):
+            return answer
+        if isinstance(answer, UpstreamFailure):
+            # UP-06: the upstream's own text is never relayed to the client.
+            return redirect_to_client(
+                tx.redirect_uri,
+                {
+                    "error": answer.error,
+                    "error_description": answer.description,
+                    "state": credentials.get("state"),
+                },
+                post=False,
+            )
+        return self.record_grant(request, tx, answer, credentials)
+
+    def claim(self, request: HttpRequest, state: str) -> AuthorizationTransaction | HttpResponse:
+        """The transaction of ``state`` for this browser, claimed once, or the refusal page."""
         binding = read_browser_binding(request)
         try:
-            tx = flows.consume_transaction(state, binding, request)
+            return flows.consume_transaction(state, binding, request)
         except DatabaseError:
             log.exception("upstream callback: database unavailable")
             return error_page(
@@ -126,10 +152,11 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                     "Nothing was shared with any application. Start again from your application."
                 ),
             )
-        if tx.purpose == AuthorizationTransaction.Purpose.SIGN_IN:
-            return self.sign_in(request, tx, code)
 
-        # CD-48: only the stored, re-validated request decides where the code goes.
+    def revalidate(
+        self, request: HttpRequest, tx: AuthorizationTransaction
+    ) -> dict[str, Any] | HttpResponse:
+        """CD-48: only the stored, re-validated request decides where the code goes."""
         authz_request = as_authorization_request(request, tx.authorization_query)
         try:
             _scopes, credentials = self.validate_authorization_request(authz_request)
@@ -138,19 +165,16 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         except (FatalClientError, OAuthToolkitError, flows.ClientChanged) as error:
             reason = getattr(error, "reason", "authorization request no longer valid")
             return self.refuse_grant(request, tx, None, flows.ClientChanged(reason))
-        state = credentials.get("state")
+        return credentials
 
-        answer = self.upstream_answer(request, tx, code)
-        if isinstance(answer, HttpResponse):
-            return answer
-        if isinstance(answer, UpstreamFailure):
-            # UP-06: the upstream's own text is never relayed to the client.
-            return redirect_to_client(
-                tx.redirect_uri,
-                {"error": answer.error, "error_description": answer.description, "state": state},
-                post=False,
-            )
-
+    def record_grant(
+        self,
+        request: HttpRequest,
+        tx: AuthorizationTransaction,
+        answer: flows.UpstreamGrant,
+        credentials: dict[str, Any],
+    ) -> HttpResponse:
+        """In ONE database transaction: the consent, the upstream token and our code."""
         try:
             with transaction.atomic():
                 user, _consent = flows.complete_authorization(tx, answer, request)
@@ -169,28 +193,40 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                 request, tx, answer, flows.ClientChanged("authorization request no longer valid")
             )
         except DatabaseError:
-            # Rolled back as one: no consent, no upstream token, no code. The client hears
-            # back with a retryable error instead of the person meeting a bare 500.
             log.exception("upstream callback: database error while recording the grant")
-            upstream_tokens.revoke_upstream_grant(answer.access_token, answer.refresh_token)
-            try:
-                flows.fail_transaction(
-                    tx, Outcome.FAILED, "database error while recording the grant", request
-                )
-            except DatabaseError:
-                pass
-            return redirect_to_client(
-                tx.redirect_uri,
-                {
-                    "error": "temporarily_unavailable",
-                    "error_description": "The authorization server could not record the grant; try again.",
-                    "state": state,
-                },
-                post=False,
-            )
+            return self.grant_not_recorded(request, tx, answer, credentials.get("state"))
         # The session is rotated on login (session fixation); pending state never lived in it.
         get_adapter(request).login(request, user)
         return redirect_to_client(uri, {}, post=False)
+
+    def grant_not_recorded(
+        self,
+        request: HttpRequest,
+        tx: AuthorizationTransaction,
+        answer: flows.UpstreamGrant,
+        state: str | None,
+    ) -> HttpResponse:
+        """Rolled back as one: no consent, no upstream token, no code.
+
+        The upstream grant is revoked (UP-09); the client hears back with a retryable error
+        instead of the person meeting a bare 500.
+        """
+        upstream_tokens.revoke_upstream_grant(answer.access_token, answer.refresh_token)
+        try:
+            flows.fail_transaction(
+                tx, Outcome.FAILED, "database error while recording the grant", request
+            )
+        except DatabaseError:
+            pass
+        return redirect_to_client(
+            tx.redirect_uri,
+            {
+                "error": "temporarily_unavailable",
+                "error_description": "The authorization server could not record the grant; try again.",
+                "state": state,
+            },
+            post=False,
+        )
 
     def refuse_grant(
         self,
