@@ -6,16 +6,32 @@ Every step returns the response so tests can assert on what a person or attacker
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+import secrets
 from html import unescape
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from django.conf import settings
 from django.http import HttpResponse
 from django.test import Client
 
-from tests.conftest import pkce_pair, query_of
+
+def pkce_pair() -> tuple[str, str]:
+    """A PKCE (code_verifier, S256 code_challenge) pair, as a client makes one."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    )
+    return verifier, challenge
+
+
+def query_of(location: str) -> dict[str, list[str]]:
+    """The query parameters of a redirect ``Location``, blank values kept."""
+    return parse_qs(urlsplit(location).query, keep_blank_values=True)
+
 
 PROXY_HOST = "127.0.0.1:8000"
 UPSTREAM_HOST = "localhost:8001"

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import secrets
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import requests
-from django.test import Client
-from requests.structures import CaseInsensitiveDict
 
 from mcp_consent import upstream
-
-UPSTREAM_ORIGIN = "http://localhost:8001"
+from tests.browser_client import pkce_pair
+from tests.upstream_fakes import UPSTREAM_ORIGIN, DjangoClientAdapter
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -86,53 +79,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(f"{kind + ' tests:':16} {summary}")
 
 
-def served_in_process(client: Client, request: requests.PreparedRequest) -> requests.Response:
-    """Answer an outbound ``requests`` request with Django's test client (no socket)."""
-    url = urlsplit(request.url)
-    path = url.path + (f"?{url.query}" if url.query else "")
-    body = request.body or b""
-    if isinstance(body, str):
-        body = body.encode()
-    headers = {
-        k: v for k, v in request.headers.items() if k.lower() not in {"content-length", "host"}
-    }
-    reply = client.generic(
-        request.method or "GET",
-        path,
-        data=body,
-        content_type=request.headers.get("Content-Type", ""),
-        headers=headers,
-        HTTP_HOST=url.netloc,
-    )
-    response = requests.Response()
-    response.status_code = reply.status_code
-    response._content = reply.content
-    response.headers = CaseInsensitiveDict(dict(reply.items()))
-    response.url = request.url or ""
-    response.request = request
-    return response
-
-
-class DjangoClientAdapter(requests.adapters.BaseAdapter):
-    """Serves the proxy's outbound requests to the demo upstream from this process.
-
-    The demo upstream is mounted in the test URLconf under /demo-upstream/; this adapter
-    lets mcp_consent.upstream talk to it through Django's test client, with no socket.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.client = Client()
-        self.requests: list[requests.PreparedRequest] = []
-
-    def send(self, request: requests.PreparedRequest, **kwargs: object) -> requests.Response:
-        self.requests.append(request)
-        return served_in_process(self.client, request)
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture(autouse=True)
 def upstream_http() -> Iterator[DjangoClientAdapter]:
     adapter = DjangoClientAdapter()
@@ -151,18 +97,6 @@ def _clear_cache() -> Iterator[None]:
     cache.clear()
 
 
-def pkce_pair() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    challenge = (
-        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
-    )
-    return verifier, challenge
-
-
 @pytest.fixture
 def pkce() -> tuple[str, str]:
     return pkce_pair()
-
-
-def query_of(location: str) -> dict[str, list[str]]:
-    return parse_qs(urlsplit(location).query, keep_blank_values=True)

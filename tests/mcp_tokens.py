@@ -16,8 +16,7 @@ from django.test import Client
 from mcp_consent import resource as resource_server
 from mcp_consent import vault
 from mcp_consent.models import Consent, UpstreamToken
-from tests.browser_client import PROXY_HOST, Browser, authorize_params, code_from
-from tests.conftest import pkce_pair
+from tests.browser_client import PROXY_HOST, Browser, authorize_params, code_from, pkce_pair
 from tests.factories import MCPClientFactory
 
 RESOURCE = "http://127.0.0.1:8000/mcp"

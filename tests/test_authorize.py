@@ -27,8 +27,15 @@ from mcp_consent import audit, flows
 from mcp_consent.models import AuthorizationTransaction, Consent, RegistrationSource
 from mcp_consent.registration import clean_client_metadata
 from project.demo_upstream.models import Account, RequestLog
-from tests.browser_client import PROXY_HOST, Browser, authorize_params, code_from, form_fields
-from tests.conftest import pkce_pair, query_of
+from tests.browser_client import (
+    PROXY_HOST,
+    Browser,
+    authorize_params,
+    code_from,
+    form_fields,
+    pkce_pair,
+    query_of,
+)
 from tests.factories import MCPClientFactory
 
 pytestmark = pytest.mark.django_db

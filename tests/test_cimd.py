@@ -22,8 +22,7 @@ from oauth2_provider.cimd import CIMDError, SafeMetadataFetcher
 from oauth2_provider.models import get_application_model
 
 from mcp_consent.models import MCPClient, RedirectURI
-
-from .conftest import pkce_pair
+from tests.browser_client import pkce_pair
 
 pytestmark = pytest.mark.django_db
 

@@ -34,8 +34,15 @@ from oauth2_provider.models import get_access_token_model, get_grant_model, get_
 from mcp_consent import audit, flows
 from mcp_consent import upstream as upstream_module
 from mcp_consent.models import AuthorizationTransaction, Consent, UpstreamIdentity, UpstreamToken
-from tests.browser_client import PROXY_HOST, Browser, authorize_params, form_action, form_fields
-from tests.conftest import pkce_pair, query_of
+from tests.browser_client import (
+    PROXY_HOST,
+    Browser,
+    authorize_params,
+    form_action,
+    form_fields,
+    pkce_pair,
+    query_of,
+)
 from tests.db_state import audit_event_model, require_postgresql
 from tests.factories import MCPClientFactory
 from tests.upstream_fakes import TOKEN_URL, UPSTREAM_ORIGIN, RecordingAdapter, mounted

@@ -13,8 +13,7 @@ import pytest
 
 from mcp_consent.models import AuthorizationTransaction, Consent
 from project.demo_upstream.models import RequestLog
-from tests.browser_client import Browser, authorize_params, code_from
-from tests.conftest import query_of
+from tests.browser_client import Browser, authorize_params, code_from, query_of
 from tests.factories import MCPClientFactory
 
 pytestmark = pytest.mark.django_db

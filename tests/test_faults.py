@@ -29,8 +29,7 @@ from django.test import Client
 
 from mcp_consent.models import AuthorizationTransaction
 from project.demo_upstream.models import RequestLog
-from tests.browser_client import PROXY_HOST, Browser, authorize_params
-from tests.conftest import query_of
+from tests.browser_client import PROXY_HOST, Browser, authorize_params, query_of
 from tests.db_state import audit_actions, audit_event_model, audit_text, grown, snapshot
 from tests.factories import MCPClientFactory
 from tests.upstream_fakes import TOKEN_URL, USERINFO_URL, FaultAdapter, make_response, mounted
@@ -430,7 +429,7 @@ def test_database_failure_while_issuing_tokens_leaves_the_code_usable_once() -> 
     from oauth2_provider.models import get_access_token_model
 
     from project.demo_upstream.seed import seed_demo_data
-    from tests.conftest import pkce_pair
+    from tests.browser_client import pkce_pair
 
     seed_demo_data()
     client = MCPClientFactory(redirect_uris=[REDIRECT_URI])

@@ -41,8 +41,7 @@ from oauth2_provider.cimd import CIMDError, SafeMetadataFetcher
 from mcp_consent.app_settings import app_settings
 from mcp_consent.models import MCPClient
 from mcp_consent.registration import is_loopback_host
-from tests.browser_client import PROXY_HOST, Browser, form_fields
-from tests.conftest import pkce_pair, query_of
+from tests.browser_client import PROXY_HOST, Browser, form_fields, pkce_pair, query_of
 from tests.db_state import grown, snapshot
 from tests.factories import MCPClientFactory
 

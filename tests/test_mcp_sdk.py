@@ -34,7 +34,6 @@ from project.demo_upstream.models import Token as DemoHubToken
 from project.mcp_server import build_app
 from tests.asgi_helpers import TOOLS_CALL, http_client, mcp_post, serve
 from tests.browser_client import PROXY_HOST
-from tests.conftest import UPSTREAM_ORIGIN, DjangoClientAdapter
 from tests.mcp_tokens import (
     OTHER_RESOURCE,
     RESOURCE,
@@ -43,6 +42,7 @@ from tests.mcp_tokens import (
     post_form,
     upstream_tokens_of,
 )
+from tests.upstream_fakes import UPSTREAM_ORIGIN, DjangoClientAdapter
 
 pytestmark = pytest.mark.django_db
 

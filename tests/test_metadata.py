@@ -17,7 +17,8 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from .conftest import pkce_pair, query_of
+from tests.browser_client import pkce_pair, query_of
+
 from .factories import MCPClientFactory
 
 METADATA = "/.well-known/oauth-authorization-server"

@@ -23,8 +23,7 @@ from mcp_consent import resource
 from mcp_consent.integrations import mcp_sdk
 from project.mcp_server import build_app
 from tests.asgi_helpers import django_asgi_app, http_client, lifespan
-from tests.browser_client import Browser, authorize_params, code_from
-from tests.conftest import pkce_pair
+from tests.browser_client import Browser, authorize_params, code_from, pkce_pair
 from tests.factories import MCPClientFactory
 from tests.mcp_tokens import RESOURCE, issue_token, post_form
 

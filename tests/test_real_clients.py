@@ -15,8 +15,7 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
-from tests.browser_client import PROXY_HOST, Browser
-from tests.conftest import pkce_pair, query_of
+from tests.browser_client import PROXY_HOST, Browser, pkce_pair, query_of
 
 pytestmark = pytest.mark.django_db
 

@@ -16,8 +16,8 @@ from django.test import Client
 from oauth2_provider.models import get_application_model
 
 from mcp_consent.models import MCPClient, RedirectURI
+from tests.browser_client import pkce_pair
 
-from .conftest import pkce_pair
 from .factories import MCPClientFactory
 
 pytestmark = pytest.mark.django_db

@@ -27,8 +27,15 @@ from django.core import serializers
 from django.db import connection
 from django.test import Client
 
-from tests.browser_client import PROXY_HOST, Browser, authorize_params, form_action, form_fields
-from tests.conftest import pkce_pair, query_of
+from tests.browser_client import (
+    PROXY_HOST,
+    Browser,
+    authorize_params,
+    form_action,
+    form_fields,
+    pkce_pair,
+    query_of,
+)
 from tests.db_state import audit_text
 from tests.factories import MCPClientFactory
 from tests.upstream_fakes import UPSTREAM_ORIGIN, RecordingAdapter, mounted

@@ -26,9 +26,9 @@ from mcp_consent import audit, flows
 from mcp_consent.models import Consent, UpstreamToken
 from project.demo_upstream.models import Account
 from project.demo_upstream.models import Token as DemoHubToken
-from tests.browser_client import PROXY_HOST, Browser, authorize_params, code_from
-from tests.conftest import DjangoClientAdapter, pkce_pair
+from tests.browser_client import PROXY_HOST, Browser, authorize_params, code_from, pkce_pair
 from tests.factories import MCPClientFactory
+from tests.upstream_fakes import DjangoClientAdapter
 
 pytestmark = pytest.mark.django_db
 

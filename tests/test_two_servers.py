@@ -36,8 +36,7 @@ import requests
 from cryptography.fernet import Fernet
 from django.db import connection
 
-from tests.browser_client import form_action, form_fields
-from tests.conftest import pkce_pair, query_of
+from tests.browser_client import form_action, form_fields, pkce_pair, query_of
 from tests.db_state import require_postgresql
 
 pytestmark = [pytest.mark.postgres, pytest.mark.servers, pytest.mark.django_db(transaction=True)]

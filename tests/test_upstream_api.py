@@ -18,7 +18,6 @@ from mcp_consent import audit, flows, resource, upstream, vault
 from mcp_consent.flows.upstream_tokens import consent_for, upstream_session
 from mcp_consent.models import Consent, UpstreamToken
 from project.demo_upstream.models import Token as DemoHubToken
-from tests.conftest import UPSTREAM_ORIGIN
 from tests.factories import MCPClientFactory
 from tests.mcp_tokens import (
     OTHER_RESOURCE,
@@ -27,6 +26,7 @@ from tests.mcp_tokens import (
     issue_token,
     upstream_tokens_of,
 )
+from tests.upstream_fakes import UPSTREAM_ORIGIN
 
 pytestmark = pytest.mark.django_db
 

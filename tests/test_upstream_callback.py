@@ -21,8 +21,7 @@ from mcp_consent.models import (
 from mcp_consent.registration import clean_client_metadata
 from mcp_consent.views.common import BINDING_SALT
 from project.demo_upstream.models import RequestLog, Token
-from tests.browser_client import Browser, authorize_params
-from tests.conftest import query_of
+from tests.browser_client import Browser, authorize_params, query_of
 from tests.factories import MCPClientFactory
 
 pytestmark = pytest.mark.django_db

@@ -3,7 +3,8 @@
 ``mcp_consent.upstream.http_session()`` is the only way the proxy reaches the upstream;
 requests picks the adapter with the longest matching URL prefix, so an adapter mounted on
 one endpoint URL overrides the in-process demo upstream (tests/conftest.py) for that
-endpoint only. ``FaultAdapter`` answers with a failure; ``RecordingAdapter`` serves the
+endpoint only. ``DjangoClientAdapter`` (conftest mounts it for every test) serves the demo
+upstream in-process; ``FaultAdapter`` answers with a failure; ``RecordingAdapter`` serves the
 demo upstream in-process like the conftest adapter, records requests AND responses (to
 collect the upstream's secrets), and is safe to call from several threads at once.
 """
@@ -15,17 +16,64 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from django.test import Client
 from requests.structures import CaseInsensitiveDict
 
 from mcp_consent import upstream
-from tests.conftest import served_in_process
 
 UPSTREAM_ORIGIN = "http://localhost:8001"
 TOKEN_URL = f"{UPSTREAM_ORIGIN}/demo-upstream/login/oauth/access_token"
 USERINFO_URL = f"{UPSTREAM_ORIGIN}/demo-upstream/user"
+
+
+def served_in_process(client: Client, request: requests.PreparedRequest) -> requests.Response:
+    """Answer an outbound ``requests`` request with Django's test client (no socket)."""
+    url = urlsplit(request.url)
+    path = url.path + (f"?{url.query}" if url.query else "")
+    body = request.body or b""
+    if isinstance(body, str):
+        body = body.encode()
+    headers = {
+        k: v for k, v in request.headers.items() if k.lower() not in {"content-length", "host"}
+    }
+    reply = client.generic(
+        request.method or "GET",
+        path,
+        data=body,
+        content_type=request.headers.get("Content-Type", ""),
+        headers=headers,
+        HTTP_HOST=url.netloc,
+    )
+    response = requests.Response()
+    response.status_code = reply.status_code
+    response._content = reply.content
+    response.headers = CaseInsensitiveDict(dict(reply.items()))
+    response.url = request.url or ""
+    response.request = request
+    return response
+
+
+class DjangoClientAdapter(requests.adapters.BaseAdapter):
+    """Serves the proxy's outbound requests to the demo upstream from this process.
+
+    The demo upstream is mounted in the test URLconf under /demo-upstream/; this adapter
+    lets mcp_consent.upstream talk to it through Django's test client, with no socket.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client = Client()
+        self.requests: list[requests.PreparedRequest] = []
+
+    def send(self, request: requests.PreparedRequest, **kwargs: object) -> requests.Response:
+        self.requests.append(request)
+        return served_in_process(self.client, request)
+
+    def close(self) -> None:
+        pass
 
 
 def make_response(

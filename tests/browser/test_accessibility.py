@@ -24,7 +24,7 @@ from playwright.sync_api import Browser, BrowserContext, Page
 
 from mcp_consent import audit, flows
 from mcp_consent.models import Consent, RedirectURI
-from tests.conftest import pkce_pair
+from tests.browser_client import pkce_pair
 
 from .conftest import TIMEOUT_MS, Listener, Sites
 from .pages import SCREENSHOTS, authorize_url, complete_flow, register_client

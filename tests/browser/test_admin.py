@@ -11,7 +11,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from playwright.sync_api import Browser
 
-from tests.conftest import pkce_pair
+from tests.browser_client import pkce_pair
 
 from .conftest import TIMEOUT_MS, Listener, Sites
 from .pages import authorize_url, complete_flow, register_client, screenshot

@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, Page
 from mcp_consent import flows
 from mcp_consent.models import AuthorizationTransaction, Consent
 from project.demo_upstream.models import RequestLog
-from tests.conftest import pkce_pair
+from tests.browser_client import pkce_pair
 
 from .conftest import TIMEOUT_MS, Listener, Sites
 from .pages import (

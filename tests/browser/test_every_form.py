@@ -21,7 +21,7 @@ from django.contrib.sessions.models import Session
 from playwright.sync_api import Browser, Locator, Page
 
 from mcp_consent.models import AuditEvent, Consent
-from tests.conftest import pkce_pair
+from tests.browser_client import pkce_pair
 
 from .conftest import TIMEOUT_MS, Listener, Sites
 from .pages import authorize_url, register_client, screenshot, through_upstream
