@@ -125,6 +125,15 @@ class ConsentQuerySet(models.QuerySet):
         """
         return self.filter(revoked_at__isnull=True, expired_at__isnull=True)
 
+    def revoked(self) -> ConsentQuerySet:
+        """Revoked by the user, an operator or a cascade (the admin's "revoked" status)."""
+        return self.filter(revoked_at__isnull=False)
+
+    def expired(self) -> ConsentQuerySet:
+        """Not revoked and not live: retired by the cleanup command or past ``expires_at``
+        (the admin's "expired" status, SEC-01)."""
+        return self.filter(revoked_at__isnull=True).exclude(live_consent())
+
     def lapsed(self) -> ConsentQuerySet:
         """Past ``expires_at`` but not retired yet: their tokens and upstream grant still
         exist and must go (SEC-01: when next touched, or swept by the cleanup command)."""

@@ -16,7 +16,6 @@ from ..models import (
     MCPClient,
     UpstreamIdentity,
     UpstreamToken,
-    live_consent,
 )
 from .base import (
     InputFilter,
@@ -38,13 +37,13 @@ class ConsentStatusFilter(admin.SimpleListFilter):
         return [(value, label) for value, label in Consent.Status.choices]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        # Each status is defined once, by ConsentQuerySet (SEC-01: "active" is live_consent).
         if self.value() == Consent.Status.REVOKED:
-            return queryset.filter(revoked_at__isnull=False)
+            return queryset.revoked()  # type: ignore[attr-defined]
         if self.value() == Consent.Status.EXPIRED:
-            # Not revoked and not live (SEC-01): retired by the cleanup or past expires_at.
-            return queryset.filter(revoked_at__isnull=True).exclude(live_consent())
+            return queryset.expired()  # type: ignore[attr-defined]
         if self.value() == Consent.Status.ACTIVE:
-            return queryset.filter(live_consent())
+            return queryset.live()  # type: ignore[attr-defined]
         return queryset
 
 
