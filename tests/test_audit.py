@@ -393,6 +393,8 @@ def test_sec06_rows_from_before_the_keyed_chain_keep_verifying_and_are_sealed() 
     )
     seal = AuditEvent.objects.get(action=A.AUDIT_CHAIN_KEYED)
     assert seal.details == {"legacy_events": 3}
+    assert seal.actor_type == AuditEvent.Actor.SYSTEM
+    assert seal.actor_label == "system"
     assert seal.previous_hash == previous
     out = StringIO()
     call_command("mcp_consent_verify_audit", stdout=out)
@@ -588,3 +590,331 @@ def test_a_revocation_keeps_the_number_of_tokens_it_revoked() -> None:
     assert revoked.details["oauth_tokens_revoked"] == 1, revoked.details  # the refresh token
     assert revoked.details["reason"] == "test"
     assert revoked.details["scopes"]
+
+
+# --- Mutation testing (issue 8): what the chain and its reports must keep doing --------------
+
+# A row as this version hashes it, kept as data: a row written before an upgrade must
+# verify after it with the same key. Any change to the hashed content (a field's name, the
+# fields bound only in keyed rows: chain, version, key id), to its canonical JSON, or to
+# how a key and its id are derived from AUDIT_KEYS (or from SECRET_KEY without them) would
+# make `mcp_consent_verify_audit` call every existing row edited (SEC-06).
+KNOWN_AUDIT_KEY = "mcp-consent known-answer audit key"
+KNOWN_SECRET_KEY = "mcp-consent known-answer secret key"
+
+
+def _known_row(key_id: str) -> AuditEvent:
+    import datetime
+
+    return AuditEvent(
+        created_at=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+        action=A.CONSENT_REVOKED,
+        actor_type=AuditEvent.Actor.USER,
+        actor_user_id=7,
+        actor_label="alice",
+        subject_user_id=8,
+        client_id="client-kat",
+        consent_id=9,
+        ip_address="192.0.2.1",
+        user_agent="KAT/1.0",
+        details={"reason": "user", "scopes": ["items:read"]},
+        previous_hash="ab" * 32,
+        chain=3,
+        version=AuditEvent.Version.HMAC_SHA256,
+        key_id=key_id,
+    )
+
+
+def _with_audit_keys(settings, *keys: str) -> None:
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "AUDIT_KEYS": list(keys)}
+
+
+def test_sec06_a_row_hashed_by_this_version_keeps_its_hash(settings) -> None:
+    """SEC-06: the known row's HMAC under a known key, and its key id, are those this
+    version wrote; so is every field's part in it (one changed field, another hash)."""
+    _with_audit_keys(settings, KNOWN_AUDIT_KEY)
+    (key,) = audit.audit_keys()
+    assert key.id == "5845451cb72aa2e6"
+    row = _known_row(key.id)
+    assert audit.event_hash(row) == (
+        "a500f4914c1f3bbe42d9963a66e241ab1c363c18ed36a6ad40a22b74edab0a2c"
+    )
+    for name, other in [("chain", 4), ("version", 3), ("key_id", "other"), ("details", {})]:
+        changed = _known_row(key.id)
+        setattr(changed, name, other)
+        assert audit._content(changed) != audit._content(row), name
+
+
+def test_sec06_without_audit_keys_the_key_is_derived_from_secret_key(settings) -> None:
+    """SEC-06: the DEBUG-only fallback (E012 refuses it elsewhere) keys the chain with a key
+    derived from SECRET_KEY, stably across versions."""
+    _with_audit_keys(settings)
+    settings.SECRET_KEY = KNOWN_SECRET_KEY
+    (key,) = audit.audit_keys()
+    assert key.id == "fec94aa85e65421d"
+    assert audit.event_hash(_known_row(key.id)) == (
+        "c1a65bae6a8912c23bb81a99cd629c22301fc08a97067887ba7bd6e315a96773"
+    )
+
+
+def test_record_keeps_who_did_what_from_where(rf, django_user_model) -> None:
+    """SM-04: an event names its actor (id and label), the person it concerns, the client,
+    the consent, the address and the User-Agent (bounded to the columns), as recorded."""
+    from mcp_consent.models import Consent
+
+    issue_token()
+    consent = Consent.objects.get()
+    operator = django_user_model.objects.create_user("o" * 300)
+    request = rf.get("/", HTTP_USER_AGENT="U" * 600, REMOTE_ADDR="192.0.2.7")
+    request.user = operator
+    actor = audit.actor_from(request, operator=True)
+    event = audit.record(A.CONSENT_REVOKED, actor=actor, request=request, consent=consent)
+    event.refresh_from_db()
+    assert event.actor_type == AuditEvent.Actor.OPERATOR
+    assert event.actor_user_id == operator.pk
+    assert event.actor_label == "o" * 255
+    assert event.subject_user_id == consent.user_id
+    assert event.client_id == consent.client.application.client_id
+    assert event.consent_id == consent.pk
+    assert event.ip_address == "192.0.2.7"
+    assert event.user_agent == "U" * 512
+    assert event.version == AuditEvent.Version.HMAC_SHA256
+
+    bare = audit.record(
+        A.CONSENT_REVOKED,
+        actor=audit.client_actor(None),
+        request=rf.get("/"),
+        consent=consent,
+        subject_user_id=12345,
+    )
+    assert bare.subject_user_id == 12345  # an explicit subject is kept
+    assert bare.user_agent == ""
+    assert bare.actor_type == AuditEvent.Actor.CLIENT
+    assert bare.actor_label == ""
+    nothing = audit.record(A.CLIENT_UPDATED, actor=audit.actor_from(None), client_id="c" * 300)
+    assert nothing.client_id == "c" * 255
+    assert nothing.actor_type == AuditEvent.Actor.ANONYMOUS
+    assert nothing.user_agent == ""
+    assert audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM).client_id == ""
+    named = audit.client_actor(consent.client)
+    assert named.label == consent.client.application.client_id
+
+
+def test_record_stores_a_detail_that_is_not_json_as_text() -> None:
+    import datetime
+
+    when = datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)
+    event = audit.record(A.CLIENT_DISABLED, actor=audit.SYSTEM, details={"reason": when})
+    event.refresh_from_db()
+    assert event.details == {"reason": str(when)}
+
+
+def test_scrub_drops_each_unlisted_detail_and_keeps_the_listed_ones_after_it(caplog) -> None:
+    """Issue 9 item 5: an unlisted key is dropped and logged, the listed keys after it kept;
+    an action with no list keeps nothing (and does not fail)."""
+    details = {"access_token": "s3cr3t", "reason": "test", "scopes": "a"}
+    assert audit._scrub(A.CONSENT_REVOKED, details) == {"reason": "test", "scopes": "a"}
+    assert (
+        f"audit detail 'access_token' is not listed for {A.CONSENT_REVOKED!r} in audit.DETAILS: "
+        "dropped" in caplog.messages
+    )
+    assert audit._scrub("not_an_action", {"reason": "x"}) == {}
+
+
+def test_a_fresh_connection_chooses_its_chain() -> None:
+    """Issue 11: the first event on a connection (a new worker thread) picks its chain."""
+    if hasattr(connection, audit._STICKY):
+        delattr(connection, audit._STICKY)
+    event = audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id="first")
+    assert event.chain == audit.chain_of("first")
+
+
+def _client_ids_on_two_chains() -> tuple[str, str]:
+    first = "client-a"
+    other = next(
+        f"client-{i}" for i in range(100) if audit.chain_of(f"client-{i}") != audit.chain_of(first)
+    )
+    return first, other
+
+
+@pytest.mark.django_db(transaction=True)
+def test_issue11_one_transaction_writes_one_chain_the_next_chooses_afresh() -> None:
+    """Issue 11: a transaction's events all go to its first event's chain (one head lock);
+    the next transaction chooses by its own key; events without a client by person and
+    address."""
+    from django.db import transaction
+
+    first, other = _client_ids_on_two_chains()
+    with transaction.atomic():
+        a = audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id=first)
+        b = audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id=other)
+    assert b.chain == a.chain == audit.chain_of(first)
+    c = audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id=other)
+    assert c.chain == audit.chain_of(other)
+    for subject, ip in [(5, "192.0.2.1"), (None, None), (5, None), (None, "192.0.2.1")]:
+        event = audit.record(A.SIGNED_IN, actor=audit.SYSTEM, subject_user_id=subject)
+        if ip is None:
+            expected = audit.chain_of(f"user:{subject or ''}:")
+        else:
+            from django.test import RequestFactory
+
+            request = RequestFactory().get("/", REMOTE_ADDR=ip)
+            event = audit.record(
+                A.SIGNED_IN, actor=audit.SYSTEM, subject_user_id=subject, request=request
+            )
+            expected = audit.chain_of(f"user:{subject or ''}:{ip}")
+        assert event.chain == expected, (subject, ip)
+    audit.verify()
+
+
+def test_anchor_text_round_trips_and_refuses_what_it_did_not_print() -> None:
+    """SEC-06: an anchor names every chain's length; anything else is refused, plainly."""
+    digest = "0" * 63 + "f"
+    anchor = audit.Anchor({3: 1, 0: 2}, digest)
+    assert str(anchor) == f"mcpa1:0.2,3.1:{digest}"
+    assert audit.Anchor.parse(str(anchor)) == anchor
+    for text in [f"other:0.2:{digest}", "mcpa1:0.2:" + "g" * 64, f"mcpa1:0.2:{digest}0"]:
+        with pytest.raises(audit.AnchorError) as refused:
+            audit.Anchor.parse(text)
+        assert str(refused.value) == "not an anchor printed by mcp_consent_verify_audit --anchor"
+    expected = hashlib.sha256(b"0." + b"a" * 64 + b"\n3." + b"b" * 64).hexdigest()
+    assert audit.Anchor.digest_of({3: "b" * 64, 0: "a" * 64}) == expected
+
+
+def test_verify_reports_what_it_checked() -> None:
+    """SEC-06: an intact trail reports every row checked, no problem, and its anchor."""
+    events = _events_in_one_chain(3)
+    report = audit.verify()
+    assert report.problem == ""
+    assert report.intact
+    assert report.checked == 3
+    assert report.first_broken is None
+    assert report.anchor is not None
+    assert report.anchor.lengths == {events[0].chain: 3}
+
+
+def test_verify_names_the_broken_row_its_chain_and_the_problem() -> None:
+    """SEC-06: each failure names the row, the chain, and what was done to it."""
+    events = _events_in_one_chain(4)
+    chain = events[0].chain
+    _rewrite(events[2].pk, actor_label="someone else")
+    report = audit.verify()
+    assert report.problem == "content does not match its hash (the row was edited)"
+    assert report.first_broken == events[2]
+    assert report.chain == chain
+    assert report.checked == 2
+
+    _rewrite(events[2].pk, actor_label=events[2].actor_label)
+    _raw_sql("DELETE FROM mcp_consent_auditevent WHERE id = %s", [events[1].pk])
+    report = audit.verify()
+    assert report.problem == (
+        "does not link to the row before it (a row was removed or inserted, or rows reordered)"
+    )
+    assert report.first_broken == events[2]
+
+    _raw_sql("DELETE FROM mcp_consent_auditevent WHERE id > %s", [events[0].pk])
+    report = audit.verify()
+    assert report.problem == "is not the recorded end of the chain (rows after it were removed)"
+    assert report.first_broken == events[0]
+    assert report.chain == chain
+    assert report.checked == 1
+
+
+def test_verify_refuses_rows_whose_chain_head_was_removed() -> None:
+    """SEC-06: deleting a chain's head row (to hide that rows were cut) does not make the
+    chain disappear from verification."""
+    events = _events_in_one_chain(2)
+    AuditChainHead.objects.filter(chain=events[0].chain).delete()
+    report = audit.verify()
+    assert report.problem == "is not the recorded end of the chain (rows after it were removed)"
+    assert report.first_broken == events[1]
+
+
+def test_verify_names_a_row_keyed_with_a_key_no_longer_configured(settings) -> None:
+    events = _events_in_one_chain(2)
+    _with_audit_keys(settings, KNOWN_AUDIT_KEY)
+    report = audit.verify()
+    assert report.problem == f"was keyed with audit key {events[0].key_id!r}, not in AUDIT_KEYS"
+    assert report.first_broken == events[0]
+
+
+def _downgrade(events: list[AuditEvent], count: int) -> None:
+    """Mark the first ``count`` rows as unkeyed (version 1) and rehash the chain: unkeyed
+    SHA-256 for those, the real key after them (an intruder who holds the key)."""
+    key = audit.audit_keys()[0]
+    old = {e.pk for e in events[:count]}
+    for pk in old:
+        _rewrite(pk, version=AuditEvent.Version.SHA256)
+
+    def hasher(event: AuditEvent) -> str:
+        if event.pk in old:
+            event.version = AuditEvent.Version.SHA256
+            return hashlib.sha256(audit._content(event).encode()).hexdigest()
+        return audit.event_hash(event, [key]) or ""
+
+    _rehash_chain(events[0].chain, hasher=hasher)
+
+
+def test_sec06_a_row_made_to_look_old_at_the_start_of_another_chain_is_refused() -> None:
+    """SEC-06: unkeyed rows exist only at the start of chain 0; one at the start of any
+    other chain, followed by keyed rows, is a forgery that escapes the key."""
+    cid = next(f"c{i}" for i in range(100) if audit.chain_of(f"c{i}") != 0)
+    events = [audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id=cid)]
+    events += _events_in_one_chain(2)
+    assert events[0].chain != 0
+    _downgrade(events, 1)
+    report = audit.verify()
+    assert report.problem == "is an unkeyed row after keyed ones (only keyed are written)"
+    assert report.first_broken == events[0]
+
+
+def test_sec06_a_chain_of_only_unkeyed_rows_is_refused_at_its_last_row() -> None:
+    """SEC-06: chain 0 rewritten wholly unkeyed (no keyed seal after it) is refused, naming
+    its last row, and the unkeyed rows are counted."""
+    cid = next(f"c{i}" for i in range(1000) if audit.chain_of(f"c{i}") == 0)
+    events = [audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id=cid)]
+    events += _events_in_one_chain(2)
+    assert events[0].chain == 0
+    _downgrade(events, 3)
+    report = audit.verify()
+    assert report.problem == "ends with unkeyed rows that no keyed row seals (rewritten unkeyed)"
+    assert report.first_broken == events[2]
+    assert report.legacy == 3
+    assert report.checked == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_verify_against_an_anchor_still_walks_the_chains_it_does_not_name() -> None:
+    """SEC-06: a chain that began after the anchor was taken is verified too, and a failure
+    reports the rows checked in every chain before it."""
+    first, other = _client_ids_on_two_chains()
+    audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id=first)
+    audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id=first)
+    anchor = audit.verify().anchor
+    later = audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id=other)
+    assert audit.verify(anchor).intact
+    _rewrite(later.pk, actor_label="someone else")
+    report = audit.verify(anchor)
+    assert report.problem == "content does not match its hash (the row was edited)"
+    assert report.chain == later.chain
+    before = 2 if audit.chain_of(first) < later.chain else 0
+    assert report.checked == before
+
+
+def test_verify_against_an_anchor_names_the_chain_that_got_shorter() -> None:
+    events = _events_in_one_chain(3)
+    anchor = audit.verify().anchor
+    _raw_sql("DELETE FROM mcp_consent_auditevent WHERE id = %s", [events[-1].pk])
+    AuditChainHead.objects.filter(chain=events[0].chain).update(last_hash=events[1].hash)
+    report = audit.verify(anchor)
+    assert report.problem == f"chain {events[0].chain} is shorter than the anchor"
+    assert report.chain == events[0].chain
+    assert report.checked == 2
+    assert report.legacy == 0
+    assert report.first_broken is None
+    rewritten = audit.Anchor(anchor.lengths, "0" * 64)
+    events.append(audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id="c"))
+    report = audit.verify(rewritten)
+    assert report.problem == "the chain does not match the anchor (events up to it were rewritten)"
+    assert report.checked == 3
+    assert report.legacy == 0
