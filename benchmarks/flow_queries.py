@@ -51,9 +51,9 @@ def main() -> None:
     seed_demo_data()
 
     from mcp_consent import upstream
-    from tests.browser_client import Browser, authorize_params, code_from
-    from tests.conftest import UPSTREAM_ORIGIN, DjangoClientAdapter, pkce_pair
+    from tests.browser_client import Browser, authorize_params, code_from, pkce_pair
     from tests.factories import MCPClientFactory
+    from tests.upstream_fakes import UPSTREAM_ORIGIN, DjangoClientAdapter
 
     upstream.http_session().mount(UPSTREAM_ORIGIN + "/", DjangoClientAdapter())
     client = MCPClientFactory(redirect_uris=["http://127.0.0.1:5555/cb"])

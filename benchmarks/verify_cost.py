@@ -52,8 +52,8 @@ def main() -> None:
     seed_demo_data()
 
     from mcp_consent import resource, upstream
-    from tests.conftest import UPSTREAM_ORIGIN, DjangoClientAdapter
     from tests.mcp_tokens import RESOURCE, issue_token
+    from tests.upstream_fakes import UPSTREAM_ORIGIN, DjangoClientAdapter
 
     upstream.http_session().mount(UPSTREAM_ORIGIN + "/", DjangoClientAdapter())
     raw = issue_token().access_token
