@@ -1324,3 +1324,37 @@ def test_cd01_remembering_is_off_by_default(returning_user: Browser, client_app)
         )
         assert is_consent_page(response)
         effects.assert_nothing_happened()
+
+
+# --- Mutation testing (issue 8): the error answer's form ------------------------------------
+
+
+def test_cd16_an_error_redirect_after_a_post_is_a_303_and_after_a_get_a_302(
+    browser: Browser, client_app
+) -> None:
+    """CD-16 / BCP-12: a POSTed request that fails validation goes back to its (approved)
+    client with 303, so the browser never re-sends the consent form there; a GET with 302."""
+    browser.login_upstream()
+    browser.run_flow(authorize_params(client_app))
+    got = browser.authorize(authorize_params(client_app, scope="nope"))
+    assert got.status_code == 302
+    assert_error_redirect(got, "https://app.example/cb", "invalid_scope")
+    page = browser.authorize(authorize_params(client_app))
+    posted = browser.client.post(
+        f"/authorize/?{urlencode(authorize_params(client_app, scope='nope'))}",
+        {**form_fields(page.content.decode()), "decision": "approve"},
+        HTTP_HOST=PROXY_HOST,
+    )
+    assert posted.status_code == 303
+    assert_error_redirect(posted, "https://app.example/cb", "invalid_scope")
+
+
+def test_sec03_the_error_page_says_which_error_the_request_had(browser: Browser, phish) -> None:
+    """SEC-03: the page shown instead of a redirect names the OAuth error and its
+    description (without the final full stop), so the person can tell the developer."""
+    plain = browser.authorize(authorize_params(phish, code_challenge_method="plain"))
+    assert "(invalid_request: Transform algorithm not supported)" in html(plain)
+    scope = browser.authorize(authorize_params(phish, scope="admin:all"))
+    assert "(invalid_scope)" in html(scope)
+    silent = browser.authorize(authorize_params(phish, prompt="none"))
+    assert "(login_required)" in html(silent)
