@@ -12,6 +12,11 @@ Shaped like GitHub's OAuth App endpoints (user tokens with expiry, as GitHub App
 
 Stateless on purpose (a code or token is accepted if it carries our prefix) so that it costs
 the same for both proxies and never becomes the bottleneck. Plain ASGI, no framework.
+
+Each authorization is one of ``PEOPLE`` people, drawn at random and carried in the code and
+the tokens (``ghc_<n>_…``): concurrent flows are different people, as in a deployment, not
+one person authorizing eight times at once (which mcp-consent rightly serialises on that
+person's identity row).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import secrets
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-USER = {"id": 4242, "login": "octocat", "name": "The Octocat", "email": "octo@example.com"}
+PEOPLE = 1000
 ITEMS = [{"id": i, "title": f"Item {i}"} for i in range(1, 6)]
 SCOPES = "read:user,repo:read,user"
 
@@ -49,13 +54,28 @@ async def _json(send: Any, status: int, data: Any, extra: list[tuple[bytes, byte
     )
 
 
-def _tokens(scope: str) -> dict[str, Any]:
+def _person(credential: str) -> int:
+    """The person a code or token (``gh?_<n>_…``) was issued to."""
+    number = credential[4:].partition("_")[0]
+    return int(number) if number.isdigit() else 0
+
+
+def _user(person: int) -> dict[str, Any]:
     return {
-        "access_token": "gho_" + secrets.token_urlsafe(24),
+        "id": 4242 + person,
+        "login": f"octocat{person}",
+        "name": f"The Octocat {person}",
+        "email": f"octo{person}@example.com",
+    }
+
+
+def _tokens(scope: str, person: int) -> dict[str, Any]:
+    return {
+        "access_token": f"gho_{person}_" + secrets.token_urlsafe(24),
         "token_type": "bearer",
         "scope": scope,
         "expires_in": 28800,
-        "refresh_token": "ghr_" + secrets.token_urlsafe(40),
+        "refresh_token": f"ghr_{person}_" + secrets.token_urlsafe(40),
         "refresh_token_expires_in": 15897600,
     }
 
@@ -74,7 +94,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if path == "/login/oauth/authorize":
         query = dict(parse_qsl(scope.get("query_string", b"").decode()))
         target = query.get("redirect_uri", "")
-        code = "ghc_" + secrets.token_urlsafe(16)
+        code = f"ghc_{secrets.randbelow(PEOPLE)}_" + secrets.token_urlsafe(16)
         location = (
             target
             + ("&" if "?" in target else "?")
@@ -89,7 +109,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not given.startswith(("ghc_", "ghr_")):
             await _json(send, 200, {"error": "bad_verification_code"})
             return
-        data = _tokens(form.get("scope") or "read:user repo:read")
+        data = _tokens(form.get("scope") or "read:user repo:read", _person(given))
         if "json" in headers.get("accept", ""):
             await _json(send, 200, data)
         else:
@@ -100,11 +120,12 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await _body(receive)
         await _send(send, 200)
         return
-    if not headers.get("authorization", "").lower().startswith("bearer gho_"):
+    authorization = headers.get("authorization", "")
+    if not authorization.lower().startswith("bearer gho_"):
         await _json(send, 401, {"message": "Bad credentials"})
         return
     if path == "/user":
-        await _json(send, 200, USER)
+        await _json(send, 200, _user(_person(authorization[len("bearer ") :])))
     elif path == "/user/repos":
         await _json(send, 200, [], [(b"x-oauth-scopes", SCOPES.encode())])
     elif path == "/api/items":
