@@ -166,6 +166,12 @@ JUNK = {
     "connections": lambda c, i: c.post(
         "/connections/", {"action": "sign-in"}, HTTP_HOST=PROXY_HOST
     ),
+    "connections-revoke": lambda c, i: c.post(
+        "/connections/", {"action": "revoke", "consent": str(10_000 + i)}, HTTP_HOST=PROXY_HOST
+    ),
+    "connections-sign-out": lambda c, i: c.post(
+        "/connections/", {"action": "sign-out"}, HTTP_HOST=PROXY_HOST
+    ),
     "register": lambda c, i: c.post(
         "/register/", "{", content_type="application/json", HTTP_HOST=PROXY_HOST
     ),
@@ -184,11 +190,20 @@ def test_abuse_01_300_junk_requests_get_429_before_the_end_and_never_a_5xx(endpo
     assert all(s < 500 for s in statuses), sorted(set(statuses))
     assert 429 in statuses[:299], sorted(set(statuses))
     assert all(a["Retry-After"].isdigit() for a in answers if a.status_code == 429)
-    assert AuditEvent.objects.filter(action=AuditEvent.Action.RATE_LIMITED).count() <= 1
+    # The refusals are audited once for the address and window, not one row each.
+    action = (
+        AuditEvent.Action.REGISTRATION_REFUSED
+        if endpoint == "register"
+        else AuditEvent.Action.RATE_LIMITED
+    )
+    assert AuditEvent.objects.filter(action=action, details__reason="rate limit").count() == 1
     assert AuditEvent.objects.filter(action=AuditEvent.Action.CALLBACK_REFUSED).count() <= 1
     assert AuditEvent.objects.count() <= 2
     # The anonymous sign-ins that got through stored at most one burst of pending hops.
     assert AuthorizationTransaction.objects.count() < 300
+    # Meanwhile another address is not refused.
+    other = Client(REMOTE_ADDR="198.51.100.44")
+    assert JUNK[endpoint](other, 0).status_code != 429
 
 
 def test_abuse_01_a_busy_resource_server_is_never_refused(settings, monkeypatch) -> None:

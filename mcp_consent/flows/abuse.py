@@ -27,8 +27,10 @@ def record_registration_refused(
     error: str, description: str, request: HttpRequest, *, anonymous: bool = False
 ) -> None:
     """A refused registration; an anonymous one once per address and window (ABUSE-01),
-    so a flood of junk documents does not write one audit row each."""
-    if anonymous and not ratelimit.first_in_window("register", request):
+    so a flood of junk documents does not write one audit row each. Its window is its own:
+    sharing the rate limit's would leave the flood's 429s unaudited once a junk document
+    had been (ABUSE-01: the operator sees both that junk came and that it was throttled)."""
+    if anonymous and not ratelimit.first_in_window("register-refused", request):
         return
     audit.record(
         AuditEvent.Action.REGISTRATION_REFUSED,

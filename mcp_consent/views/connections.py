@@ -189,14 +189,15 @@ class ConnectionsView(View):
     @sensitive_variables("binding")  # SEC-02: the browser-binding nonce of the sign-in
     def post(self, request: HttpRequest) -> HttpResponse:
         action = request.POST.get("action")
+        # ABUSE-01: each sign-in stores a pending upstream hop and each revoke looks a
+        # consent up; a flood of any of these POSTs is refused per address (a person
+        # clicks far fewer than the burst).
+        limited = ratelimit.hit("connections", request)
+        if limited is not None:
+            if limited.first_refusal:
+                flows.record_rate_limited("connections", request)
+            return too_many_requests(request, limited, html=True)
         if action == "sign-in":
-            # ABUSE-01: each sign-in stores a pending upstream hop; an anonymous flood of
-            # them is refused per address.
-            limited = ratelimit.hit("connections", request)
-            if limited is not None:
-                if limited.first_refusal:
-                    flows.record_rate_limited("connections", request)
-                return too_many_requests(request, limited, html=True)
             binding = browser_binding(request)
             return send_upstream(
                 request, flows.begin_sign_in(binding=binding, request=request), binding
