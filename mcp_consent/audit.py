@@ -240,8 +240,9 @@ def _chain_for(shard_key: str) -> int:
     """The chain of the current transaction: that of its first event, else by ``shard_key``.
 
     Remembered on the connection together with an on_commit marker: Django drops the marker
-    when the transaction commits or rolls back (to the savepoint that took the head lock,
-    which releases that lock too), so the next transaction chooses afresh.
+    when the transaction commits or rolls back (to the caller's savepoint around the event
+    that took the head lock, which releases that lock too), so the next transaction chooses
+    afresh.
     """
     connection = transaction.get_connection()
     sticky = getattr(connection, _STICKY, None)
@@ -280,7 +281,9 @@ def record(
         client = consent.client
     client_id = (client.application.client_id if client is not None else client_id)[:255]
     key = audit_keys()[0]
-    with transaction.atomic():
+    # Inside the caller's transaction no savepoint of its own (2 statements less): an error
+    # here rolls back the caller's whole transaction with it, so no event is ever lost alone.
+    with transaction.atomic(savepoint=False):
         chain = _chain_for(client_id or f"user:{subject_user_id or ''}:{ip or ''}")
         head, _ = AuditChainHead.objects.select_for_update().get_or_create(chain=chain)
         event = AuditEvent(
