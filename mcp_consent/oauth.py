@@ -10,6 +10,7 @@ tokens the first one produced (AS-41).
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
@@ -30,7 +31,7 @@ from oauthlib.oauth2.rfc6749.grant_types.authorization_code import code_challeng
 
 from . import flows
 from .app_settings import app_settings
-from .models import RegistrationSource
+from .models import MCPClient, RegistrationSource
 from .registration import cimd_domain_blocked
 from .vault import secret_hash
 
@@ -147,6 +148,23 @@ class MCPAuthorizationServer(Server):
         }
 
 
+# The client a view has just read for this request (the callback: with its transaction, and
+# under its lock inside the grant's transaction, SEC-12), so that DOT's re-validation does
+# not read the same rows again. Only for the request's own client_id; never a CIMD client.
+known_client: contextvars.ContextVar[MCPClient | None] = contextvars.ContextVar(
+    "known_client", default=None
+)
+
+
+def _known_application(client_id: str) -> Any:
+    client = known_client.get()
+    if client is None or client.application.client_id != client_id:
+        return None
+    application = client.application
+    application.mcp_client = client
+    return application
+
+
 class MCPOAuth2Validator(OAuth2Validator):
     """DOT's validator with mcp_consent's client registry and code handling."""
 
@@ -155,6 +173,8 @@ class MCPOAuth2Validator(OAuth2Validator):
             # PostgreSQL refuses NUL in text: an unknown client, not a 500 (fuzzing finding).
             request.client = None
             return None
+        if not request.client:
+            request.client = _known_application(client_id)
         if not request.client:
             # The Application and its MCPClient in one query (DOT would load the Application,
             # then client_record_for the MCPClient). DOT reuses a request.client it finds; a

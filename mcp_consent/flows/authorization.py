@@ -25,7 +25,7 @@ from ..models import (
     UpstreamToken,
 )
 from ..vault import secret_hash
-from . import identities
+from . import identities, tokens
 from .common import client_ip, user_agent
 from .identities import UpstreamGrant
 from .locks import lock_client
@@ -310,8 +310,8 @@ def complete_authorization(
         # SEC-04 / CD-01: the page was skipped for the proxy session's user (tx.user), but
         # the upstream signed in someone else: nobody approved a grant for that person.
         raise NotTheRememberedPerson("remembered consent of another person")
-    consent = _upsert_consent(tx, client, user, adapter, request, now)
-    _store_upstream_token(consent, identity, grant)
+    consent, new = _upsert_consent(tx, client, user, adapter, request, now)
+    _store_upstream_token(consent, identity, grant, new=new)
     _record_completed(tx, client, user, consent, grant, request, now)
     return user, consent
 
@@ -323,8 +323,11 @@ def _upsert_consent(
     adapter: DefaultConsentAdapter,
     request: HttpRequest,
     now: datetime,
-) -> Consent:
-    """The live consent for exactly what was approved, renewed, or a new one (audited)."""
+) -> tuple[Consent, bool]:
+    """The live consent for exactly what was approved, renewed, or a new one (audited).
+
+    True with a new consent.
+    """
     consent = (
         Consent.objects.live()
         .select_for_update()
@@ -342,7 +345,8 @@ def _upsert_consent(
     if consent is not None:
         consent.last_used_at, consent.expires_at = now, expires_at
         consent.save(update_fields=["last_used_at", "expires_at"])
-        return consent
+        consent.client = client  # loaded and locked already: no lazy read for the audit
+        return consent, False
     consent = Consent.objects.create(
         user=user,
         client=client,
@@ -369,30 +373,34 @@ def _upsert_consent(
         },
     )
     transaction.on_commit(lambda: signals.consent_granted.send(sender=Consent, consent=consent))
-    return consent
+    return consent, True
 
 
 def _store_upstream_token(
-    consent: Consent, identity: UpstreamIdentity, grant: UpstreamGrant
+    consent: Consent, identity: UpstreamIdentity, grant: UpstreamGrant, *, new: bool
 ) -> None:
-    """The upstream grant, encrypted, as the one upstream token of this consent."""
-    UpstreamToken.objects.update_or_create(
-        consent=consent,
-        defaults={
-            "identity": identity,
-            # SEC-10: bound to this consent's row and to the field each one is stored in.
-            "access_token_encrypted": vault.encrypt(
-                grant.access_token, vault.upstream_token_context(consent.pk, "access")
-            ),
-            "refresh_token_encrypted": vault.encrypt(
-                grant.refresh_token, vault.upstream_token_context(consent.pk, "refresh")
-            ),
-            "token_type": grant.token_type,
-            "scopes": grant.scopes,
-            "expires_at": grant.expires_at,
-            "refresh_expires_at": grant.refresh_expires_at,
-        },
-    )
+    """The upstream grant, encrypted, as the one upstream token of this consent.
+
+    No savepointed update_or_create: a new consent has no upstream token yet, and a renewed
+    one is locked by this transaction (_upsert_consent), so no parallel callback can insert
+    its token between the UPDATE and the INSERT.
+    """
+    fields = {
+        "identity": identity,
+        # SEC-10: bound to this consent's row and to the field each one is stored in.
+        "access_token_encrypted": vault.encrypt(
+            grant.access_token, vault.upstream_token_context(consent.pk, "access")
+        ),
+        "refresh_token_encrypted": vault.encrypt(
+            grant.refresh_token, vault.upstream_token_context(consent.pk, "refresh")
+        ),
+        "token_type": grant.token_type,
+        "scopes": grant.scopes,
+        "expires_at": grant.expires_at,
+        "refresh_expires_at": grant.refresh_expires_at,
+    }
+    if new or not UpstreamToken.objects.filter(consent=consent).update(**fields):
+        UpstreamToken.objects.create(consent=consent, **fields)
 
 
 def _record_completed(
@@ -404,19 +412,23 @@ def _record_completed(
     request: HttpRequest,
     now: datetime,
 ) -> None:
-    """The transaction completed for this user and consent, the client used, audited."""
-    MCPClient.objects.filter(pk=client.pk).update(last_used_at=now)
-    AuthorizationTransaction.objects.filter(pk=tx.pk).update(
-        user=user, consent=consent, outcome=AuthorizationTransaction.Outcome.COMPLETED
-    )
+    """The client used, the callback accepted (audited); the transaction's row is written
+    with the code it issued (record_issued_code), in the same database transaction."""
+    tokens.mark_client_used(client, now)
+    tx.user, tx.consent, tx.outcome = user, consent, AuthorizationTransaction.Outcome.COMPLETED
     audit.record(
         AuditEvent.Action.CALLBACK_ACCEPTED,
         actor=audit.ActorInfo(AuditEvent.Actor.USER, user.pk, user.get_username()),
         request=request,
+        client=client,
         consent=consent,
         details={"correlation_id": tx.pk, "upstream_login": grant.login},
     )
 
 
 def record_issued_code(tx: AuthorizationTransaction, code: str) -> None:
-    AuthorizationTransaction.objects.filter(pk=tx.pk).update(code_hash=secret_hash(code))
+    """The transaction completed: its user, consent and outcome (set by complete_authorization)
+    and the hash of the code issued for them (AS-41), in one UPDATE."""
+    AuthorizationTransaction.objects.filter(pk=tx.pk).update(
+        code_hash=secret_hash(code), user=tx.user_id, consent=tx.consent_id, outcome=tx.outcome
+    )

@@ -40,7 +40,8 @@ def identity_for(grant: UpstreamGrant, adapter: DefaultConsentAdapter) -> Upstre
     """(upstream provider, subject) -> the local user, created on first sight (the adapter)."""
     upstream = app_settings.UPSTREAM
     provider = upstream.issuer or upstream.authorize_url
-    identities = UpstreamIdentity.objects.select_for_update()
+    # The user in the same query; only the identity row is locked (flows/locks.py).
+    identities = UpstreamIdentity.objects.select_for_update(of=("self",)).select_related("user")
     identity = identities.filter(provider=provider, subject=grant.subject).first()
     if identity is None:
         try:

@@ -29,7 +29,7 @@ from django.views.decorators.debug import sensitive_variables
 from oauth2_provider.exceptions import FatalClientError, OAuthToolkitError
 from oauth2_provider.views.mixins import OAuthLibMixin
 
-from .. import flows, ratelimit, upstream, vault
+from .. import flows, oauth, ratelimit, upstream, vault
 from ..adapter import get_adapter
 from ..app_settings import app_settings
 from ..debug import hide_callback_secrets
@@ -158,13 +158,16 @@ class UpstreamCallbackView(OAuthLibMixin, View):
     ) -> dict[str, Any] | HttpResponse:
         """CD-48: only the stored, re-validated request decides where the code goes."""
         authz_request = as_authorization_request(request, tx.authorization_query)
+        assert tx.client is not None  # an AUTHORIZE transaction always has its client
+        known = oauth.known_client.set(tx.client)  # read with tx, a moment ago
         try:
             _scopes, credentials = self.validate_authorization_request(authz_request)
-            assert tx.client is not None  # an AUTHORIZE transaction always has its client
             flows.check_client_as_approved(tx, tx.client)  # SEC-05, before the exchange
         except (FatalClientError, OAuthToolkitError, flows.ClientChanged) as error:
             reason = getattr(error, "reason", "authorization request no longer valid")
             return self.refuse_grant(request, tx, None, flows.ClientChanged(reason))
+        finally:
+            oauth.known_client.reset(known)
         return credentials
 
     def record_grant(
@@ -177,11 +180,16 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         """In ONE database transaction: the consent, the upstream token and our code."""
         try:
             with transaction.atomic():
-                user, _consent = flows.complete_authorization(tx, answer, request)
+                user, consent = flows.complete_authorization(tx, answer, request)
                 resume = as_authorization_request(request, tx.authorization_query, user=user)
-                uri, _headers, _body, _status = self.create_authorization_response(
-                    resume, " ".join(tx.scopes.split()), credentials, allow=True
-                )
+                # SEC-12: the client locked by complete_authorization (not read again).
+                known = oauth.known_client.set(consent.client)
+                try:
+                    uri, _headers, _body, _status = self.create_authorization_response(
+                        resume, " ".join(tx.scopes.split()), credentials, allow=True
+                    )
+                finally:
+                    oauth.known_client.reset(known)
                 issued = parse_qs(urlsplit(uri).query).get("code", [""])[0]
                 flows.record_issued_code(tx, issued)
         except flows.GrantRefused as refused:  # SEC-04, SEC-05: rolled back, nothing recorded
