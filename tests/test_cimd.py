@@ -554,10 +554,16 @@ class _FakeResponse:
     """What SafeMetadataFetcher._read_document reads of a urllib3 response."""
 
     def __init__(
-        self, body: bytes, status: int = 200, content_type: str = "application/json"
+        self,
+        body: bytes,
+        status: int = 200,
+        content_type: str = "application/json",
+        cache_control: str | None = None,
     ) -> None:
         self.status = status
         self.headers = {"Content-Type": content_type}
+        if cache_control is not None:
+            self.headers["Cache-Control"] = cache_control
         self._body = body
 
     def read(self, amount: int) -> bytes:
@@ -574,6 +580,29 @@ def test_cimd_10_documents_larger_than_5_kb_are_refused(settings) -> None:
         )
     small, _age = SafeMetadataFetcher()._read_document(_FakeResponse(b'{"client_name": "ok"}'))
     assert small == {"client_name": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "lifetime"),
+    [
+        ("public, max-age=600", 600),  # the document's own lifetime
+        ("max-age=31536000", 86400),  # a year is cut to the bounded lifetime (a day)
+        ("max-age=0", 300),  # re-fetched at most every 5 minutes, not on every request
+        ("no-store", 300),
+        ("no-cache", 300),
+        (None, 86400),  # no header: the longest lifetime, still bounded
+    ],
+)
+def test_cimd_08_documents_are_cached_per_their_cache_headers_within_bounds(
+    cache_control, lifetime
+) -> None:
+    """CIMD-08 / ABUSE-04: a document's Cache-Control sets how long it is used without a
+    fetch, clamped to [CIMD_METADATA_MIN_AGE_SECONDS, CIMD_METADATA_MAX_AGE_SECONDS] so a
+    client can make us neither fetch on every authorization nor keep a document forever."""
+    _document, age = SafeMetadataFetcher()._read_document(
+        _FakeResponse(b'{"client_name": "ok"}', cache_control=cache_control)
+    )
+    assert age == lifetime
 
 
 def test_cimd_07_only_200_json_is_a_document() -> None:
