@@ -918,3 +918,33 @@ def test_verify_against_an_anchor_names_the_chain_that_got_shorter() -> None:
     assert report.problem == "the chain does not match the anchor (events up to it were rewritten)"
     assert report.checked == 3
     assert report.legacy == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_verify_counts_every_chain_before_the_broken_one_and_the_unkeyed_rows() -> None:
+    """SEC-06: a failure report counts the rows checked and the unkeyed (pre-SEC-06) rows
+    of every chain walked before it, whichever way the later chain was tampered with."""
+    zero = next(f"c{i}" for i in range(1000) if audit.chain_of(f"c{i}") == 0)
+    later = next(f"c{i}" for i in range(1000) if audit.chain_of(f"c{i}") > 0)
+    old = [audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id=zero) for _ in range(3)]
+    _downgrade(old, 2)  # two rows from before the keyed chain, sealed by a keyed one
+    assert audit.verify().legacy == 2
+    rows = [audit.record(A.CLIENT_UPDATED, actor=audit.SYSTEM, client_id=later) for _ in range(2)]
+    anchor = audit.verify().anchor
+
+    _rewrite(rows[0].pk, actor_label="someone else")
+    edited = audit.verify()
+    assert edited.chain == rows[0].chain
+    assert edited.checked == 3
+    assert edited.legacy == 2
+    _rewrite(rows[0].pk, actor_label=rows[0].actor_label)
+
+    rewritten = audit.verify(audit.Anchor(anchor.lengths, "0" * 64))
+    assert rewritten.problem.startswith("the chain does not match the anchor")
+    assert rewritten.legacy == 2
+
+    _raw_sql("DELETE FROM mcp_consent_auditevent WHERE id = %s", [rows[1].pk])
+    cut = audit.verify()
+    assert cut.problem.startswith("is not the recorded end of the chain")
+    assert cut.checked == 4
+    assert cut.legacy == 2
