@@ -317,3 +317,48 @@ def test_abuse_03_the_global_cap_is_a_logged_last_resort(settings, caplog) -> No
     assert "MAX_UNUSED_DCR_CLIENTS" in caplog.text
     refused = AuditEvent.objects.filter(action=AuditEvent.Action.REGISTRATION_REFUSED).get()
     assert "all addresses" in refused.details["description"]
+
+
+# --- docs/abuse-limits.md says what the code does ---------------------------------------------
+
+
+def _doc_table_rows(heading: str) -> list[list[str]]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "abuse-limits.md").read_text()
+    section = text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row] for row in rows[1:]]  # without the header row
+
+
+def test_abuse_02_docs_state_each_rate_limit_and_its_default_as_the_code_has_it() -> None:
+    """ABUSE-02: every endpoint's bucket in the docs, with the burst and rate the code uses."""
+    from mcp_consent.app_settings import DEFAULT_RATE_LIMITS
+
+    documented = {}
+    for row in _doc_table_rows("Rate limits: token buckets"):
+        key = row[0].rsplit("(`", 1)[1].rstrip("`)")
+        documented[key] = {"burst": float(row[2]), "per_minute": float(row[3])}
+    assert documented == {
+        k: {n: float(v) for n, v in r.items()} for k, r in DEFAULT_RATE_LIMITS.items()
+    }
+
+
+def test_abuse_03_docs_state_each_budget_setting_and_its_default_as_the_code_has_it(
+    settings,
+) -> None:
+    """ABUSE-03: each never-used-client setting in the docs, with the default the code uses."""
+    from mcp_consent.app_settings import app_settings
+
+    names = [
+        "MAX_UNUSED_CLIENTS_PER_ADDRESS",
+        "UNUSED_CLIENT_TTL",
+        "MAX_UNUSED_DCR_CLIENTS",
+        "TRANSACTION_RETENTION",
+        "UNUSED_CLIENT_DAYS",
+    ]
+    settings.MCP_CONSENT = {k: v for k, v in settings.MCP_CONSENT.items() if k not in names}
+    documented = {
+        row[0].strip("`"): int(row[1].split()[0]) for row in _doc_table_rows("Never-used clients")
+    }
+    assert documented == {name: getattr(app_settings, name) for name in names}
