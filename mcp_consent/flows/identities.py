@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -49,18 +50,40 @@ def identity_for(grant: UpstreamGrant, adapter: DefaultConsentAdapter) -> Upstre
                 # django-stubs types the user as the default User; any AUTH_USER_MODEL works.
                 user: Any = adapter.create_user(grant)
                 identity = UpstreamIdentity.objects.create(
-                    provider=provider, subject=grant.subject, user=user
+                    provider=provider,
+                    subject=grant.subject,
+                    user=user,
+                    login=grant.login,
+                    email=grant.email,
+                    last_login_at=timezone.now(),
                 )
         except IntegrityError:
             identity = identities.get(provider=provider, subject=grant.subject)
-    identity.login, identity.email, identity.last_login_at = (
-        grant.login,
-        grant.email,
-        timezone.now(),
-    )
-    identity.save(update_fields=["login", "email", "last_login_at"])
+        else:
+            adapter.update_user(identity.user, grant)
+            return identity
+    _record_sign_in(identity, grant)
     adapter.update_user(identity.user, grant)
     return identity
+
+
+# Which upstream account signed in last (Connected apps shows it) is a question of minutes
+# at most; the login and email the upstream returned are written whenever they change.
+LAST_LOGIN_RESOLUTION = timedelta(minutes=5)
+
+
+def _record_sign_in(identity: UpstreamIdentity, grant: UpstreamGrant) -> None:
+    """The identity's login, email and last sign-in, unless the row already says so."""
+    now = timezone.now()
+    if (
+        identity.login == grant.login
+        and identity.email == grant.email
+        and identity.last_login_at is not None
+        and now - identity.last_login_at < LAST_LOGIN_RESOLUTION
+    ):
+        return
+    identity.login, identity.email, identity.last_login_at = grant.login, grant.email, now
+    identity.save(update_fields=["login", "email", "last_login_at"])
 
 
 def complete_sign_in(
