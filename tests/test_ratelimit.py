@@ -362,3 +362,22 @@ def test_abuse_03_docs_state_each_budget_setting_and_its_default_as_the_code_has
         row[0].strip("`"): int(row[1].split()[0]) for row in _doc_table_rows("Never-used clients")
     }
     assert documented == {name: getattr(app_settings, name) for name in names}
+
+
+def test_abuse_01_a_busy_client_refreshing_its_tokens_is_never_refused(
+    settings, monkeypatch
+) -> None:
+    """ABUSE-01: /token/ counts failed requests only; a client that redeems and refreshes far
+    more often than the failure budget keeps getting tokens, and its guessing does not."""
+    from tests.mcp_tokens import issue_token, post_form
+
+    monkeypatch.setattr("mcp_consent.ratelimit.time.time", lambda: 1_000_000.0)  # no refill
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "RATE_LIMITS": {"token": (3, 60)}}
+    issued = issue_token()
+    for _ in range(10):
+        answer = issued.refresh()
+        assert answer.status_code == 200, answer.content
+        issued.refresh_token = answer.json()["refresh_token"]
+    junk = {"grant_type": "refresh_token", "refresh_token": "junk", "client_id": issued.client_id}
+    statuses = [post_form("/token/", junk).status_code for _ in range(5)]
+    assert statuses == [400] * 3 + [429] * 2
