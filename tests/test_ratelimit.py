@@ -381,3 +381,22 @@ def test_abuse_01_a_busy_client_refreshing_its_tokens_is_never_refused(
     junk = {"grant_type": "refresh_token", "refresh_token": "junk", "client_id": issued.client_id}
     statuses = [post_form("/token/", junk).status_code for _ in range(5)]
     assert statuses == [400] * 3 + [429] * 2
+
+
+def test_abuse_01_real_sign_ins_are_never_counted_at_the_upstream_callback(
+    settings, monkeypatch
+) -> None:
+    """ABUSE-01: /upstream/callback/ counts refused callbacks only; a busy address signing
+    in more often than the budget is not refused, junk states from it then are."""
+    from tests.mcp_tokens import issue_token
+
+    monkeypatch.setattr("mcp_consent.ratelimit.time.time", lambda: 1_000_000.0)  # no refill
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "RATE_LIMITS": {"callback": (2, 60)}}
+    for _ in range(4):
+        issue_token()  # each asserts its flow reached the client and the code redeemed
+    client = Client()
+    statuses = [
+        client.get("/upstream/callback/", {"state": f"junk-{i}", "code": "x"}, HTTP_HOST=PROXY_HOST)
+        for i in range(4)
+    ]
+    assert [s.status_code for s in statuses] == [400, 400, 429, 429]
