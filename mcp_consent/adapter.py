@@ -15,7 +15,7 @@ from .app_settings import app_settings
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
-    from .flows import UpstreamGrant
+    from .flows.identities import UpstreamGrant
     from .models import MCPClient
 
 

@@ -29,8 +29,8 @@ from oauthlib.oauth2 import Server
 from oauthlib.oauth2.rfc6749 import errors
 from oauthlib.oauth2.rfc6749.grant_types.authorization_code import code_challenge_method_s256
 
-from . import flows
 from .app_settings import app_settings
+from .flows import clients, locks, tokens
 from .models import MCPClient, RegistrationSource
 from .registration import cimd_domain_blocked
 from .vault import secret_hash
@@ -182,7 +182,7 @@ class MCPOAuth2Validator(OAuth2Validator):
             if transaction.get_connection().in_atomic_block:
                 # SEC-12: a token request's first lock is its client's row (flows/locks.py),
                 # taken by the query that loads it, before the Grant or refresh token.
-                locked = flows.locks.lock_client_by_client_id(client_id)
+                locked = locks.lock_client_by_client_id(client_id)
                 application = locked.application if locked is not None else None
                 if application is not None:
                     application.mcp_client = locked
@@ -201,7 +201,7 @@ class MCPOAuth2Validator(OAuth2Validator):
         client = super()._load_application(client_id, request)
         if client is None:
             return None
-        mcp_client = flows.client_record_for(client)
+        mcp_client = clients.client_record_for(client)
         if (
             mcp_client is not None
             and mcp_client.registration_source == RegistrationSource.CIMD
@@ -251,13 +251,13 @@ class MCPOAuth2Validator(OAuth2Validator):
             get_grant_model()
             .objects.select_related("user")
             .filter(code=code, application=client)
-            .annotate(consent_until=flows.consent_until())  # SEC-01, same query
+            .annotate(consent_until=tokens.consent_until())  # SEC-01, same query
         )
         if transaction.get_connection().in_atomic_block:
             grants = grants.select_for_update(of=("self",))
         grant = grants.first()
         if grant is not None and not grant.is_expired():
-            if not flows.live_until(grant.consent_until) and not flows.consent_is_live(
+            if not tokens.live_until(grant.consent_until) and not tokens.consent_is_live(
                 client, grant.user_id
             ):
                 # SEC-01 / REV-04: no live consent (revoked, expired) means no token.
@@ -272,7 +272,7 @@ class MCPOAuth2Validator(OAuth2Validator):
             request.mcp_grant = grant
             return True
         # AS-41 / BCP-10: a redeemed code presented again means it leaked; revoke what it bought.
-        flows.revoke_tokens_of_reused_code(code, client)
+        tokens.revoke_tokens_of_reused_code(code, client)
         return False
 
     def _validated_grant(self, code: str, request: Request) -> Any:
@@ -357,7 +357,7 @@ class MCPOAuth2Validator(OAuth2Validator):
     ) -> Any:
         """Inside DOT's transaction: link the code to its token family (AS-41) and audit."""
         result = super()._save_bearer_token(token, request, *args, **kwargs)
-        flows.record_token_issued(token, request)
+        tokens.record_token_issued(token, request)
         return result
 
     def validate_refresh_token(
@@ -373,13 +373,13 @@ class MCPOAuth2Validator(OAuth2Validator):
         if transaction.get_connection().in_atomic_block:
             rows = rows.select_for_update(of=("self",))
         found = next(
-            iter(rows.annotate(until=flows.consent_until()).values_list("user_id", "until")),
+            iter(rows.annotate(until=tokens.consent_until()).values_list("user_id", "until")),
             None,
         )
         if (
             found is not None
-            and not flows.live_until(found[1])
-            and not flows.consent_is_live(client, found[0])
+            and not tokens.live_until(found[1])
+            and not tokens.consent_is_live(client, found[0])
         ):
             # SEC-01: a consent past its expires_at refreshes nothing: invalid_grant, no
             # rotation (a rotation would hand out a fresh refresh token, so it never ends).
@@ -387,14 +387,14 @@ class MCPOAuth2Validator(OAuth2Validator):
         if super().validate_refresh_token(refresh_token, client, request, *args, **kwargs):
             return True
         # AS-44: DOT revoked the family if this was a rotated token presented again; audit it.
-        flows.record_refresh_token_reuse(refresh_token, client)
+        tokens.record_refresh_token_reuse(refresh_token, client)
         return False
 
     def revoke_token(
         self, token: str, token_type_hint: str | None, request: Request, *args: Any, **kwargs: Any
     ) -> None:
         """RFC 7009 with the cascade: the client's last token revoked ends its consent (UP-09)."""
-        owner = flows.token_owner(token, request.client)
+        owner = tokens.token_owner(token, request.client)
         super().revoke_token(token, token_type_hint, request, *args, **kwargs)
         if owner is not None:
-            flows.record_token_revoked(owner, request.client)
+            tokens.record_token_revoked(owner, request.client)

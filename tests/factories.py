@@ -7,7 +7,7 @@ from typing import Any
 import factory
 from django.contrib.auth import get_user_model
 
-from mcp_consent import flows
+from mcp_consent.flows import clients
 from mcp_consent.models import MCPClient, RegistrationSource
 from mcp_consent.registration import clean_client_metadata
 
@@ -25,7 +25,7 @@ class MCPClientFactory(factory.Factory):
     """A registered client: ``MCPClientFactory(redirect_uris=[...], client_name=...)``.
 
     ``source`` is DCR by default (self-registered, unverified); ADMIN gives a verified one.
-    Goes through registration policy + flows.register_client like a real registration.
+    Goes through registration policy + clients.register_client like a real registration.
     """
 
     class Meta:
@@ -40,7 +40,7 @@ class MCPClientFactory(factory.Factory):
     def _create(cls, model_class: type, **kwargs: Any) -> MCPClient:
         source = kwargs.pop("source")
         metadata = clean_client_metadata(kwargs, source)
-        registered = flows.register_client(metadata, source)
+        registered = clients.register_client(metadata, source)
         client = registered.client
         client.registered = registered  # type: ignore[attr-defined]
         return client

@@ -581,11 +581,11 @@ def test_a_secret_passed_in_details_never_reaches_the_table(caplog) -> None:
 
 def test_a_revocation_keeps_the_number_of_tokens_it_revoked() -> None:
     """Issue 9 item 5: the count of revoked OAuth tokens was dropped for naming 'token'."""
-    from mcp_consent import flows
+    from mcp_consent.flows import revocation
     from mcp_consent.models import Consent
 
     issue_token()
-    flows.revoke_consent(Consent.objects.get(), actor=audit.SYSTEM, reason="test")
+    revocation.revoke_consent(Consent.objects.get(), actor=audit.SYSTEM, reason="test")
     revoked = AuditEvent.objects.get(action=A.CONSENT_REVOKED)
     assert revoked.details["oauth_tokens_revoked"] == 1, revoked.details  # the refresh token
     assert revoked.details["reason"] == "test"

@@ -23,7 +23,8 @@ from django.test import Client, override_settings
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 
-from mcp_consent import audit, flows
+from mcp_consent import audit
+from mcp_consent.flows import clients, revocation
 from mcp_consent.models import AuthorizationTransaction, Consent, RegistrationSource
 from mcp_consent.registration import clean_client_metadata
 from project.demo_upstream.models import Account, RequestLog
@@ -298,7 +299,7 @@ def test_cd31_redirect_uri_changed_without_re_registration(browser: Browser) -> 
         browser.authorize(authorize_params(client, redirect_uri="https://app.example/cb2"))
     )
 
-    flows.update_client(
+    clients.update_client(
         client,
         clean_client_metadata(
             {
@@ -648,7 +649,7 @@ def test_sec03_a_revoked_approval_no_longer_redirects(browser: Browser, client_a
         "https://app.example/cb",
         "consent_required",
     )
-    flows.revoke_consents(list(Consent.objects.all()), actor=audit.SYSTEM, reason="test")
+    revocation.revoke_consents(list(Consent.objects.all()), actor=audit.SYSTEM, reason="test")
     assert_error_shown(
         browser.authorize(authorize_params(client_app, prompt="none")),
         "https://app.example/cb",
@@ -1098,7 +1099,7 @@ def test_two_tabs_approving_two_clients_both_complete(browser: Browser) -> None:
 def test_client_changed_since_the_page_was_shown_asks_again(browser: Browser, client_app) -> None:
     """CD-04, CIMD-12, MGMT-06: approval of a page showing other metadata does not count."""
     page = browser.authorize(authorize_params(client_app))
-    flows.update_client(
+    clients.update_client(
         client_app,
         clean_client_metadata(
             {
@@ -1257,7 +1258,7 @@ def test_cd04_other_client_is_not_covered(returning_user: Browser, client_app) -
 @pytest.mark.usefixtures("remember_consent")
 def test_cd04_changed_client_metadata_asks_again(returning_user: Browser, client_app) -> None:
     """CD-04, MGMT-06: a consent given to the old name is not consent for the new one."""
-    flows.update_client(
+    clients.update_client(
         client_app,
         clean_client_metadata(
             {
@@ -1279,7 +1280,7 @@ def test_cd04_metadata_version_alone_asks_again(returning_user: Browser, client_
     so only the version check in the remembered-consent rule can ask again here."""
     consent = Consent.objects.get()
     version = client_app.metadata_version
-    flows.update_client(
+    clients.update_client(
         client_app,
         clean_client_metadata(
             {

@@ -31,8 +31,9 @@ from django.db import connection
 from django.test import Client
 from oauth2_provider.models import get_access_token_model, get_grant_model, get_refresh_token_model
 
-from mcp_consent import audit, flows
+from mcp_consent import audit
 from mcp_consent import upstream as upstream_module
+from mcp_consent.flows import clients, revocation
 from mcp_consent.models import AuthorizationTransaction, Consent, UpstreamIdentity, UpstreamToken
 from tests.browser_client import (
     PROXY_HOST,
@@ -453,7 +454,7 @@ def test_sec12_refreshes_racing_a_revocation_neither_deadlock_nor_survive_it() -
         consent = Consent.objects.get(client=client)
 
         revoke = functools.partial(
-            flows.revoke_consent, consent, actor=audit.SYSTEM, reason="SEC-12 race"
+            revocation.revoke_consent, consent, actor=audit.SYSTEM, reason="SEC-12 race"
         )
         race_refreshes_against(client, refresh_tokens, revoke)
         consent.refresh_from_db()
@@ -469,7 +470,7 @@ def test_sec12_refreshes_racing_a_disable_neither_deadlock_nor_survive_it() -> N
         client, refresh_tokens, _browser = token_families(FAMILIES)
 
         disable = functools.partial(
-            flows.disable_client, client, actor=audit.SYSTEM, reason="SEC-12 race"
+            clients.disable_client, client, actor=audit.SYSTEM, reason="SEC-12 race"
         )
         race_refreshes_against(client, refresh_tokens, disable)
         client.refresh_from_db()

@@ -23,7 +23,8 @@ from django.test import Client
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 
-from mcp_consent import flows, resource
+from mcp_consent import resource
+from mcp_consent.flows import resource_servers
 from tests.asgi_helpers import django_asgi_app, lifespan
 from tests.browser_client import PROXY_HOST
 from tests.factories import MCPClientFactory
@@ -51,7 +52,7 @@ def introspect(data: dict[str, str], authorization: str | None = None, method: s
 @pytest.fixture
 def resource_server(settings) -> tuple[str, str]:
     """A separate MCP server serving RESOURCE, allowed to introspect."""
-    application, secret = flows.create_resource_server("Billing MCP server")
+    application, secret = resource_servers.create_resource_server("Billing MCP server")
     settings.MCP_CONSENT = {
         **settings.MCP_CONSENT,
         "INTROSPECTION_CLIENTS": {application.client_id: [RESOURCE]},

@@ -209,9 +209,9 @@ def test_abuse_01_300_junk_requests_get_429_before_the_end_and_never_a_5xx(endpo
 def test_abuse_01_a_busy_resource_server_is_never_refused(settings, monkeypatch) -> None:
     """ABUSE-01: introspection counts failed client authentication only, as axes does."""
     monkeypatch.setattr("mcp_consent.ratelimit.time.time", lambda: 1_000_000.0)  # no refill
-    from mcp_consent import flows
+    from mcp_consent.flows import resource_servers
 
-    application, secret = flows.create_resource_server("Billing MCP server")
+    application, secret = resource_servers.create_resource_server("Billing MCP server")
     settings.MCP_CONSENT = {
         **settings.MCP_CONSENT,
         "INTROSPECTION_CLIENTS": {application.client_id: ["http://127.0.0.1:8000/mcp"]},

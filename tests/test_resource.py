@@ -21,7 +21,8 @@ from django.test import Client, RequestFactory
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 
-from mcp_consent import audit, flows, resource
+from mcp_consent import audit, resource
+from mcp_consent.flows import clients
 from mcp_consent.models import AuditEvent, Consent, MCPClient, UpstreamToken
 from mcp_consent.resource import require_bearer_token
 from project.demo_upstream.models import Token as DemoHubToken
@@ -202,7 +203,7 @@ def test_a_registration_access_token_is_not_an_mcp_token() -> None:
 
 def test_a_disabled_clients_token_is_refused(issued) -> None:
     """An operator disables the client: its tokens stop working (fail closed)."""
-    flows.disable_client(issued.client, actor=audit.SYSTEM, reason="test")
+    clients.disable_client(issued.client, actor=audit.SYSTEM, reason="test")
     assert call(whoami, issued.authorization).status_code == 401
 
 

@@ -16,7 +16,8 @@ from django.test import Client
 from django.urls import reverse
 from oauth2_provider.models import get_refresh_token_model
 
-from mcp_consent import audit, flows, signals
+from mcp_consent import audit, signals
+from mcp_consent.flows import revocation
 from mcp_consent.models import AuditEvent, Consent, MCPClient, UpstreamToken
 from project.demo_upstream.models import RequestLog, Token
 from tests.asgi_helpers import http_client, serve
@@ -85,8 +86,8 @@ def test_operator_revokes_in_the_admin(operator_client, django_capture_on_commit
 def test_revocation_is_idempotent() -> None:
     connected = issue_token()
     actor = audit.SYSTEM
-    assert flows.revoke_consent(connected.consent, actor=actor, reason="first") is True
-    assert flows.revoke_consent(connected.consent, actor=actor, reason="again") is False
+    assert revocation.revoke_consent(connected.consent, actor=actor, reason="first") is True
+    assert revocation.revoke_consent(connected.consent, actor=actor, reason="again") is False
     assert AuditEvent.objects.filter(action=A.CONSENT_REVOKED).count() == 1
     assert connected.consent.revoke_reason == "first"
 
@@ -96,7 +97,7 @@ def test_revoking_one_client_leaves_the_others_alone() -> None:
     browser.login_upstream()
     first = issue_token(browser=browser)
     second = issue_token(browser=browser, client_name="Other App")
-    flows.revoke_consent(first.consent, actor=audit.SYSTEM, reason="test")
+    revocation.revoke_consent(first.consent, actor=audit.SYSTEM, reason="test")
     assert not access_token_valid(first.access_token)
     assert access_token_valid(second.access_token)
     assert second.refresh().status_code == 200

@@ -476,7 +476,7 @@ def test_sec02_callback_crash_report_hides_every_secret(
     from django.core.signals import got_request_exception
     from django.views.debug import ExceptionReporter
 
-    from mcp_consent import flows
+    from mcp_consent.flows import authorization
 
     settings.DEBUG = debug
     assert settings.DEFAULT_EXCEPTION_REPORTER_FILTER == "mcp_consent.debug.ExceptionReporterFilter"
@@ -500,7 +500,7 @@ def test_sec02_callback_crash_report_hides_every_secret(
             ours.append(code)
             _fail_after_our_code(tx, code)
 
-        monkeypatch.setattr(flows, "record_issued_code", fail)
+        monkeypatch.setattr(authorization, "record_issued_code", fail)
     caught: list[tuple[Any, Any]] = []
 
     def keep(sender: Any, request: Any, **kwargs: Any) -> None:

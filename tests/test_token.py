@@ -22,7 +22,8 @@ from django.test import Client, override_settings
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model, get_grant_model, get_refresh_token_model
 
-from mcp_consent import audit, flows
+from mcp_consent import audit
+from mcp_consent.flows import revocation
 from mcp_consent.models import Consent, UpstreamToken
 from project.demo_upstream.models import Account
 from project.demo_upstream.models import Token as DemoHubToken
@@ -430,7 +431,7 @@ def test_sec01_a_consent_past_its_expiry_refreshes_nothing(issued) -> None:
 def test_sec01_a_code_of_a_consent_revoked_before_redemption_buys_nothing(code) -> None:
     """The token request checks the consent under its lock (SEC-12): a code redeemed after
     its consent was revoked is invalid_grant."""
-    flows.revoke_consent(Consent.objects.get(), actor=audit.SYSTEM, reason="test")
+    revocation.revoke_consent(Consent.objects.get(), actor=audit.SYSTEM, reason="test")
     assert_token_error(code.redeem(), "invalid_grant")
     assert not AccessToken.objects.filter(user__isnull=False).exists()
 

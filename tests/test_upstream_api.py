@@ -1,4 +1,4 @@
-"""flows.upstream_tokens.upstream_session and upstream.UpstreamAPISession: the upstream API with a consent's token.
+"""upstream_tokens.upstream_session and upstream.UpstreamAPISession: the upstream API with a consent's token.
 
 What a tool author gets (a requests.Session) and what it will not do for them: reach
 another host, follow a redirect, send any token but the consent's upstream token, or use
@@ -14,7 +14,8 @@ import pytest
 import requests
 from django.utils import timezone
 
-from mcp_consent import audit, flows, resource, upstream, vault
+from mcp_consent import audit, resource, upstream, vault
+from mcp_consent.flows import revocation
 from mcp_consent.flows.upstream_tokens import consent_for, upstream_session
 from mcp_consent.models import Consent, UpstreamToken
 from project.demo_upstream.models import Token as DemoHubToken
@@ -158,7 +159,7 @@ def test_a_revoked_consent_gives_no_upstream_session(issued) -> None:
     """The consent behind the token is gone: only a new authorization helps (RS-11)."""
     consent = Consent.objects.get()
     token = verified(issued)  # verified before the revocation cascaded
-    flows.revoke_consent(consent, actor=audit.SYSTEM, reason="test")
+    revocation.revoke_consent(consent, actor=audit.SYSTEM, reason="test")
     with pytest.raises(upstream.UpstreamAuthorizationRequired):
         upstream_session(token)
 

@@ -10,7 +10,8 @@ import pytest
 from django.contrib.auth import SESSION_KEY
 from django.utils import timezone
 
-from mcp_consent import audit, flows, vault
+from mcp_consent import audit, vault
+from mcp_consent.flows import authorization, clients, revocation
 from mcp_consent.models import (
     AuthorizationTransaction,
     Consent,
@@ -209,8 +210,6 @@ def test_second_claim_of_one_state_fails(client_a) -> None:
     """
     from django.http import HttpRequest
 
-    from mcp_consent import flows
-
     browser = Browser()
     location = approved(browser, client_a)
     state = query_of(location)["state"][0]
@@ -221,9 +220,9 @@ def test_second_claim_of_one_state_fails(client_a) -> None:
     binding = request.get_signed_cookie(
         "__Host-mcp_consent_tx", salt="mcp_consent.upstream-binding"
     )
-    assert flows.consume_transaction(state, binding).consumed_at is not None
-    with pytest.raises(flows.CallbackRefused, match="already used"):
-        flows.consume_transaction(state, binding)
+    assert authorization.consume_transaction(state, binding).consumed_at is not None
+    with pytest.raises(authorization.CallbackRefused, match="already used"):
+        authorization.consume_transaction(state, binding)
 
 
 def test_state_is_only_ever_stored_hashed(client_a) -> None:
@@ -379,7 +378,7 @@ def test_cd03_consent_lives_server_side_and_cookies_cannot_forge_it(client_a, re
     assert skipped.status_code == 302
     assert skipped["Location"].startswith(UPSTREAM_AUTHORIZE + "?")
     # ... and once the server-side consent is revoked, even the real session skips nothing.
-    flows.revoke_consents(list(Consent.objects.all()), actor=audit.SYSTEM, reason="test")
+    revocation.revoke_consents(list(Consent.objects.all()), actor=audit.SYSTEM, reason="test")
     again = thief.authorize(authorize_params(client_a), **{"Sec-Fetch-Site": "none"})
     assert again.status_code == 200
     assert "Approve" in again.content.decode()
@@ -468,11 +467,11 @@ def test_sec04_an_explicit_approval_completes_for_whoever_signs_in(client_a, rem
 
 
 def disable(client) -> None:
-    flows.disable_client(client, actor=audit.SYSTEM, reason="test")
+    clients.disable_client(client, actor=audit.SYSTEM, reason="test")
 
 
 def add_redirect_uri(client) -> None:
-    flows.update_client(
+    clients.update_client(
         client,
         clean_client_metadata(
             {
@@ -486,7 +485,7 @@ def add_redirect_uri(client) -> None:
 
 
 def rename(client) -> None:
-    flows.update_client(
+    clients.update_client(
         client,
         clean_client_metadata(
             {

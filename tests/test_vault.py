@@ -10,7 +10,8 @@ from cryptography.fernet import Fernet
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from mcp_consent import flows, upstream, vault
+from mcp_consent import upstream, vault
+from mcp_consent.flows import upstream_tokens
 from mcp_consent.models import UpstreamToken
 from project.demo_upstream.models import RequestLog
 from tests.browser_client import Browser, authorize_params
@@ -115,7 +116,7 @@ def test_refresh_replaces_a_rotated_refresh_token(stored_token) -> None:
     """UP-08: refreshed server-side; the upstream rotated the refresh token and we keep the new one."""
     old_access = vault.upstream_access_token(stored_token)
     old_refresh = vault.upstream_refresh_token(stored_token)
-    refreshed = flows.refresh_upstream_token(stored_token, force=True)
+    refreshed = upstream_tokens.refresh_upstream_token(stored_token, force=True)
     assert vault.upstream_access_token(refreshed) != old_access
     new_refresh = vault.upstream_refresh_token(refreshed)
     assert new_refresh
@@ -128,16 +129,16 @@ def test_refresh_replaces_a_rotated_refresh_token(stored_token) -> None:
 def test_a_worker_holding_a_stale_row_does_not_refresh_again(stored_token) -> None:
     """UP-08: after one worker refreshed, another that read the row earlier uses the new token."""
     stale = UpstreamToken.objects.get(pk=stored_token.pk)
-    flows.refresh_upstream_token(stored_token, force=True)
+    upstream_tokens.refresh_upstream_token(stored_token, force=True)
     calls = token_calls()
-    result = flows.refresh_upstream_token(stale, force=True)
+    result = upstream_tokens.refresh_upstream_token(stale, force=True)
     assert token_calls() == calls
     assert result.access_token_encrypted == UpstreamToken.objects.get().access_token_encrypted
 
 
 def test_a_fresh_token_is_not_refreshed(stored_token) -> None:
     calls = token_calls()
-    assert flows.refresh_upstream_token(stored_token) == stored_token
+    assert upstream_tokens.refresh_upstream_token(stored_token) == stored_token
     assert token_calls() == calls
 
 

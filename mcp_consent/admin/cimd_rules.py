@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from .. import flows
+from ..flows import clients
 from ..models import CIMDDomainRule
 from .base import operator
 
@@ -22,10 +22,10 @@ class CIMDDomainRuleAdmin(admin.ModelAdmin):
     readonly_fields = ("created_at",)
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        flows.save_cimd_domain_rule(obj, actor=operator(request), request=request)
+        clients.save_cimd_domain_rule(obj, actor=operator(request), request=request)
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
-        flows.save_cimd_domain_rule(obj, actor=operator(request), delete=True, request=request)
+        clients.save_cimd_domain_rule(obj, actor=operator(request), delete=True, request=request)
 
     def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
         for rule in queryset:

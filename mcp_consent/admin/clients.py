@@ -17,7 +17,7 @@ from oauth2_provider.admin import ApplicationAdmin
 from oauth2_provider.models import get_access_token_model, get_application_model
 from oauth2_provider.settings import oauth2_settings
 
-from .. import flows
+from ..flows.clients import delete_client, disable_client, register_client
 from ..forms import AdminClientRegistrationForm
 from ..models import Consent, MCPClient, RedirectURI, RegistrationSource
 from .base import (
@@ -176,7 +176,7 @@ class MCPClientAdmin(ScaleMixin, admin.ModelAdmin):
         if page is not None:
             return page
         done = sum(
-            flows.disable_client(c, actor=operator(request), reason=reason, request=request)
+            disable_client(c, actor=operator(request), reason=reason, request=request)
             for c in queryset
         )
         self.message_user(
@@ -203,7 +203,7 @@ class MCPClientAdmin(ScaleMixin, admin.ModelAdmin):
             return page
         clients = list(queryset)
         for client in clients:
-            flows.delete_client(client, actor=operator(request), reason=reason, request=request)
+            delete_client(client, actor=operator(request), reason=reason, request=request)
         self.message_user(
             request,
             f"{len(clients)} client(s) deleted with their consents and tokens.",
@@ -212,9 +212,7 @@ class MCPClientAdmin(ScaleMixin, admin.ModelAdmin):
         return None
 
     def delete_model(self, request: HttpRequest, obj: MCPClient) -> None:
-        flows.delete_client(
-            obj, actor=operator(request), reason="deleted in the admin", request=request
-        )
+        delete_client(obj, actor=operator(request), reason="deleted in the admin", request=request)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
         for client in list(queryset):
@@ -238,7 +236,7 @@ class MCPClientAdmin(ScaleMixin, admin.ModelAdmin):
             return HttpResponseRedirect(reverse("admin:index"))
         form = AdminClientRegistrationForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
-            registered = flows.register_client(
+            registered = register_client(
                 form.metadata,
                 RegistrationSource.ADMIN,
                 issue_registration_token=False,

@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from .. import flows
+from ..flows import revocation
 from ..models import (
     AuthorizationTransaction,
     Consent,
@@ -171,7 +171,7 @@ class ConsentAdmin(ScaleMixin, admin.ModelAdmin):
         )
         if page is not None:
             return page
-        count = flows.revoke_consents(
+        count = revocation.revoke_consents(
             list(queryset), actor=operator(request), reason=reason, request=request
         )
         self.message_user(request, f"{count} consent(s) revoked.", messages.SUCCESS)

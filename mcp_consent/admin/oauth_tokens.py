@@ -3,7 +3,7 @@
 Stock DOT lets an operator edit a token's user, resource, scope or expiry, or clear a
 refresh token's ``revoked``, outside every flow and the audit trail. Here nothing can be
 added, changed or deleted; the one way to end a token is the action "Revoke with the
-consent", which calls ``flows.revoke_tokens`` (the revocation cascade, audited with the
+consent", which calls ``revocation.revoke_tokens`` (the revocation cascade, audited with the
 operator and their address). RFC 7592 registration access tokens are labelled as such.
 """
 
@@ -23,7 +23,7 @@ from oauth2_provider.models import (
 )
 from oauth2_provider.settings import oauth2_settings
 
-from .. import flows
+from ..flows import revocation
 from .base import InputFilter, ReadOnlyMixin, ScaleMixin, confirm_with_reason, operator
 
 REGISTRATION_TOKEN = "RFC 7592 registration access token"  # noqa: S105 (a label)
@@ -104,7 +104,7 @@ class AuditedRevocationMixin(ScaleMixin, ReadOnlyMixin):
         )
         if page is not None:
             return page
-        pairs = flows.revoke_tokens(
+        pairs = revocation.revoke_tokens(
             list(queryset), actor=operator(request), reason=reason, request=request
         )
         self.message_user(  # type: ignore[attr-defined]

@@ -1,104 +1,22 @@
-"""Every write of mcp_consent, each one transaction.
+"""Every write of mcp_consent, each one transaction, one module per flow.
 
 Views, the admin and management commands call these functions; nothing else writes.
 Security-relevant writes append their AuditEvent in the same transaction. Writes that lock
 several rows take them in the one order named in flows/locks.py (SEC-12).
+
+Callers import the flow's module and name it, as allauth's ``internal/flows`` is used
+(issue 12): ``from mcp_consent.flows import revocation`` then ``revocation.revoke_consent(...)``,
+or ``from mcp_consent.flows.revocation import revoke_consent``. Nothing is re-exported here, so
+each function has one import path and a test patches it where its callers look it up.
+
+- ``abuse``: refused and rate-limited requests, audited.
+- ``authorization``: the authorization transaction, from the consent page to our code.
+- ``clients``: registering, updating, disabling and deleting clients; CIMD domain rules.
+- ``common``: the request's client address and user agent, as the flows record them.
+- ``identities``: the upstream person behind a local user, and signing in as them.
+- ``locks``: the one order in which flows lock rows (SEC-12).
+- ``resource_servers``: the introspection credentials of a resource server.
+- ``revocation``: consents and tokens revoked, with their cascade.
+- ``tokens``: our tokens issued, refreshed, reused and revoked.
+- ``upstream_tokens``: the stored upstream token, refreshed and used.
 """
-
-from ..vault import secret_hash
-from .abuse import record_rate_limited, record_registration_refused
-from .authorization import (
-    CallbackRefused,
-    ClientChanged,
-    GrantRefused,
-    NotTheRememberedPerson,
-    PendingUpstream,
-    begin_sign_in,
-    begin_upstream_authorization,
-    check_client_as_approved,
-    complete_authorization,
-    consume_transaction,
-    fail_transaction,
-    record_consent_shown,
-    record_denial,
-    record_issued_code,
-)
-from .clients import (
-    RegisteredClient,
-    client_record_for,
-    delete_client,
-    disable_client,
-    record_client,
-    register_client,
-    save_cimd_domain_rule,
-    update_client,
-)
-from .common import client_ip, user_agent
-from .identities import UpstreamGrant, complete_sign_in
-from .resource_servers import create_resource_server
-from .revocation import (
-    expire_consent,
-    revoke_consent,
-    revoke_consents,
-    revoke_oauth_tokens,
-    revoke_tokens,
-)
-from .tokens import (
-    consent_is_live,
-    consent_until,
-    live_until,
-    record_refresh_token_reuse,
-    record_token_issued,
-    record_token_revoked,
-    revoke_tokens_of_reused_code,
-    token_owner,
-)
-from .upstream_tokens import REFRESH_MARGIN, refresh_upstream_token
-
-__all__ = [
-    "record_rate_limited",
-    "record_registration_refused",
-    "REFRESH_MARGIN",
-    "CallbackRefused",
-    "ClientChanged",
-    "GrantRefused",
-    "NotTheRememberedPerson",
-    "PendingUpstream",
-    "RegisteredClient",
-    "UpstreamGrant",
-    "begin_sign_in",
-    "begin_upstream_authorization",
-    "check_client_as_approved",
-    "client_ip",
-    "client_record_for",
-    "save_cimd_domain_rule",
-    "complete_authorization",
-    "complete_sign_in",
-    "consume_transaction",
-    "create_resource_server",
-    "delete_client",
-    "disable_client",
-    "expire_consent",
-    "fail_transaction",
-    "consent_is_live",
-    "consent_until",
-    "live_until",
-    "record_client",
-    "record_refresh_token_reuse",
-    "record_token_issued",
-    "record_token_revoked",
-    "token_owner",
-    "record_consent_shown",
-    "record_denial",
-    "record_issued_code",
-    "refresh_upstream_token",
-    "register_client",
-    "revoke_consent",
-    "revoke_consents",
-    "revoke_oauth_tokens",
-    "revoke_tokens",
-    "revoke_tokens_of_reused_code",
-    "secret_hash",
-    "update_client",
-    "user_agent",
-]

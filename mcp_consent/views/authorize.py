@@ -31,9 +31,10 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from oauth2_provider.exceptions import FatalClientError, OAuthToolkitError
 from oauth2_provider.views import AuthorizationView
 
-from .. import flows, ratelimit
+from .. import ratelimit
 from ..adapter import get_adapter
 from ..app_settings import app_settings
+from ..flows import abuse, authorization
 from ..models import Consent, MCPClient, RegistrationSource
 from ..registration import authorizing_request, cimd_domain_blocked, is_private_use_scheme
 from .common import (
@@ -136,7 +137,7 @@ class AuthorizeView(AuthorizationView):
         limited = ratelimit.hit("authorize", request)
         if limited is not None:
             if limited.first_refusal:
-                flows.record_rate_limited("authorize", request)
+                abuse.record_rate_limited("authorize", request)
             return too_many_requests(request, limited, html=True)
         if request.method == "GET":
             return self.show(request)
@@ -205,7 +206,7 @@ class AuthorizeView(AuthorizationView):
             )
         if self.remembered(request, ar):
             return self.approve(request, ar, remembered=True)
-        flows.record_consent_shown(ar.client, ar.scopes, ar.redirect_uri, request)
+        authorization.record_consent_shown(ar.client, ar.scopes, ar.redirect_uri, request)
         return self.consent_page(request, ar)
 
     def client_error(
@@ -328,7 +329,7 @@ class AuthorizeView(AuthorizationView):
         if decision == "deny":
             # CD-18: access_denied with the client's state and iss; nothing stored or sent
             # upstream; the decision itself goes to the audit trail.
-            flows.record_denial(ar.client, ar.scopes, ar.redirect_uri, request)
+            authorization.record_denial(ar.client, ar.scopes, ar.redirect_uri, request)
             return redirect_to_client(
                 ar.redirect_uri,
                 {
@@ -358,7 +359,7 @@ class AuthorizeView(AuthorizationView):
     ) -> HttpResponse:
         """CD-41/42: the pending state exists only from here on, set with the redirect upstream."""
         binding = browser_binding(request)
-        pending = flows.begin_upstream_authorization(
+        pending = authorization.begin_upstream_authorization(
             client=ar.client,
             authorization_query=ar.query,
             redirect_uri=ar.redirect_uri,

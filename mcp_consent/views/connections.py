@@ -24,9 +24,10 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_variables
 from oauth2_provider.models import get_access_token_model, get_refresh_token_model
 
-from .. import audit, flows, ratelimit
+from .. import audit, ratelimit
 from ..adapter import DefaultConsentAdapter, get_adapter
 from ..app_settings import app_settings
+from ..flows import abuse, authorization, revocation
 from ..models import AuditEvent, Consent, MCPClient, UpstreamIdentity
 from .common import (
     browser_binding,
@@ -195,12 +196,12 @@ class ConnectionsView(View):
         limited = ratelimit.hit("connections", request)
         if limited is not None:
             if limited.first_refusal:
-                flows.record_rate_limited("connections", request)
+                abuse.record_rate_limited("connections", request)
             return too_many_requests(request, limited, html=True)
         if action == "sign-in":
             binding = browser_binding(request)
             return send_upstream(
-                request, flows.begin_sign_in(binding=binding, request=request), binding
+                request, authorization.begin_sign_in(binding=binding, request=request), binding
             )
         if not request.user.is_authenticated:
             return HttpResponseRedirect(reverse("mcp_consent:connections"))
@@ -212,7 +213,7 @@ class ConnectionsView(View):
             except (ValueError, Consent.DoesNotExist):
                 # Another user's consent is as unknown as a missing one.
                 raise Http404("no such connection") from None
-            flows.revoke_consent(
+            revocation.revoke_consent(
                 consent,
                 actor=audit.actor_from(request),
                 reason="revoked by the user on Connected apps",

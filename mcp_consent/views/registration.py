@@ -21,8 +21,9 @@ from oauth2_provider.views import (
     DynamicClientRegistrationView,
 )
 
-from .. import audit, flows, ratelimit
+from .. import audit, ratelimit
 from ..app_settings import app_settings
+from ..flows import abuse, clients
 from ..models import MCPClient, RegistrationSource
 from ..registration import RegistrationError, clean_client_metadata, registration_budget_refusal
 from .common import too_many_requests
@@ -107,13 +108,13 @@ class RegistrationView(DynamicClientRegistrationView):
         if limited is not None:
             # DCR-02: open registration, but not an unbounded one.
             if limited.first_refusal:
-                flows.record_rate_limited("register", request)
+                abuse.record_rate_limited("register", request)
             return too_many_requests(request, limited)
         budget = registration_budget_refusal(request)
         if budget is not None:
             # ABUSE-03: never-used clients are bounded per address; the global cap is the
             # last resort (logged by the check, audited here once per address and window).
-            flows.record_registration_refused(
+            abuse.record_registration_refused(
                 "temporarily_unavailable",
                 "too many unused clients"
                 + (" from all addresses (MAX_UNUSED_DCR_CLIENTS)" if budget.last_resort else ""),
@@ -130,11 +131,11 @@ class RegistrationView(DynamicClientRegistrationView):
         try:
             metadata = clean_client_metadata(_parse(request), RegistrationSource.DCR)
         except RegistrationError as error:
-            flows.record_registration_refused(
+            abuse.record_registration_refused(
                 error.error, error.description, request, anonymous=True
             )
             return _error(error)
-        registered = flows.register_client(
+        registered = clients.register_client(
             metadata, RegistrationSource.DCR, actor=audit.actor_from(request), request=request
         )
         return _json(
@@ -208,9 +209,9 @@ class RegistrationManagementView(DynamicClientRegistrationManagementView):
                     "token_endpoint_auth_method cannot change between public and confidential",
                 )
         except RegistrationError as error:
-            flows.record_registration_refused(error.error, error.description, request)
+            abuse.record_registration_refused(error.error, error.description, request)
             return _error(error)
-        client = flows.update_client(
+        client = clients.update_client(
             client, metadata, actor=audit.client_actor(client), request=request
         )
         return _json(
@@ -225,7 +226,7 @@ class RegistrationManagementView(DynamicClientRegistrationManagementView):
             return auth
         client = auth.application.mcp_client
         # MGMT-04: the same cascade as an operator's delete (UP-09).
-        flows.delete_client(
+        clients.delete_client(
             client,
             actor=audit.client_actor(client),
             reason="deleted by the client (RFC 7592)",

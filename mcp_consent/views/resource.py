@@ -20,8 +20,9 @@ from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauth2_provider.views import IntrospectTokenView, OAuthProtectedResourceMetadataView
 from oauthlib.common import Request as OAuthlibRequest
 
-from .. import flows, ratelimit, resource
+from .. import ratelimit, resource
 from ..app_settings import app_settings, canonical_resource
+from ..flows import abuse
 from .common import too_many_requests
 
 
@@ -116,7 +117,7 @@ class IntrospectionView(IntrospectTokenView):
             # ABUSE-01: an address that keeps failing client authentication is refused;
             # a resource server that authenticates is never counted.
             if limited.first_refusal:
-                flows.record_rate_limited("introspect", request)
+                abuse.record_rate_limited("introspect", request)
             return too_many_requests(request, limited)
         resources = self.authorized_resources(request)
         if resources is None:

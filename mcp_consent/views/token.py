@@ -21,7 +21,8 @@ from oauth2_provider.models import get_access_token_model
 # DOT's own signal, sent as DOT's TokenView sends it: projects listening to it keep working.
 from oauth2_provider.signals import app_authorized
 
-from .. import flows, ratelimit
+from .. import ratelimit
+from ..flows import abuse
 from ..vault import secret_hash
 from .common import too_many_requests
 
@@ -47,7 +48,7 @@ class TokenView(dot_views.TokenView):
             # ABUSE-01: counted are failed requests (unknown codes, bad client credentials),
             # so a busy client that redeems and refreshes is never refused.
             if limited.first_refusal:
-                flows.record_rate_limited("token", request)
+                abuse.record_rate_limited("token", request)
             return too_many_requests(request, limited)
         try:
             request.POST  # noqa: B018 - parse now: an oversized body is an OAuth error, not HTML
@@ -109,7 +110,7 @@ class RevokeTokenView(dot_views.RevokeTokenView):
         limited = ratelimit.hit("revoke", request)
         if limited is not None:
             if limited.first_refusal:
-                flows.record_rate_limited("revoke", request)
+                abuse.record_rate_limited("revoke", request)
             return too_many_requests(request, limited)
         return super().post(request, *args, **kwargs)  # type: ignore[no-any-return]
 

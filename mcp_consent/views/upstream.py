@@ -29,11 +29,11 @@ from django.views.decorators.debug import sensitive_variables
 from oauth2_provider.exceptions import FatalClientError, OAuthToolkitError
 from oauth2_provider.views.mixins import OAuthLibMixin
 
-from .. import flows, oauth, ratelimit, upstream, vault
+from .. import oauth, ratelimit, upstream, vault
 from ..adapter import get_adapter
 from ..app_settings import app_settings
 from ..debug import hide_callback_secrets
-from ..flows import upstream_tokens
+from ..flows import abuse, authorization, identities, upstream_tokens
 from ..models import AuthorizationTransaction
 from .common import (
     as_authorization_request,
@@ -56,14 +56,14 @@ class UpstreamFailure:
     description: str
 
 
-def _grant(tokens: dict[str, Any], identity: dict[str, Any]) -> flows.UpstreamGrant:
+def _grant(tokens: dict[str, Any], identity: dict[str, Any]) -> identities.UpstreamGrant:
     config = app_settings.UPSTREAM
 
     def field(name: str) -> str:
         value = identity.get(name)
         return str(value)[:255] if value is not None and not isinstance(value, (dict, list)) else ""
 
-    return flows.UpstreamGrant(
+    return identities.UpstreamGrant(
         subject=field(config.subject_field),
         login=field(config.username_field),
         email=field(config.email_field),
@@ -98,7 +98,7 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             # ABUSE-01: an address sending callbacks nobody started (unknown or used states)
             # is refused; callbacks of real sign-ins never count.
             if limited.first_refusal:
-                flows.record_rate_limited("callback", request)
+                abuse.record_rate_limited("callback", request)
             return too_many_requests(request, limited, html=True)
         tx = self.claim(request, state)
         if isinstance(tx, HttpResponse):
@@ -128,7 +128,7 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         """The transaction of ``state`` for this browser, claimed once, or the refusal page."""
         binding = read_browser_binding(request)
         try:
-            return flows.consume_transaction(state, binding, request)
+            return authorization.consume_transaction(state, binding, request)
         except DatabaseError:
             log.exception("upstream callback: database unavailable")
             return error_page(
@@ -140,7 +140,7 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                 ),
                 status=503,
             )
-        except flows.CallbackRefused as refused:
+        except authorization.CallbackRefused as refused:
             # CD-43..47: no code exchange, no redirect to any client (audited with the reason).
             log.info("upstream callback refused: %s", refused.reason)
             ratelimit.failed("callback", request)
@@ -162,10 +162,10 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         known = oauth.known_client.set(tx.client)  # read with tx, a moment ago
         try:
             _scopes, credentials = self.validate_authorization_request(authz_request)
-            flows.check_client_as_approved(tx, tx.client)  # SEC-05, before the exchange
-        except (FatalClientError, OAuthToolkitError, flows.ClientChanged) as error:
+            authorization.check_client_as_approved(tx, tx.client)  # SEC-05, before the exchange
+        except (FatalClientError, OAuthToolkitError, authorization.ClientChanged) as error:
             reason = getattr(error, "reason", "authorization request no longer valid")
-            return self.refuse_grant(request, tx, None, flows.ClientChanged(reason))
+            return self.refuse_grant(request, tx, None, authorization.ClientChanged(reason))
         finally:
             oauth.known_client.reset(known)
         return credentials
@@ -174,13 +174,13 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         self,
         request: HttpRequest,
         tx: AuthorizationTransaction,
-        answer: flows.UpstreamGrant,
+        answer: identities.UpstreamGrant,
         credentials: dict[str, Any],
     ) -> HttpResponse:
         """In ONE database transaction: the consent, the upstream token and our code."""
         try:
             with transaction.atomic():
-                user, consent = flows.complete_authorization(tx, answer, request)
+                user, consent = authorization.complete_authorization(tx, answer, request)
                 resume = as_authorization_request(request, tx.authorization_query, user=user)
                 # SEC-12: the client locked by complete_authorization (not read again).
                 known = oauth.known_client.set(consent.client)
@@ -191,14 +191,19 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                 finally:
                     oauth.known_client.reset(known)
                 issued = parse_qs(urlsplit(uri).query).get("code", [""])[0]
-                flows.record_issued_code(tx, issued)
-        except flows.GrantRefused as refused:  # SEC-04, SEC-05: rolled back, nothing recorded
+                authorization.record_issued_code(tx, issued)
+        except (
+            authorization.GrantRefused
+        ) as refused:  # SEC-04, SEC-05: rolled back, nothing recorded
             return self.refuse_grant(request, tx, answer, refused)
         except (FatalClientError, OAuthToolkitError):
             # SEC-05: DOT re-validates while minting the code; a client disabled or changed
             # during the upstream exchange fails there (oauthlib's FatalClientError): not a 500.
             return self.refuse_grant(
-                request, tx, answer, flows.ClientChanged("authorization request no longer valid")
+                request,
+                tx,
+                answer,
+                authorization.ClientChanged("authorization request no longer valid"),
             )
         except DatabaseError:
             log.exception("upstream callback: database error while recording the grant")
@@ -211,7 +216,7 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         self,
         request: HttpRequest,
         tx: AuthorizationTransaction,
-        answer: flows.UpstreamGrant,
+        answer: identities.UpstreamGrant,
         state: str | None,
     ) -> HttpResponse:
         """Rolled back as one: no consent, no upstream token, no code.
@@ -221,7 +226,7 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         """
         upstream_tokens.revoke_upstream_grant(answer.access_token, answer.refresh_token)
         try:
-            flows.fail_transaction(
+            authorization.fail_transaction(
                 tx, Outcome.FAILED, "database error while recording the grant", request
             )
         except DatabaseError:
@@ -240,8 +245,8 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         self,
         request: HttpRequest,
         tx: AuthorizationTransaction,
-        answer: flows.UpstreamGrant | None,
-        refused: flows.GrantRefused,
+        answer: identities.UpstreamGrant | None,
+        refused: authorization.GrantRefused,
     ) -> HttpResponse:
         """A grant nobody approved (SEC-04, SEC-05): no consent, no code, a clear page.
 
@@ -251,8 +256,8 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         log.info("upstream callback: grant refused: %s", refused.reason)
         if answer is not None:
             upstream_tokens.revoke_upstream_grant(answer.access_token, answer.refresh_token)
-        flows.fail_transaction(tx, Outcome.FAILED, refused.reason, request)
-        if isinstance(refused, flows.NotTheRememberedPerson):
+        authorization.fail_transaction(tx, Outcome.FAILED, refused.reason, request)
+        if isinstance(refused, authorization.NotTheRememberedPerson):
             return error_page(
                 request,
                 _("This sign-in cannot be completed"),
@@ -276,10 +281,12 @@ class UpstreamCallbackView(OAuthLibMixin, View):
 
     def upstream_answer(
         self, request: HttpRequest, tx: AuthorizationTransaction, code: str
-    ) -> flows.UpstreamGrant | UpstreamFailure | HttpResponse:
+    ) -> identities.UpstreamGrant | UpstreamFailure | HttpResponse:
         """Check the upstream's answer, redeem its code, fetch the identity (UP-01..06, MU-03)."""
         if "error" in request.GET:
-            flows.fail_transaction(tx, Outcome.DENIED, "upstream returned an error", request)
+            authorization.fail_transaction(
+                tx, Outcome.DENIED, "upstream returned an error", request
+            )
             return UpstreamFailure(
                 "access_denied", gettext_noop("Authorization was declined at the provider.")
             )
@@ -290,7 +297,7 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         ):
             # MU-03 / UP-04 (RFC 9207 §2.4): a response from another authorization server
             # (mix-up), or without the `iss` an upstream that advertises it must send.
-            flows.fail_transaction(
+            authorization.fail_transaction(
                 tx, Outcome.FAILED, "upstream iss missing or mismatched", request
             )
             return error_page(
@@ -316,7 +323,7 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                 raise
         except upstream.UpstreamError as exc:
             log.warning("upstream sign-in failed: %s", exc.reason)
-            flows.fail_transaction(tx, Outcome.FAILED, exc.reason, request)
+            authorization.fail_transaction(tx, Outcome.FAILED, exc.reason, request)
             return UpstreamFailure(
                 "server_error",
                 gettext_noop("The upstream provider could not complete the sign-in."),
@@ -336,6 +343,6 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                 _("Sign-in did not complete"),
                 _("%(reason)s Nothing was changed.") % {"reason": _(answer.description)},
             )
-        user = flows.complete_sign_in(tx, answer, request)
+        user = identities.complete_sign_in(tx, answer, request)
         get_adapter(request).login(request, user)
         return HttpResponseRedirect(reverse("mcp_consent:connections"))

@@ -22,7 +22,8 @@ from axe_playwright_python.sync_playwright import Axe
 from django.contrib.auth import get_user_model
 from playwright.sync_api import Browser, BrowserContext, Page
 
-from mcp_consent import audit, flows
+from mcp_consent import audit
+from mcp_consent.flows import revocation
 from mcp_consent.models import Consent, RedirectURI
 from tests.browser_client import pkce_pair
 
@@ -98,7 +99,7 @@ def test_pages_are_accessible_and_fit_a_phone(
     lure_url = lure(sites, page, client_listener)
     consent = Consent.objects.get()  # the person's consent to the real Claude
     operator = get_user_model().objects.create_superuser("op", "op@example.com", "pw")
-    flows.revoke_consent(
+    revocation.revoke_consent(
         consent,
         actor=audit.ActorInfo("operator", operator.pk, "op"),
         reason="ticket 4711: suspicious traffic",

@@ -17,7 +17,7 @@ from django.contrib.auth import get_user_model
 from django.db import OperationalError
 from playwright.sync_api import Browser, Page
 
-from mcp_consent import flows
+from mcp_consent.flows import authorization
 from mcp_consent.models import AuthorizationTransaction, Consent
 from project.demo_upstream.models import RequestLog
 from tests.browser_client import pkce_pair
@@ -128,7 +128,7 @@ def test_database_down_error_page(
 
     # The live server runs in this process: its callback view sees the broken database.
     with page.expect_response(re.compile(r".*/upstream/callback/.*")) as answered:
-        monkeypatch.setattr(flows, "consume_transaction", unreachable)
+        monkeypatch.setattr(authorization, "consume_transaction", unreachable)
         through_upstream(page, sites)
     page.wait_for_load_state()
     assert answered.value.status == 503

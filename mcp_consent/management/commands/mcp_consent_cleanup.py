@@ -18,8 +18,9 @@ from django.core.management.base import BaseCommand
 from django.db.models import Q
 from django.utils import timezone
 
-from mcp_consent import audit, flows
+from mcp_consent import audit
 from mcp_consent.app_settings import app_settings
+from mcp_consent.flows import clients, revocation
 from mcp_consent.models import AuthorizationTransaction, Consent, MCPClient, RegistrationSource
 
 
@@ -60,7 +61,7 @@ class Command(BaseCommand):
         consents = list(Consent.objects.lapsed())
         if not dry:
             for consent in consents:
-                flows.expire_consent(consent)
+                revocation.expire_consent(consent)
 
         old_tx = AuthorizationTransaction.objects.filter(
             expires_at__lte=now - timedelta(seconds=app_settings.TRANSACTION_RETENTION)
@@ -84,9 +85,9 @@ class Command(BaseCommand):
         )
         if not dry:
             for client in unused:
-                flows.delete_client(client, actor=audit.SYSTEM, reason=f"unused for {days} days")
+                clients.delete_client(client, actor=audit.SYSTEM, reason=f"unused for {days} days")
             for client in never_used:
-                flows.delete_client(
+                clients.delete_client(
                     client, actor=audit.SYSTEM, reason="no authorization since it registered"
                 )
         verb = "would be" if dry else "were"

@@ -7,8 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from mcp_consent import flows
 from mcp_consent.app_settings import app_settings, canonical_resource
+from mcp_consent.flows import resource_servers
 
 
 class Command(BaseCommand):
@@ -40,7 +40,7 @@ class Command(BaseCommand):
                     "minted for it until it is."
                 )
             resources.append(canonical)
-        application, secret = flows.create_resource_server(options["name"])
+        application, secret = resource_servers.create_resource_server(options["name"])
         w = self.stdout.write
         w(f"client_id:     {application.client_id}")
         w(f"client_secret: {secret}   (shown once; stored hashed)")
