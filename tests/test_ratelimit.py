@@ -400,3 +400,20 @@ def test_abuse_01_real_sign_ins_are_never_counted_at_the_upstream_callback(
         for i in range(4)
     ]
     assert [s.status_code for s in statuses] == [400, 400, 429, 429]
+
+
+def test_abuse_02_a_conformance_suite_completes_150_registrations_and_100_whole_flows() -> None:
+    """ABUSE-02: from one machine with the defaults, ~150 registrations and 100 whole
+    authorizations (consent page, approval, upstream, callback) within a minute all pass."""
+    from tests.browser_client import Browser
+
+    client = Client()
+    registered = [register(client, ip="127.0.0.1") for _ in range(150)]  # the Browser's address
+    assert {r.status_code for r in registered} == {201}
+    browser = Browser()
+    browser.login_upstream()
+    clients = MCPClient.objects.order_by("pk")[:100]
+    for mcp_client in clients:
+        final = browser.run_flow(authorize_params(mcp_client))  # asserts each step's status
+        assert final.status_code == 302
+        assert final["Location"].startswith("https://app.example/cb?code=")
