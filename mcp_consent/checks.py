@@ -149,10 +149,24 @@ def _is_subclass(value: Any, dotted: str) -> bool:
 
 @register(Tags.security)
 def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Every configuration check, in a fixed order: settings, DOT, upstream, cookies, keys."""
     messages: list[Any] = [E030(*unknown) for unknown in app_settings.unknown_keys()]
     raw = getattr(settings, "MCP_CONSENT", {}).get("RESOURCES", [])
     if not raw or any(canonical_resource(r) is None for r in raw):
         messages.append(E001())
+    upstream = app_settings.UPSTREAM
+    messages += _dot_messages()
+    messages += _upstream_messages(upstream)
+    messages += _cookie_messages()
+    messages += _key_messages()
+    messages += _advice(upstream)
+    messages += _hasher_messages()
+    return messages
+
+
+def _dot_messages() -> list[Any]:
+    """DOT configured as this server needs it: PKCE, our classes, rotation, no legacy grants."""
+    messages: list[Any] = []
     if not (
         oauth2_settings.PKCE_REQUIRED is True and oauth2_settings.COMPLIANT_BCP_RFC9700_PKCE_METHOD
     ):
@@ -177,7 +191,12 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         and oauth2_settings.COMPLIANT_BCP_RFC9700_PASSWORD_GRANT
     ):
         messages.append(E011)
-    upstream = app_settings.UPSTREAM
+    return messages
+
+
+def _upstream_messages(upstream: Any) -> list[Any]:
+    """A known provider preset (with its tenant) and every upstream endpoint set."""
+    messages: list[Any] = []
     if (upstream.provider and upstream.provider not in PROVIDER_PRESETS) or (
         upstream.provider == "entra" and not upstream.tenant
     ):
@@ -186,6 +205,12 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         [upstream.authorize_url, upstream.token_url, upstream.userinfo_url, upstream.client_id]
     ):
         messages.append(E007)
+    return messages
+
+
+def _cookie_messages() -> list[Any]:
+    """The transaction cookie host-only, session and CSRF cookies secure and same-site."""
+    messages: list[Any] = []
     if not app_settings.TRANSACTION_COOKIE_NAME.startswith("__Host-"):
         messages.append(E009)
     if not (settings.SESSION_COOKIE_SECURE and settings.CSRF_COOKIE_SECURE) or not (
@@ -193,6 +218,12 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         and settings.CSRF_COOKIE_SAMESITE in {"Lax", "Strict"}
     ):
         messages.append(E010)
+    return messages
+
+
+def _key_messages() -> list[Any]:
+    """Keys of their own for the vault and the audit chain outside DEBUG."""
+    messages: list[Any] = []
     if not settings.DEBUG and not app_settings.ENCRYPTION_KEYS:
         # SEC-10: whoever reads SECRET_KEY (often in the same environment, logs, or a
         # leaked settings file) must not be able to decrypt every upstream token: a key of
@@ -202,20 +233,30 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         # SEC-06: a key next to the database (SECRET_KEY often is) lets whoever holds both
         # recompute the chain; outside DEBUG a separate key is required, not only advised.
         messages.append(E012)
+    return messages
+
+
+def _advice(upstream: Any) -> list[Any]:
+    """Warnings: remembered consent, registration without a rate limit, upstream without PKCE."""
+    messages: list[Any] = []
     if app_settings.REMEMBER_CONSENT:
         messages.append(W001)
     if oauth2_settings.DCR_ENABLED and not app_settings.RATE_LIMITS.get("register"):
         messages.append(W004)
     if not upstream.pkce:
         messages.append(W002)
+    return messages
+
+
+def _hasher_messages() -> list[Any]:
+    """A client secret hasher that exists, and ours when anyone may register."""
     try:
         hasher = get_hasher(oauth2_settings.CLIENT_SECRET_HASHER)
     except ValueError:
-        messages.append(E013)
-    else:
-        if oauth2_settings.DCR_ENABLED and not isinstance(hasher, ClientSecretHasher):
-            messages.append(W006)
-    return messages
+        return [E013]
+    if oauth2_settings.DCR_ENABLED and not isinstance(hasher, ClientSecretHasher):
+        return [W006]
+    return []
 
 
 @register(Tags.security, deploy=True)

@@ -282,10 +282,39 @@ class ClientMetadata:
 
 
 def clean_client_metadata(data: Any, source: str) -> ClientMetadata:
-    """Validate RFC 7591 metadata for ``source`` (DCR, CIMD, admin) or raise RegistrationError."""
+    """Validate RFC 7591 metadata for ``source`` (DCR, CIMD, admin) or raise RegistrationError.
+
+    The steps run in this order, so a document with several faults is refused for the first.
+    """
     if not isinstance(data, dict):
         raise RegistrationError("invalid_client_metadata", "client metadata must be a JSON object")
+    uris = _clean_redirect_uris(data)
+    application_type = _clean_application_type(data, uris)
+    method = _clean_auth_method(data, source)
+    _check_grant_and_response_types(data)
+    name = _optional_str(data, "client_name", app_settings.CLIENT_NAME_MAX_LENGTH)
+    scope = _clean_scope(data)
+    contacts = _clean_contacts(data)
+    return ClientMetadata(
+        redirect_uris=uris,
+        token_endpoint_auth_method=method,
+        grant_types=["authorization_code", "refresh_token"],
+        response_types=["code"],
+        client_name=name,
+        client_uri=_optional_https_uri(data, "client_uri"),
+        logo_uri=_optional_https_uri(data, "logo_uri"),
+        tos_uri=_optional_https_uri(data, "tos_uri"),
+        policy_uri=_optional_https_uri(data, "policy_uri"),
+        contacts=contacts,
+        scope=scope,
+        software_id=_optional_str(data, "software_id"),
+        software_version=_optional_str(data, "software_version"),
+        application_type=application_type,
+    )
 
+
+def _clean_redirect_uris(data: dict[str, Any]) -> list[str]:
+    """The registered redirect URIs, each validated, duplicates dropped (DCR-10)."""
     redirect_uris = data.get("redirect_uris")
     if redirect_uris is None or redirect_uris == []:
         # DCR-10: every client here uses the code grant, which needs registered redirect URIs.
@@ -298,8 +327,11 @@ def clean_client_metadata(data: Any, source: str) -> ClientMetadata:
         raise RegistrationError(
             "invalid_redirect_uri", f"at most {app_settings.MAX_REDIRECT_URIS} redirect URIs"
         )
-    uris = list(dict.fromkeys(validate_redirect_uri(uri) for uri in redirect_uris))
+    return list(dict.fromkeys(validate_redirect_uri(uri) for uri in redirect_uris))
 
+
+def _clean_application_type(data: dict[str, Any], uris: list[str]) -> str:
+    """ "native" or "web", defaulted from the redirect URIs and consistent with them (AS-62)."""
     application_type = data.get("application_type")
     loopback = [u for u in uris if is_loopback_host(urlsplit(u).hostname)]
     private_use = [u for u in uris if is_private_use_scheme(u)]
@@ -328,7 +360,11 @@ def clean_client_metadata(data: Any, source: str) -> ClientMetadata:
             f"application_type 'web' requires https redirect URIs; '{scheme}:' is the "
             "private-use scheme of a native app: register it with application_type 'native'",
         )
+    return str(application_type)
 
+
+def _clean_auth_method(data: dict[str, Any], source: str) -> str:
+    """The token endpoint's client authentication: supported, public for CIMD (CIMD-06)."""
     default_method = "none" if source == RegistrationSource.CIMD else "client_secret_basic"
     method = data.get("token_endpoint_auth_method", default_method)
     if method not in SUPPORTED_AUTH_METHODS:
@@ -348,7 +384,11 @@ def clean_client_metadata(data: Any, source: str) -> ClientMetadata:
         raise RegistrationError(
             "invalid_client_metadata", "jwks and jwks_uri must not both be present (DCR-17)"
         )
+    return str(method)
 
+
+def _check_grant_and_response_types(data: dict[str, Any]) -> None:
+    """The code grant (with refresh) and the code response type only (DCR-15)."""
     grant_types = _str_list(data, "grant_types", ["authorization_code"])
     unsupported = [g for g in grant_types if g not in SUPPORTED_GRANT_TYPES]
     if unsupported or "authorization_code" not in grant_types:
@@ -362,36 +402,25 @@ def clean_client_metadata(data: Any, source: str) -> ClientMetadata:
     if response_types != ["code"]:
         raise RegistrationError("invalid_client_metadata", "response_types must be ['code']")
 
-    name = _optional_str(data, "client_name", app_settings.CLIENT_NAME_MAX_LENGTH)
+
+def _clean_scope(data: dict[str, Any]) -> str:
+    """The requested scopes narrowed to those this server has (DCR-18)."""
     scope_value = data.get("scope", "")
     if not isinstance(scope_value, str):
         raise RegistrationError("invalid_client_metadata", "scope must be a space-separated string")
     known = set(oauth2_settings.SCOPES)
     # DCR-18: narrow to the scopes this server has; the response shows the narrowed value.
-    scope = " ".join(s for s in dict.fromkeys(scope_value.split()) if s in known)
+    return " ".join(s for s in dict.fromkeys(scope_value.split()) if s in known)
 
+
+def _clean_contacts(data: dict[str, Any]) -> list[str]:
+    """At most 10 short, printable contacts."""
     contacts = _str_list(data, "contacts", [])
     if len(contacts) > 10 or any(len(c) > 255 or not _printable(c) for c in contacts):
         raise RegistrationError(
             "invalid_client_metadata", "contacts must be at most 10 short strings"
         )
-
-    return ClientMetadata(
-        redirect_uris=uris,
-        token_endpoint_auth_method=method,
-        grant_types=["authorization_code", "refresh_token"],
-        response_types=["code"],
-        client_name=name,
-        client_uri=_optional_https_uri(data, "client_uri"),
-        logo_uri=_optional_https_uri(data, "logo_uri"),
-        tos_uri=_optional_https_uri(data, "tos_uri"),
-        policy_uri=_optional_https_uri(data, "policy_uri"),
-        contacts=contacts,
-        scope=scope,
-        software_id=_optional_str(data, "software_id"),
-        software_version=_optional_str(data, "software_version"),
-        application_type=application_type,
-    )
+    return contacts
 
 
 # The CIMD document cleaned by the fetcher, handed to the flow that records the client once

@@ -120,56 +120,70 @@ class CalendarChangeList(ChangeList):
 
     @cached_property
     def calendar(self) -> dict[str, Any]:
+        """The date hierarchy's context for the level shown: a day, a month, a year or all."""
         field = self.date_hierarchy
         year_key, month_key, day_key = (f"{field}__{part}" for part in ("year", "month", "day"))
         year = self.params.get(year_key)
         month = self.params.get(month_key)
         day = self.params.get(day_key)
-
-        def link(params: dict[str, Any]) -> str:
-            return self.get_query_string(params, [f"{field}__"])
-
         if day and month and year:
             shown = datetime.date(int(year), int(month), int(day))
             return {
                 "show": True,
                 "back": {
-                    "link": link({year_key: year, month_key: month}),
+                    "link": self._date_link({year_key: year, month_key: month}),
                     "title": capfirst(formats.date_format(shown, "YEAR_MONTH_FORMAT")),
                 },
                 "choices": [{"title": capfirst(formats.date_format(shown, "MONTH_DAY_FORMAT"))}],
             }
         if month and year:
-            days = calendar.monthrange(int(year), int(month))[1]
-            return {
-                "show": True,
-                "back": {"link": link({year_key: year}), "title": str(year)},
-                "choices": [
-                    {
-                        "link": link({year_key: year, month_key: month, day_key: d}),
-                        "title": capfirst(
-                            formats.date_format(
-                                datetime.date(int(year), int(month), d), "MONTH_DAY_FORMAT"
-                            )
-                        ),
-                    }
-                    for d in range(1, days + 1)
-                ],
-            }
+            return self._days_of(year_key, month_key, day_key, year, month)
         if year:
-            return {
-                "show": True,
-                "back": {"link": link({}), "title": "All dates"},
-                "choices": [
-                    {
-                        "link": link({year_key: year, month_key: m}),
-                        "title": capfirst(
-                            formats.date_format(datetime.date(int(year), m, 1), "YEAR_MONTH_FORMAT")
-                        ),
-                    }
-                    for m in range(1, 13)
-                ],
-            }
+            return self._months_of(year_key, month_key, year)
+        return self._years(year_key)
+
+    def _date_link(self, params: dict[str, Any]) -> str:
+        return self.get_query_string(params, [f"{self.date_hierarchy}__"])
+
+    def _days_of(
+        self, year_key: str, month_key: str, day_key: str, year: str, month: str
+    ) -> dict[str, Any]:
+        """Every day of the month, from the calendar (no query)."""
+        return {
+            "show": True,
+            "back": {"link": self._date_link({year_key: year}), "title": str(year)},
+            "choices": [
+                {
+                    "link": self._date_link({year_key: year, month_key: month, day_key: d}),
+                    "title": capfirst(
+                        formats.date_format(
+                            datetime.date(int(year), int(month), d), "MONTH_DAY_FORMAT"
+                        )
+                    ),
+                }
+                for d in range(1, calendar.monthrange(int(year), int(month))[1] + 1)
+            ],
+        }
+
+    def _months_of(self, year_key: str, month_key: str, year: str) -> dict[str, Any]:
+        """Every month of the year, from the calendar (no query)."""
+        return {
+            "show": True,
+            "back": {"link": self._date_link({}), "title": "All dates"},
+            "choices": [
+                {
+                    "link": self._date_link({year_key: year, month_key: m}),
+                    "title": capfirst(
+                        formats.date_format(datetime.date(int(year), m, 1), "YEAR_MONTH_FORMAT")
+                    ),
+                }
+                for m in range(1, 13)
+            ],
+        }
+
+    def _years(self, year_key: str) -> dict[str, Any]:
+        """The years from the first row's to the last's: one MIN/MAX on an indexed column."""
+        field = self.date_hierarchy
         bounds = self.queryset.aggregate(first=Min(field), last=Max(field))
         first, last = bounds["first"], bounds["last"]
         if first is None or last is None:
@@ -180,7 +194,7 @@ class CalendarChangeList(ChangeList):
             "show": True,
             "back": None,
             "choices": [
-                {"link": link({year_key: str(y)}), "title": str(y)}
+                {"link": self._date_link({year_key: str(y)}), "title": str(y)}
                 for y in range(first.year, last.year + 1)
             ],
         }

@@ -111,78 +111,105 @@ def record_client(
     MCPClient yet and no other transaction can see it: nothing to look up or lock.
     """
     actor = actor or audit.client_actor(None)
-    stale: list[Consent] = []
     with transaction.atomic(savepoint=not new):
         # SEC-12: the client first (flows/locks.py); a new application has none to lock.
         client = None if new else lock_client_of(application)
         if client is None:
-            client = MCPClient.objects.create(
-                application=application,
-                registration_source=source,
-                # Admin-registered: vouched for by an operator. CIMD: the metadata was served
-                # by the client_id's own https origin, so the domain is verified (the page
-                # shows the domain, not a claim about the software). DCR: self-asserted.
-                verified=source in {RegistrationSource.ADMIN, RegistrationSource.CIMD},
-                # ABUSE-03: self-registered clients count against their address's budget.
-                registered_from=client_ip(request)
-                if request is not None and source != RegistrationSource.ADMIN
-                else None,
-                **_client_fields(metadata),
-            )
-            _sync_redirect_uris(client, metadata.redirect_uris, new=True)
-            audit.record(
-                AuditEvent.Action.CLIENT_REGISTERED,
-                actor=actor,
-                request=request,
-                client=client,
-                details={
-                    "source": source,
-                    "redirect_uris": metadata.redirect_uris,
-                    "client_name": metadata.client_name,
-                },
-            )
-            transaction.on_commit(
-                lambda: signals.client_registered.send(sender=MCPClient, client=client)
-            )
-            return client
-        before = client.metadata
-        shown_before = (
-            before.get("client_name", ""),
-            tuple(before.get("redirect_uris", [])),
-            client.client_uri,
-            client.logo_uri,
-        )
-        for key, value in _client_fields(metadata).items():
-            setattr(client, key, value)
-        changed = shown_before != metadata.displayed
-        if changed:
-            client.metadata_version += 1
-            active = Consent.objects.unretired().filter(client=client)
-            if (
-                shown_before[0] != metadata.client_name
-                or shown_before[2:] != metadata.displayed[2:]
-            ):
-                stale = list(active)
-            else:
-                stale = list(active.exclude(redirect_uri__in=metadata.redirect_uris))
-        client.save()
-        _sync_redirect_uris(client, metadata.redirect_uris)
-        if changed or before != client.metadata:
-            audit.record(
-                AuditEvent.Action.CLIENT_UPDATED,
-                actor=actor,
-                request=request,
-                client=client,
-                details={
-                    "displayed_metadata_changed": changed,
-                    "redirect_uris": metadata.redirect_uris,
-                    "client_name": metadata.client_name,
-                    "consents_invalidated": len(stale),
-                },
-            )
-        if stale:
-            revoke_consents(stale, actor=actor, reason="client metadata changed", request=request)
+            return _create_client(application, metadata, source, actor, request)
+        _update_client_record(client, metadata, actor, request)
     return client
+
+
+def _create_client(
+    application: Any,
+    metadata: ClientMetadata,
+    source: str,
+    actor: audit.ActorInfo,
+    request: HttpRequest | None,
+) -> MCPClient:
+    """The MCPClient of a new application, its redirect URIs, audited and signalled."""
+    client = MCPClient.objects.create(
+        application=application,
+        registration_source=source,
+        # Admin-registered: vouched for by an operator. CIMD: the metadata was served
+        # by the client_id's own https origin, so the domain is verified (the page
+        # shows the domain, not a claim about the software). DCR: self-asserted.
+        verified=source in {RegistrationSource.ADMIN, RegistrationSource.CIMD},
+        # ABUSE-03: self-registered clients count against their address's budget.
+        registered_from=client_ip(request)
+        if request is not None and source != RegistrationSource.ADMIN
+        else None,
+        **_client_fields(metadata),
+    )
+    _sync_redirect_uris(client, metadata.redirect_uris, new=True)
+    audit.record(
+        AuditEvent.Action.CLIENT_REGISTERED,
+        actor=actor,
+        request=request,
+        client=client,
+        details={
+            "source": source,
+            "redirect_uris": metadata.redirect_uris,
+            "client_name": metadata.client_name,
+        },
+    )
+    transaction.on_commit(lambda: signals.client_registered.send(sender=MCPClient, client=client))
+    return client
+
+
+def _update_client_record(
+    client: MCPClient,
+    metadata: ClientMetadata,
+    actor: audit.ActorInfo,
+    request: HttpRequest | None,
+) -> None:
+    """New metadata on a locked client; consents bound to what the page showed end (MGMT-06)."""
+    before = client.metadata
+    shown_before = (
+        before.get("client_name", ""),
+        tuple(before.get("redirect_uris", [])),
+        client.client_uri,
+        client.logo_uri,
+    )
+    for key, value in _client_fields(metadata).items():
+        setattr(client, key, value)
+    changed = shown_before != metadata.displayed
+    stale: list[Consent] = []
+    if changed:
+        # CD-04: no remembered consent of the old version applies.
+        client.metadata_version += 1
+        stale = _consents_shown_otherwise(client, shown_before, metadata)
+    client.save()
+    _sync_redirect_uris(client, metadata.redirect_uris)
+    if changed or before != client.metadata:
+        audit.record(
+            AuditEvent.Action.CLIENT_UPDATED,
+            actor=actor,
+            request=request,
+            client=client,
+            details={
+                "displayed_metadata_changed": changed,
+                "redirect_uris": metadata.redirect_uris,
+                "client_name": metadata.client_name,
+                "consents_invalidated": len(stale),
+            },
+        )
+    if stale:
+        revoke_consents(stale, actor=actor, reason="client metadata changed", request=request)
+
+
+def _consents_shown_otherwise(
+    client: MCPClient, shown_before: tuple[Any, ...], metadata: ClientMetadata
+) -> list[Consent]:
+    """The consents given to what the page no longer shows (MGMT-06, CIMD-12).
+
+    All of them for a new name or client URI (or logo), those of removed redirect URIs
+    otherwise.
+    """
+    active = Consent.objects.unretired().filter(client=client)
+    if shown_before[0] != metadata.client_name or shown_before[2:] != metadata.displayed[2:]:
+        return list(active)
+    return list(active.exclude(redirect_uri__in=metadata.redirect_uris))
 
 
 def register_client(

@@ -401,14 +401,49 @@ class ProtectedMCPApp:
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, thread: RequestThread
     ) -> None:
+        """Origin, body bounds, the bearer token, then the MCP app: each step may answer."""
         resource_uri = self.resource_uri or resource.default_resource()
+        cors_send = await self._check_origin(scope, receive, send)
+        if cors_send is None:
+            return
+        send = cors_send
+        read = await self._read_body(scope, receive)
+        if read is None:
+            return  # the client went away
+        body, refusal = read
+        required = list(dict.fromkeys(self.required_scopes + self.operation_scopes(body)))
+        authenticated = await _authenticate(scope, send, thread, resource_uri, required)
+        if authenticated is None:
+            return
+        authorization, verified = authenticated
+        if refusal is not None:
+            status, description = refusal
+            body_out = {"error": "invalid_request", "error_description": description}
+            await _send_json(send, status, body_out, {})
+            return
+        raw = resource.bearer_token(authorization, resource=resource_uri, scopes=required)
+        state = _RequestState(scopes=required)
+        verified_token = _verified_here.set(
+            (resource.checksum(raw), sdk_access_token(raw, verified))
+        )
+        state_token = _request_state.set(state)
+        try:
+            await self.app(
+                scope, _replaying(body, receive), _reauthorize_guard(send, state, resource_uri)
+            )
+        finally:
+            _request_state.reset(state_token)
+            _verified_here.reset(verified_token)
+
+    async def _check_origin(self, scope: Scope, receive: Receive, send: Send) -> Send | None:
+        """The ``send`` to answer with (CORS for an allowed Origin), None if answered here."""
         # RS-10: a foreign Origin (a DNS-rebound page) or Host is refused before it learns
         # anything else, even the challenge.
         request = Request(scope)
         rejection = await self.security.validate_request(request, is_post=False)
         if rejection is not None:
             await rejection(scope, receive, send)
-            return
+            return None
         # Past the check, a present Origin is one of MCP_ALLOWED_ORIGINS: a browser-based
         # client there (e.g. the MCP Inspector connecting directly) may read the answers.
         origin = request.headers.get("origin")
@@ -418,102 +453,107 @@ class ProtectedMCPApp:
                 and "access-control-request-method" in request.headers
             ):
                 await _send_preflight(send, origin, request.headers)
-                return
+                return None
             send = _with_cors(send, origin)
+        return send
 
-        body = b""
-        # SEC-11 / RS-07: a body over the size or nesting bound is refused before anything
-        # parses it (400, or 413 for size) -- but after the token check, so a request
-        # without a valid token still gets the 401 challenge (RS-04), never a 5xx.
+    async def _read_body(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[bytes, tuple[int, str] | None] | None:
+        """(body, refusal) of a request; None if the client went away while sending it.
+
+        SEC-11 / RS-07: a body over the size or nesting bound is refused before anything
+        parses it (400, or 413 for size) -- but after the token check, so a request
+        without a valid token still gets the 401 challenge (RS-04), never a 5xx. A refused
+        body is returned empty, so no scope is read from it.
+        """
+        if scope.get("method") != "POST":
+            return b"", None
         refusal: tuple[int, str] | None = None
-        if scope.get("method") == "POST":
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return  # the client went away
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > self.max_body_size:
-                    refusal = (413, "request body too large")
-                    break
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-            body = b"".join(chunks)
-            if refusal is None and json_depth_exceeds(body, app_settings.MCP_MAX_JSON_DEPTH):
-                refusal = (400, "request body nested too deeply")
-        if refusal is not None:
-            body = b""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_size:
+                refusal = (413, "request body too large")
+                break
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if refusal is None and json_depth_exceeds(body, app_settings.MCP_MAX_JSON_DEPTH):
+            refusal = (400, "request body nested too deeply")
+        return (b"", refusal) if refusal is not None else (body, None)
 
-        required = list(dict.fromkeys(self.required_scopes + self.operation_scopes(body)))
-        authorizations = [v for k, v in scope.get("headers", []) if k.lower() == b"authorization"]
-        try:
-            if len(authorizations) > 1:
-                raise resource.InvalidRequest(
-                    "Send one Authorization header.", resource=resource_uri, scopes=required
-                )
-            authorization = authorizations[0].decode("latin-1") if authorizations else None
-            query_string = scope.get("query_string", b"").decode("latin-1")
-            # In this request's thread, which hands its connection back in the same hop.
-            verified = await sync_to_async(_authenticate_and_release, thread_sensitive=True)(
-                authorization=authorization,
-                query_string=query_string,
-                resource=resource_uri,
-                scopes=required,
+
+async def _authenticate(
+    scope: Scope, send: Send, thread: RequestThread, resource_uri: str, required: list[str]
+) -> tuple[str | None, resource.VerifiedToken] | None:
+    """(Authorization header, verified token); None once the bearer error is sent (RS-04)."""
+    authorizations = [v for k, v in scope.get("headers", []) if k.lower() == b"authorization"]
+    try:
+        if len(authorizations) > 1:
+            raise resource.InvalidRequest(
+                "Send one Authorization header.", resource=resource_uri, scopes=required
             )
-        except resource.BearerError as error:
-            thread.mark_released()
+        authorization = authorizations[0].decode("latin-1") if authorizations else None
+        query_string = scope.get("query_string", b"").decode("latin-1")
+        # In this request's thread, which hands its connection back in the same hop.
+        verified = await sync_to_async(_authenticate_and_release, thread_sensitive=True)(
+            authorization=authorization,
+            query_string=query_string,
+            resource=resource_uri,
+            scopes=required,
+        )
+    except resource.BearerError as error:
+        thread.mark_released()
+        await _send_bearer_error(send, error)
+        return None
+    thread.mark_released()
+    return authorization, verified
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the body already read, then the client's messages."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _reauthorize_guard(send: Send, state: _RequestState, resource_uri: str) -> Send:
+    """A ``send`` that answers 401 instead when a tool found the upstream grant gone (RS-11)."""
+    replaced = False
+
+    async def guarded_send(message: Message) -> None:
+        nonlocal replaced
+        if message["type"] == "http.response.start" and state.reauthorize:
+            # RS-11: the upstream grant behind this token is gone and refreshing cannot
+            # fix it: answer 401 invalid_token, which makes MCP clients authorize again
+            # (a new consent, a new upstream grant). Nothing of the upstream's answer
+            # reaches the client.
+            replaced = True
+            error = resource.InvalidToken(
+                f"The authorization at {app_settings.UPSTREAM.name} has ended; authorize again.",
+                resource=resource_uri,
+                scopes=state.scopes,
+            )
             await _send_bearer_error(send, error)
             return
-        thread.mark_released()
-        if refusal is not None:
-            status, description = refusal
-            body_out = {"error": "invalid_request", "error_description": description}
-            await _send_json(send, status, body_out, {})
-            return
+        if not replaced:
+            await send(message)
 
-        raw = resource.bearer_token(authorization, resource=resource_uri, scopes=required)
-        state = _RequestState(scopes=required)
-        verified_token = _verified_here.set(
-            (resource.checksum(raw), sdk_access_token(raw, verified))
-        )
-        state_token = _request_state.set(state)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        replaced = False
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal replaced
-            if message["type"] == "http.response.start" and state.reauthorize:
-                # RS-11: the upstream grant behind this token is gone and refreshing cannot
-                # fix it: answer 401 invalid_token, which makes MCP clients authorize again
-                # (a new consent, a new upstream grant). Nothing of the upstream's answer
-                # reaches the client.
-                replaced = True
-                error = resource.InvalidToken(
-                    f"The authorization at {app_settings.UPSTREAM.name} has ended; authorize again.",
-                    resource=resource_uri,
-                    scopes=state.scopes,
-                )
-                await _send_bearer_error(send, error)
-                return
-            if not replaced:
-                await send(message)
-
-        try:
-            await self.app(scope, replay, guarded_send)
-        finally:
-            _request_state.reset(state_token)
-            _verified_here.reset(verified_token)
+    return guarded_send
 
 
 # --- Inside tools --------------------------------------------------------------------------------
