@@ -1,0 +1,84 @@
+"""The threads a request's ORM work runs on: one per request, as in Django's handler, reused."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import AsyncToSync, ThreadSensitiveContext
+
+# asgiref >= 3.13: a ThreadSensitiveContext can run on an executor the caller keeps.
+_CONTEXT_TAKES_EXECUTOR = "executor" in inspect.signature(ThreadSensitiveContext).parameters
+
+
+class _CountingExecutor(ThreadPoolExecutor):
+    """A single-thread executor that counts the calls it ran (to skip needless releases)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="mcp-request")
+        self.calls = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@dataclass
+class RequestThread:
+    """The thread a request's sync work runs on; knows whether it ran anything since a release."""
+
+    executor: _CountingExecutor | None = None
+    released_after: int = -1
+
+    def mark_released(self) -> None:
+        if self.executor is not None:
+            self.released_after = self.executor.calls
+
+    @property
+    def used_since_release(self) -> bool:
+        # Unknown (no executor of ours): assume used, release.
+        return self.executor is None or self.executor.calls != self.released_after
+
+
+class RequestThreads:
+    """One thread per request being served, as Django's ASGI handler has, but kept for reuse.
+
+    A bare ``ThreadSensitiveContext`` starts a thread for every request and another to stop
+    it: on the MCP hot path that cost more than the token verification itself. Here each
+    request borrows a single-thread executor from a free list and returns it afterwards, so
+    its ORM work still runs on one thread of its own (and its connection is released there,
+    see ``resource.release_connections``), and threads live as long as the process.
+    """
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._free: list[_CountingExecutor] = []
+        self._lock = threading.Lock()
+
+    @asynccontextmanager
+    async def context(self) -> AsyncIterator[RequestThread]:
+        if not _CONTEXT_TAKES_EXECUTOR or getattr(AsyncToSync.executors, "current", None):
+            # Called from sync code through async_to_sync (tests, scripts): asgiref's rule
+            # that thread-sensitive work runs on that calling thread stays.
+            async with ThreadSensitiveContext():
+                yield RequestThread()
+            return
+        with self._lock:
+            executor = self._free.pop() if self._free else None
+        if executor is None:
+            executor = _CountingExecutor()
+        try:
+            async with ThreadSensitiveContext(executor=executor):  # type: ignore[call-arg]
+                yield RequestThread(executor)
+        finally:
+            with self._lock:
+                keep = len(self._free) < self.keep
+                if keep:
+                    self._free.append(executor)
+            if not keep:
+                executor.shutdown(wait=False)
