@@ -316,12 +316,15 @@ def test_the_compiled_verification_query_refuses_parameters_frozen_at_compile_ti
     """
     from django.utils import timezone
 
-    original = resource._hot_queryset
+    from mcp_consent.resource import query
+
+    # Patched where _CompiledLookup looks it up: the verification query's own module.
+    original = query._hot_queryset
     monkeypatch.setattr(
-        resource,
+        query,
         "_hot_queryset",
         lambda value: original(value).filter(expires__gt=timezone.now()),
     )
-    assert resource._CompiledLookup._compile(connection.alias) is None
-    monkeypatch.setattr(resource, "_hot_queryset", original)
-    assert resource._CompiledLookup._compile(connection.alias) is not None
+    assert query._CompiledLookup._compile(connection.alias) is None
+    monkeypatch.setattr(query, "_hot_queryset", original)
+    assert query._CompiledLookup._compile(connection.alias) is not None
