@@ -18,5 +18,5 @@ each function has one import path and a test patches it where its callers look i
 - ``resource_servers``: the introspection credentials of a resource server.
 - ``revocation``: consents and tokens revoked, with their cascade.
 - ``tokens``: our tokens issued, refreshed, reused and revoked.
-- ``upstream_tokens``: the stored upstream token, refreshed and used.
+- ``upstream_tokens``: the upstream token, stored, refreshed and used.
 """

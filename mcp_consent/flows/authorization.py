@@ -21,11 +21,9 @@ from ..models import (
     AuthorizationTransaction,
     Consent,
     MCPClient,
-    UpstreamIdentity,
-    UpstreamToken,
 )
 from ..vault import secret_hash
-from . import identities, tokens
+from . import identities, tokens, upstream_tokens
 from .common import client_ip, user_agent
 from .identities import UpstreamGrant
 from .locks import lock_client
@@ -311,7 +309,7 @@ def complete_authorization(
         # the upstream signed in someone else: nobody approved a grant for that person.
         raise NotTheRememberedPerson("remembered consent of another person")
     consent, new = _upsert_consent(tx, client, user, adapter, request, now)
-    _store_upstream_token(consent, identity, grant, new=new)
+    upstream_tokens.store_upstream_token(consent, identity, grant, new=new)
     _record_completed(tx, client, user, consent, grant, request, now)
     return user, consent
 
@@ -374,33 +372,6 @@ def _upsert_consent(
     )
     transaction.on_commit(lambda: signals.consent_granted.send(sender=Consent, consent=consent))
     return consent, True
-
-
-def _store_upstream_token(
-    consent: Consent, identity: UpstreamIdentity, grant: UpstreamGrant, *, new: bool
-) -> None:
-    """The upstream grant, encrypted, as the one upstream token of this consent.
-
-    No savepointed update_or_create: a new consent has no upstream token yet, and a renewed
-    one is locked by this transaction (_upsert_consent), so no parallel callback can insert
-    its token between the UPDATE and the INSERT.
-    """
-    fields = {
-        "identity": identity,
-        # SEC-10: bound to this consent's row and to the field each one is stored in.
-        "access_token_encrypted": vault.encrypt(
-            grant.access_token, vault.upstream_token_context(consent.pk, "access")
-        ),
-        "refresh_token_encrypted": vault.encrypt(
-            grant.refresh_token, vault.upstream_token_context(consent.pk, "refresh")
-        ),
-        "token_type": grant.token_type,
-        "scopes": grant.scopes,
-        "expires_at": grant.expires_at,
-        "refresh_expires_at": grant.refresh_expires_at,
-    }
-    if new or not UpstreamToken.objects.filter(consent=consent).update(**fields):
-        UpstreamToken.objects.create(consent=consent, **fields)
 
 
 def _record_completed(

@@ -1,5 +1,6 @@
-"""The upstream vault in use: the consent behind a verified MCP token, its upstream API
-session, the server-side refresh, and the one revocation of an upstream grant.
+"""The upstream vault in use: the upstream token stored at the callback, the consent behind
+a verified MCP token, its upstream API session, the server-side refresh, and the one
+revocation of an upstream grant.
 
 The vault (``mcp_consent.vault``) only encrypts and decrypts; what reads consents and writes
 upstream tokens lives here, a layer above it.
@@ -17,7 +18,8 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from .. import upstream, vault
-from ..models import Consent, UpstreamToken
+from ..models import Consent, UpstreamIdentity, UpstreamToken
+from .identities import UpstreamGrant
 
 log = logging.getLogger(__name__)
 
@@ -174,3 +176,30 @@ def revoke_upstream_grant(access_token: str, refresh_token: str) -> str:
             log.warning("upstream revocation failed: %s", reason)
             return f"upstream revocation failed: {reason}"
     return outcome
+
+
+def store_upstream_token(
+    consent: Consent, identity: UpstreamIdentity, grant: UpstreamGrant, *, new: bool
+) -> None:
+    """The upstream grant, encrypted, as the one upstream token of this consent.
+
+    No savepointed update_or_create: a new consent has no upstream token yet, and a renewed
+    one is locked by this transaction (authorization._upsert_consent), so no parallel callback can insert
+    its token between the UPDATE and the INSERT.
+    """
+    fields = {
+        "identity": identity,
+        # SEC-10: bound to this consent's row and to the field each one is stored in.
+        "access_token_encrypted": vault.encrypt(
+            grant.access_token, vault.upstream_token_context(consent.pk, "access")
+        ),
+        "refresh_token_encrypted": vault.encrypt(
+            grant.refresh_token, vault.upstream_token_context(consent.pk, "refresh")
+        ),
+        "token_type": grant.token_type,
+        "scopes": grant.scopes,
+        "expires_at": grant.expires_at,
+        "refresh_expires_at": grant.refresh_expires_at,
+    }
+    if new or not UpstreamToken.objects.filter(consent=consent).update(**fields):
+        UpstreamToken.objects.create(consent=consent, **fields)
