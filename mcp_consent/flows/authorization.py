@@ -326,19 +326,16 @@ def _upsert_consent(
 
     True with a new consent.
     """
-    consent = (
-        Consent.objects.live()
-        .select_for_update()
-        .filter(
-            user=user,
-            client=client,
-            redirect_uri=tx.redirect_uri,
-            scopes=tx.scopes,
-            resource=tx.resource,
-            client_metadata_version=client.metadata_version,
-        )
-        .first()
-    )
+    # CD-04: a consent is renewed only for exactly what this page showed and approved.
+    approved = {
+        "user": user,
+        "client": client,
+        "redirect_uri": tx.redirect_uri,
+        "scopes": tx.scopes,
+        "resource": tx.resource,
+        "client_metadata_version": client.metadata_version,
+    }
+    consent = Consent.objects.live().select_for_update().filter(**approved).first()
     expires_at = now + timedelta(seconds=adapter.consent_lifetime(client, user))
     if consent is not None:
         consent.last_used_at, consent.expires_at = now, expires_at
@@ -346,13 +343,8 @@ def _upsert_consent(
         consent.client = client  # loaded and locked already: no lazy read for the audit
         return consent, False
     consent = Consent.objects.create(
-        user=user,
-        client=client,
-        redirect_uri=tx.redirect_uri,
-        scopes=tx.scopes,
+        **approved,
         upstream_scopes=tx.upstream_scopes,
-        resource=tx.resource,
-        client_metadata_version=client.metadata_version,
         granted_at=now,
         expires_at=expires_at,
         ip_address=client_ip(request),
