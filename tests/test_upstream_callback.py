@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -547,3 +548,35 @@ def test_sec05_client_changed_during_the_upstream_exchange_revokes_the_new_token
     tx = AuthorizationTransaction.objects.get()
     assert tx.outcome == "failed"
     assert tx.code_hash == ""
+
+
+def test_a_changed_upstream_login_or_email_is_written_at_once(django_user_model) -> None:
+    """Connected apps names the upstream account a person signed in with: a login or email the upstream now
+    returns is stored at the next sign-in, even within LAST_LOGIN_RESOLUTION; only an
+    unchanged identity signed in moments ago skips the write."""
+    from types import SimpleNamespace
+
+    from mcp_consent.flows import identities
+
+    recent = timezone.now() - timedelta(seconds=30)
+    identity = UpstreamIdentity.objects.create(
+        provider="https://up.example",
+        subject="42",
+        user=django_user_model.objects.create_user("u42"),
+        login="octocat",
+        email="octo@example.com",
+        last_login_at=recent,
+    )
+
+    def sign_in(login: str, email: str) -> UpstreamIdentity:
+        grant: Any = SimpleNamespace(login=login, email=email)
+        identities._record_sign_in(identity, grant)
+        return UpstreamIdentity.objects.get(pk=identity.pk)
+
+    unchanged = sign_in("octocat", "octo@example.com")
+    assert unchanged.last_login_at == recent  # nothing new to say: no write
+    renamed = sign_in("octocat-renamed", "octo@example.com")
+    assert renamed.login == "octocat-renamed"
+    assert renamed.last_login_at > recent
+    moved = sign_in("octocat-renamed", "new@example.com")
+    assert moved.email == "new@example.com"
