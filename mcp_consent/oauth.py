@@ -161,6 +161,8 @@ def _known_application(client_id: str) -> Any:
     if client is None or client.application.client_id != client_id:
         return None
     application = client.application
+    if application.registration_source == application.RegistrationSource.CIMD:
+        return None  # CIMD-08: DOT's own load refreshes a stale document
     application.mcp_client = client
     return application
 
