@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.db.models import Case, Exists, OuterRef, Q, Value, When
 from django.http import HttpRequest
 
 from ..domains import is_ip_address, registrable_domain
@@ -24,6 +25,8 @@ from ..registration import is_loopback_host
 
 # How many other applications of the same name the page names (the rest are counted).
 NAMESAKES_SHOWN = 3
+# How many other applications of the same name are read at most (the work stays bounded).
+NAMESAKES_READ = 50
 
 
 def split_host(netloc: str) -> dict[str, str]:
@@ -56,39 +59,47 @@ def destination(host: str | None) -> str:
 
 
 def _hosts(client: MCPClient) -> set[str]:
+    # The live redirect URIs as DOT's Application holds them (flows.clients writes them with
+    # the RedirectURI rows, which keep the history): the very string the validator checked
+    # this request's redirect_uri against, loaded with the client, so no query of its own.
     return {
-        (urlsplit(uri.uri).hostname or "").lower()
-        for uri in client.redirect_uris.all()
-        if uri.removed_at is None
+        (urlsplit(uri).hostname or "").lower() for uri in client.application.redirect_uris.split()
     }
 
 
-def namesakes(client: MCPClient, user: Any) -> dict[str, Any]:
-    """Other live applications registered under this name that send access to other hosts."""
+def _clients_of_the_page(client: MCPClient, user_pk: int | None) -> list[MCPClient]:
+    """This client and its live namesakes, each marked ``approved`` when this person has any
+    consent for it (revoked or expired ones too): ONE query for every question of the page.
+
+    Issue 11: this once took four or five (the redirect URIs of this client twice, the
+    namesakes, their redirect URIs, then two consent lookups); the answers are the same.
+    """
     name = (client.application.name or "").strip()
-    if not name:
-        return {"namesake_destinations": [], "namesakes_more": 0, "namesake_approved": False}
-    own = _hosts(client)
-    others = [
-        other
-        for other in MCPClient.objects.filter(
-            application__name__iexact=name, disabled_at__isnull=True
-        )
-        .exclude(pk=client.pk)
+    wanted = Q(pk=client.pk)
+    if name:
+        wanted |= Q(application__name__iexact=name, disabled_at__isnull=True)
+    approved: Any = Value(False)
+    if user_pk is not None:
+        approved = Exists(Consent.objects.filter(user_id=user_pk, client_id=OuterRef("pk")))
+    rows = (
+        MCPClient.objects.filter(wanted)
         .select_related("application")
-        .prefetch_related("redirect_uris")[:50]
-        if _hosts(other) - own
-    ]
-    destinations = sorted({destination(h) for other in others for h in _hosts(other) - own} - {""})
-    approved = bool(
-        others
-        and getattr(user, "is_authenticated", False)
-        and Consent.objects.filter(user=user, client__in=others).exists()
+        .annotate(approved=approved, other=Case(When(pk=client.pk, then=0), default=1))
+        # This client first, then at most NAMESAKES_READ others in a stable order.
+        .order_by("other", "pk")[: NAMESAKES_READ + 1]
     )
+    return list(rows)
+
+
+def namesakes(client: MCPClient, others: list[MCPClient]) -> dict[str, Any]:
+    """Other live applications registered under this name that send access to other hosts."""
+    own = _hosts(client)
+    others = [other for other in others if _hosts(other) - own]
+    destinations = sorted({destination(h) for other in others for h in _hosts(other) - own} - {""})
     return {
         "namesake_destinations": destinations[:NAMESAKES_SHOWN],
         "namesakes_more": max(0, len(destinations) - NAMESAKES_SHOWN),
-        "namesake_approved": approved,
+        "namesake_approved": any(getattr(other, "approved", False) for other in others),
     }
 
 
@@ -97,14 +108,18 @@ def risk_context(request: HttpRequest, client: MCPClient, redirect_uri: str) -> 
     user = request.user
     signed_in = user.is_authenticated and user.pk is not None
     redirect = urlsplit(redirect_uri)
-    registered = [u.uri for u in client.redirect_uris.all() if u.removed_at is None]
+    registered = client.application.redirect_uris.split()
     loopback_only = bool(registered) and all(
         is_loopback_host(urlsplit(u).hostname) for u in registered
     )
+    rows = _clients_of_the_page(client, int(user.pk or 0) if signed_in else None)
+    this = next((row for row in rows if row.pk == client.pk), None)
+    others = [row for row in rows if row.pk != client.pk]
     return {
         # CD-01: said only when we know who is asking; an anonymous visitor signs in after.
-        "first_time": signed_in
-        and not Consent.objects.filter(user_id=int(user.pk or 0), client=client).exists(),
+        # (The client just validated is always among the rows; if it were not, the page
+        # says "first time", the cautious answer.)
+        "first_time": signed_in and not (this is not None and getattr(this, "approved", False)),
         # LH-01: a client with only loopback redirect URIs is whatever runs on this machine.
         "loopback_only": loopback_only,
         # LH-02 / CD-12: the same weight for a remote address of an unverified client as for
@@ -115,5 +130,5 @@ def risk_context(request: HttpRequest, client: MCPClient, redirect_uri: str) -> 
         and not client.verified,
         "redirect_destination": destination(redirect.hostname),
         **split_host(redirect.netloc),
-        **namesakes(client, user),
+        **namesakes(client, others),
     }
