@@ -709,3 +709,50 @@ def test_cimd_13_with_allow_rules_only_listed_domains_are_fetched(client, serve)
     CIMDDomainRule.objects.create(domain="CLIENT.example.org", policy="allow")
     assert authorize(client).status_code == 200
     assert fake.calls == [CLIENT_ID]
+
+
+def test_cimd_08_the_callback_leaves_a_stale_document_to_dots_own_load(serve, monkeypatch):
+    """CIMD-08 (da0a09d): at the upstream callback, a CIMD client whose document went stale
+    while the person was at the upstream is loaded by DOT itself, whose load is where a stale
+    document is refreshed, not taken from the client the callback read with its transaction
+    (oauth.known_client, kept for DCR clients). ABUSE-04 then refuses the fetch outside
+    /authorize, so the last good document is kept and the sign-in completes."""
+    from oauth2_provider import cimd as dot_cimd
+
+    from tests.browser_client import Browser, code_from
+
+    fake = serve(document(), max_age=300)
+    browser = Browser()
+    browser.login_upstream()
+    _verifier, challenge = pkce_pair()
+    params = {
+        "client_id": CLIENT_ID,
+        "redirect_uri": REDIRECT_URI,
+        "response_type": "code",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": "st-cimd",
+    }
+    page = browser.authorize(params)
+    assert page.status_code == 200, page.content[:300]
+    to_upstream = browser.post_form(page, "approve")
+    assert to_upstream.status_code == 303
+    to_callback = browser.through_upstream(to_upstream["Location"])
+    expire()  # stale while the person was at the upstream
+    refetch = serve(document(client_name="Renamed MCP Client"), max_age=300)
+    consulted: list[str] = []
+    refresh_if_stale = dot_cimd.refresh_if_stale
+
+    def spy(application: Any, request: Any) -> Any:
+        consulted.append(application.client_id)
+        return refresh_if_stale(application, request)
+
+    monkeypatch.setattr(dot_cimd, "refresh_if_stale", spy)
+    final = browser.get(to_callback["Location"])
+    assert final.status_code == 302, final.content[:300]
+    assert final["Location"].startswith(REDIRECT_URI + "?")
+    assert code_from(final)
+    assert CLIENT_ID in consulted, "the callback reused its in-memory client: no refresh"
+    assert fake.calls == [CLIENT_ID]  # the one fetch, at /authorize
+    assert refetch.calls == []  # ABUSE-04: no fetch at the callback
+    assert Application.objects.get(client_id=CLIENT_ID).name == "Example MCP Client"
