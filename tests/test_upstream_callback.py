@@ -12,6 +12,7 @@ from django.contrib.auth import SESSION_KEY
 from django.utils import timezone
 
 from mcp_consent import audit, vault
+from mcp_consent.adapter import DefaultConsentAdapter
 from mcp_consent.flows import authorization, clients, revocation
 from mcp_consent.models import (
     AuthorizationTransaction,
@@ -580,3 +581,44 @@ def test_a_changed_upstream_login_or_email_is_written_at_once(django_user_model)
     assert renamed.last_login_at > recent
     moved = sign_in("octocat-renamed", "new@example.com")
     assert moved.email == "new@example.com"
+
+
+def test_cd04_the_same_approval_again_renews_the_one_consent(client_a) -> None:
+    """CD-04: a person who approves exactly the same request again has their consent renewed
+    (its expiry moves on), never a second consent row beside it."""
+    browser = Browser()
+    assert "code" in query_of(browser.get(upstream_callback(browser, client_a))["Location"])
+    first = Consent.objects.get()
+    assert "code" in query_of(browser.get(upstream_callback(browser, client_a))["Location"])
+    renewed = Consent.objects.get()
+    assert renewed.pk == first.pk
+    assert renewed.expires_at > first.expires_at
+    assert UpstreamToken.objects.filter(consent=renewed).count() == 1
+
+
+class LinkingAdapter(DefaultConsentAdapter):
+    """A project's adapter that links a first-seen upstream identity to an existing user."""
+
+    def create_user(self, grant: Any) -> Any:
+        from django.contrib.auth import get_user_model
+
+        return get_user_model().objects.get(email=grant.email)
+
+
+def test_cd04_an_adapter_linking_an_existing_user_renews_their_consent(client_a, settings) -> None:
+    """CD-04 / issue 11: only a user the stock adapter has just inserted is known to have no
+    consent yet; one an adapter links (here by e-mail) keeps their consent, renewed, not
+    doubled by the first sign-in of a new upstream identity."""
+    browser = Browser()
+    browser.get(upstream_callback(browser, client_a))
+    consent = Consent.objects.get()
+    UpstreamIdentity.objects.all().delete()  # the next sign-in is a first-seen identity
+    settings.MCP_CONSENT = {
+        **settings.MCP_CONSENT,
+        "ADAPTER": "tests.test_upstream_callback.LinkingAdapter",
+    }
+    other_browser = Browser()
+    final = other_browser.get(upstream_callback(other_browser, client_a))
+    assert "code" in query_of(final["Location"]), final["Location"]
+    assert UpstreamIdentity.objects.get().user == consent.user
+    assert list(Consent.objects.values_list("pk", flat=True)) == [consent.pk]

@@ -302,15 +302,15 @@ def complete_authorization(
     # revokes what this transaction records.
     client = lock_client(tx.client.pk)
     check_client_as_approved(tx, client)
-    identity = identities.identity_for(grant, adapter)
+    identity, new_user = identities.identity_for(grant, adapter)
     user = identity.user
     if tx.remembered and user.pk != tx.user_id:
         # SEC-04 / CD-01: the page was skipped for the proxy session's user (tx.user), but
         # the upstream signed in someone else: nobody approved a grant for that person.
         raise NotTheRememberedPerson("remembered consent of another person")
-    consent, new = _upsert_consent(tx, client, user, adapter, request, now)
-    upstream_tokens.store_upstream_token(consent, identity, grant, new=new)
-    _record_completed(tx, client, user, consent, grant, request, now)
+    consent, granted = _upsert_consent(tx, client, user, adapter, request, now, new_user=new_user)
+    upstream_tokens.store_upstream_token(consent, identity, grant, new=granted is not None)
+    _record_completed(tx, client, user, consent, grant, request, now, granted)
     return user, consent
 
 
@@ -321,10 +321,12 @@ def _upsert_consent(
     adapter: DefaultConsentAdapter,
     request: HttpRequest,
     now: datetime,
-) -> tuple[Consent, bool]:
-    """The live consent for exactly what was approved, renewed, or a new one (audited).
+    *,
+    new_user: bool,
+) -> tuple[Consent, AuditEvent | None]:
+    """The live consent for exactly what was approved, renewed, or a new one.
 
-    True with a new consent.
+    With a new consent, its CONSENT_GRANTED event, for _record_completed to write.
     """
     # CD-04: a consent is renewed only for exactly what this page showed and approved.
     approved = {
@@ -335,13 +337,17 @@ def _upsert_consent(
         "resource": tx.resource,
         "client_metadata_version": client.metadata_version,
     }
-    consent = Consent.objects.live().select_for_update().filter(**approved).first()
     expires_at = now + timedelta(seconds=adapter.consent_lifetime(client, user))
+    # Issue 11: a user inserted by this transaction has no consent to renew (no other
+    # transaction can see the row, let alone refer to it): nothing to look up or lock.
+    consent = (
+        None if new_user else Consent.objects.live().select_for_update().filter(**approved).first()
+    )
     if consent is not None:
         consent.last_used_at, consent.expires_at = now, expires_at
         consent.save(update_fields=["last_used_at", "expires_at"])
         consent.client = client  # loaded and locked already: no lazy read for the audit
-        return consent, False
+        return consent, None
     consent = Consent.objects.create(
         **approved,
         upstream_scopes=tx.upstream_scopes,
@@ -351,7 +357,7 @@ def _upsert_consent(
         user_agent=user_agent(request),
         last_used_at=now,
     )
-    audit.record(
+    granted = audit.event(
         AuditEvent.Action.CONSENT_GRANTED,
         actor=audit.ActorInfo(AuditEvent.Actor.USER, user.pk, user.get_username()),
         request=request,
@@ -363,7 +369,7 @@ def _upsert_consent(
         },
     )
     transaction.on_commit(lambda: signals.consent_granted.send(sender=Consent, consent=consent))
-    return consent, True
+    return consent, granted
 
 
 def _record_completed(
@@ -374,12 +380,14 @@ def _record_completed(
     grant: UpstreamGrant,
     request: HttpRequest,
     now: datetime,
+    granted: AuditEvent | None,
 ) -> None:
-    """The client used, the callback accepted (audited); the transaction's row is written
-    with the code it issued (record_issued_code), in the same database transaction."""
+    """The client used, the consent granted (a new one) and the callback accepted, audited;
+    the transaction's row is written with the code it issued (record_issued_code), in the
+    same database transaction."""
     tokens.mark_client_used(client, now)
     tx.user, tx.consent, tx.outcome = user, consent, AuthorizationTransaction.Outcome.COMPLETED
-    audit.record(
+    accepted = audit.event(
         AuditEvent.Action.CALLBACK_ACCEPTED,
         actor=audit.ActorInfo(AuditEvent.Actor.USER, user.pk, user.get_username()),
         request=request,
@@ -387,6 +395,9 @@ def _record_completed(
         consent=consent,
         details={"correlation_id": tx.pk, "upstream_login": grant.login},
     )
+    # Issue 11: both events in one append (one head lock, one INSERT), in the order they
+    # happened, in the grant's transaction like every write of the callback.
+    audit.record_all([accepted] if granted is None else [granted, accepted])
 
 
 def record_issued_code(tx: AuthorizationTransaction, code: str) -> None:

@@ -37,8 +37,16 @@ class UpstreamGrant:
     raw_identity: dict[str, Any]
 
 
-def identity_for(grant: UpstreamGrant, adapter: DefaultConsentAdapter) -> UpstreamIdentity:
-    """(upstream provider, subject) -> the local user, created on first sight (the adapter)."""
+def identity_for(
+    grant: UpstreamGrant, adapter: DefaultConsentAdapter
+) -> tuple[UpstreamIdentity, bool]:
+    """(upstream provider, subject) -> the local user, created on first sight (the adapter).
+
+    True when the user is certainly a row inserted by this call, in the caller's
+    transaction: nothing of theirs (no consent, no token) can exist yet, since no other
+    transaction can see the new row. Only the stock ``create_user`` is known to insert one;
+    an override may link an existing user (by e-mail, say), who may have consents: False.
+    """
     upstream = app_settings.UPSTREAM
     provider = upstream.issuer or upstream.authorize_url
     # The user in the same query; only the identity row is locked (flows/locks.py).
@@ -61,10 +69,10 @@ def identity_for(grant: UpstreamGrant, adapter: DefaultConsentAdapter) -> Upstre
             identity = identities.get(provider=provider, subject=grant.subject)
         else:
             adapter.update_user(identity.user, grant)
-            return identity
+            return identity, type(adapter).create_user is DefaultConsentAdapter.create_user
     _record_sign_in(identity, grant)
     adapter.update_user(identity.user, grant)
-    return identity
+    return identity, False
 
 
 # Which upstream account signed in last (Connected apps shows it) is a question of minutes
@@ -91,7 +99,7 @@ def complete_sign_in(
 ) -> AbstractBaseUser:
     """Connected apps sign-in: map the identity to the user; no consent, no token is kept."""
     with transaction.atomic():
-        user = identity_for(grant, get_adapter(request)).user
+        user = identity_for(grant, get_adapter(request))[0].user
         AuthorizationTransaction.objects.filter(pk=tx.pk).update(
             user=user, outcome=AuthorizationTransaction.Outcome.COMPLETED
         )
