@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from django.contrib.auth import get_user_model, login
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model, login
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.utils.translation import gettext
 from oauth2_provider.settings import oauth2_settings
@@ -82,6 +82,17 @@ class DefaultConsentAdapter:
         The backend is recorded in the session: the default, ModelBackend, finds the user
         again by its primary key. Override to name your project's backend instead.
         """
+        session = request.session
+        # Read first: a cookie naming no stored session loses its key here (Django's load).
+        if SESSION_KEY not in session and session.session_key is None:
+            # Issue 11, session fixation still ruled out: a session without a key has no key
+            # anyone could have planted; the middleware makes a new one when it saves the
+            # session, once. Django's login() would cycle_key() it: store it empty under a
+            # new key at once, then update it at the end of the request (3 statements more).
+            # Marked as this user's beforehand, login() finds nothing to cycle or flush; it
+            # still sets the session's user, rotates the CSRF token and sends user_logged_in.
+            session[SESSION_KEY] = user._meta.pk.value_to_string(user)
+            session[HASH_SESSION_KEY] = user.get_session_auth_hash()
         # django-stubs types login() for the default User; any AUTH_USER_MODEL works.
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")  # type: ignore[arg-type]
 

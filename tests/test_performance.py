@@ -52,10 +52,19 @@ APPROVE_MAX = 10  # issue 11 target: under 10, not yet (was 12)
 # the grant's transaction (client lock, identity, consent, upstream token, audit, DOT's
 # code, the completed transaction), the login (session, last_login). Was 32 / 44.
 CALLBACK_RETURNING_MAX = 19  # a consent renewed (issue 11: under 20)
-# A person never seen: their user and identity (in a savepoint: a parallel first sign-in
-# may win), their consent (not looked up: a user inserted by this transaction has none),
-# the consent-granted and callback-accepted events in one append, the new session. Was 31.
-CALLBACK_FIRST_MAX = 27
+# A person never seen (24 statements, was 31), each one for a reason: the claim (the
+# transaction read, then the conditional UPDATE that makes it single-use, CD-45, committed
+# before the upstream exchange); the grant's transaction: BEGIN, the client locked (SEC-12)
+# and checked (SEC-05), the identity looked up and locked, a savepoint (a parallel first
+# sign-in of the same person may win the identity's unique key; the loser then continues
+# with the winner's identity instead of failing), the adapter's free-username check, the
+# user, the identity, release; the consent (not looked up: a user this transaction just
+# inserted has none), the upstream token, the client's last_used_at (ABUSE-03), the
+# consent-granted and callback-accepted events in one append (chain head read, one INSERT,
+# head written), DOT's code, the transaction completed with the code's hash (AS-41),
+# COMMIT; then the login: last_login (Django's user_logged_in receiver) and the new
+# session, stored once under a key made afresh (a free-key check, BEGIN, INSERT, COMMIT).
+CALLBACK_FIRST_MAX = 24
 VERIFY_MAX = 1  # the access token, its application, MCPClient and user in one SELECT
 # POST /register/ (public client): the ABUSE-03 budget in one COUNT, the Application,
 # MCPClient, redirect URI, audit event (chain head read and written, in a savepoint),

@@ -622,3 +622,41 @@ def test_cd04_an_adapter_linking_an_existing_user_renews_their_consent(client_a,
     assert "code" in query_of(final["Location"]), final["Location"]
     assert UpstreamIdentity.objects.get().user == consent.user
     assert list(Consent.objects.values_list("pk", flat=True)) == [consent.pk]
+
+
+SESSION_COOKIE = "__Host-sessionid"
+
+
+def test_session_fixation_a_planted_session_key_is_never_signed_in(client_a) -> None:
+    """Session fixation: a session cookie an attacker planted (a key naming no stored session)
+    is not the session the person is signed in with; theirs has a key made at sign-in."""
+    from django.contrib.sessions.models import Session
+
+    browser = Browser()
+    planted = "attackerchosenkey0123456789abcde"
+    browser.client.cookies[SESSION_COOKIE] = planted
+    final = browser.get(upstream_callback(browser, client_a))
+    assert "code" in query_of(final["Location"])
+    signed_in = browser.client.cookies[SESSION_COOKIE].value
+    assert signed_in != planted
+    assert not Session.objects.filter(session_key=planted).exists()
+    assert Session.objects.get(session_key=signed_in).get_decoded()[SESSION_KEY]
+
+
+def test_session_fixation_an_existing_anonymous_session_is_rotated(client_a) -> None:
+    """Session fixation: a stored anonymous session (whose key another party may know) is
+    replaced at sign-in by one under a new key; the old key signs nobody in."""
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.contrib.sessions.models import Session
+
+    anonymous = SessionStore()
+    anonymous["seen"] = True
+    anonymous.create()
+    browser = Browser()
+    browser.client.cookies[SESSION_COOKIE] = anonymous.session_key
+    final = browser.get(upstream_callback(browser, client_a))
+    assert "code" in query_of(final["Location"])
+    signed_in = browser.client.cookies[SESSION_COOKIE].value
+    assert signed_in != anonymous.session_key
+    assert not Session.objects.filter(session_key=anonymous.session_key).exists()
+    assert Session.objects.get(session_key=signed_in).get_decoded()[SESSION_KEY]
