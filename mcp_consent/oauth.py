@@ -14,16 +14,21 @@ import contextvars
 import json
 import logging
 import re
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
 from oauth2_provider.models import (
     get_application_model,
     get_grant_model,
     get_refresh_token_model,
+    refresh_token_expire_timedelta,
 )
 from oauth2_provider.oauth2_validators import OAuth2Validator
+from oauth2_provider.settings import oauth2_settings
 from oauthlib.common import Request
 from oauthlib.oauth2 import Server
 from oauthlib.oauth2.rfc6749 import errors
@@ -64,6 +69,17 @@ def redirect_uri_registered(uri: str, registered: list[str]) -> bool:
         ):
             return True
     return False
+
+
+def live_refresh_token(row: Any) -> bool:
+    """DOT 3.4.1's checks of an unrevoked refresh token (AS-44, AS-46), on a row loaded with
+    its access token: not revoked, not orphaned (its access token deleted out of band), and
+    not past REFRESH_TOKEN_EXPIRE_SECONDS after its access token's expiry (the deadline
+    itself counts as expired, as in DOT)."""
+    if row.revoked is not None or row.access_token is None:
+        return False
+    expire_delta = refresh_token_expire_timedelta()
+    return not (expire_delta and row.access_token.expires + expire_delta <= timezone.now())
 
 
 def _invalid_target(description: str, request: Request) -> errors.CustomOAuth2Error:
@@ -358,34 +374,100 @@ class MCPOAuth2Validator(OAuth2Validator):
         self, token: dict[str, Any], request: Request, *args: Any, **kwargs: Any
     ) -> Any:
         """Inside DOT's transaction: link the code to its token family (AS-41) and audit."""
-        result = super()._save_bearer_token(token, request, *args, **kwargs)
+        locked = getattr(request, "mcp_locked_refresh_token", None)
+        if (
+            locked is not None
+            and locked is getattr(request, "refresh_token_instance", None)
+            and request.grant_type == "refresh_token"
+            and token.get("refresh_token")
+            and "scope" in token
+            and self.rotate_refresh_token(request)
+        ):
+            self._rotate(token, request, locked)
+            result = None  # what DOT's _save_bearer_token returns
+        else:
+            result = super()._save_bearer_token(token, request, *args, **kwargs)
         tokens.record_token_issued(token, request)
         return result
+
+    def _rotate(self, token: dict[str, Any], request: Request, previous: Any) -> None:
+        """DOT's rotation branch of ``_save_bearer_token``, on the row validate_refresh_token
+        locked (5 statements instead of DOT's 11).
+
+        AS-44: DOT re-locks the refresh token (SELECT ... FOR UPDATE by pk), then revoke()
+        opens a savepoint and locks and reads it a third time and reads its access token
+        again. Not needed here: the row has been locked by this transaction since
+        validate_refresh_token read it (the lock is held until COMMIT, so no other request
+        can rotate, revoke or replay it in between, SEC-12) and the access token came with
+        it. The revocation itself is a compare-and-set on ``revoked IS NULL``: if the row
+        is no longer live (SQLite, where FOR UPDATE is a no-op, and a writer that got in
+        first), nothing is written and the grant is refused.
+
+        DOT's lookup of an access token already minted from this refresh token (its grace
+        branch) is skipped: it can only find one for a revoked refresh token, since a
+        rotation creates that access token and revokes the refresh token in one
+        transaction, and this one is live and locked.
+        """
+        self._check_and_set_request_resource(request)
+        expires = timezone.now() + timedelta(
+            seconds=token.get("expires_in", oauth2_settings.ACCESS_TOKEN_EXPIRE_SECONDS)
+        )
+        if not tokens.retire_rotated_refresh_token(previous):
+            raise errors.InvalidGrantError(request=request)
+        request.refresh_token_instance = None  # as DOT after revoke()
+        access_token = self._create_access_token(
+            expires, request, token, source_refresh_token=previous
+        )
+        self._create_refresh_token(request, token["refresh_token"], access_token, previous)
 
     def validate_refresh_token(
         self, refresh_token: str, client: Any, request: Request, *args: Any, **kwargs: Any
     ) -> bool:
-        # AS-44 under races: parallel uses of one refresh token queue on its row; the first
-        # rotates it, the others then see it used and DOT revokes the whole family.
-        # SEC-12: the client was locked when it was loaded (_load_application), before this
-        # refresh token's row (flows/locks.py).
-        rows = get_refresh_token_model().objects.filter(
-            token_checksum=secret_hash(refresh_token), application=client
+        """DOT's validate_refresh_token on one read of the refresh token, locked, with its
+        user, its access token and the consent's expiry (SEC-01) in the same query.
+
+        AS-44 under races: parallel uses of one refresh token queue on its row; the first
+        rotates it, the others then see it used and DOT revokes the whole family.
+        SEC-12: the client was locked when it was loaded (_load_application), before this
+        refresh token's row (flows/locks.py). Only a live token takes the short way, with
+        DOT's own checks (``live_refresh_token``); an unknown, revoked (a replay), orphaned
+        or expired one goes through DOT's method, which revokes a replayed token's family.
+        DOT would read the token, then its user and its application (3 statements), and
+        ``_save_bearer_token`` would lock and read it twice more.
+        """
+        rows = (
+            get_refresh_token_model()
+            .objects.select_related("user", "access_token")
+            .filter(token_checksum=secret_hash(refresh_token), application=client)
+            .annotate(until=tokens.consent_until())
+            # As DOT: the live row first if several share the checksum, else the latest.
+            .order_by(F("revoked").desc(nulls_first=True))
         )
-        if transaction.get_connection().in_atomic_block:
+        locked = transaction.get_connection().in_atomic_block
+        if locked:
+            # Only the refresh token's row (of=self): locking the joined user or access
+            # token here would take them out of flows/locks.py's order. The access token is
+            # then deleted after this row, its DELETE taking its own lock (RefreshToken,
+            # then AccessToken); DOT's extra FOR UPDATE on it guarded its grace branch.
             rows = rows.select_for_update(of=("self",))
-        found = next(
-            iter(rows.annotate(until=tokens.consent_until()).values_list("user_id", "until")),
-            None,
-        )
+        found = rows.first()
         if (
             found is not None
-            and not tokens.live_until(found[1])
-            and not tokens.consent_is_live(client, found[0])
+            and not tokens.live_until(found.until)
+            and not tokens.consent_is_live(client, found.user_id)
         ):
             # SEC-01: a consent past its expires_at refreshes nothing: invalid_grant, no
             # rotation (a rotation would hand out a fresh refresh token, so it never ends).
             return False
+        if found is not None and live_refresh_token(found):
+            # What DOT's validate_refresh_token sets for a live token of this client (the
+            # query filtered on it: DOT's ``rt.application == client``), from the same row.
+            request.user = found.user
+            request.refresh_token = refresh_token
+            request.refresh_token_instance = found
+            if locked:
+                request.mcp_locked_refresh_token = found  # for _rotate: held until COMMIT
+            return True
         if super().validate_refresh_token(refresh_token, client, request, *args, **kwargs):
             return True
         # AS-44: DOT revoked the family if this was a rotated token presented again; audit it.

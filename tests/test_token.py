@@ -25,6 +25,7 @@ from oauth2_provider.models import get_access_token_model, get_grant_model, get_
 from mcp_consent import audit
 from mcp_consent.flows import revocation
 from mcp_consent.models import Consent, UpstreamToken
+from mcp_consent.oauth import MCPOAuth2Validator
 from project.demo_upstream.models import Account
 from project.demo_upstream.models import Token as DemoHubToken
 from tests.browser_client import PROXY_HOST, Browser, authorize_params, code_from, pkce_pair
@@ -396,6 +397,42 @@ def test_as44_refresh_rotates_and_replay_revokes_the_family(issued) -> None:
     assert_token_error(refresh(second["refresh_token"], code.client_id), "invalid_grant")
     row = access_token_row(second["access_token"])
     assert row is None or not row.is_valid()
+
+
+def test_as44_an_orphaned_refresh_token_refreshes_nothing(issued) -> None:
+    """AS-44 / AS-46: a live refresh token whose access token was deleted out of band (a
+    cleanup) has nothing to refresh against: invalid_grant, no 500 and nothing minted."""
+    code, first = issued
+    access_token_row(first["access_token"]).delete()
+    rows = RefreshToken.objects.count()
+    assert_token_error(refresh(first["refresh_token"], code.client_id), "invalid_grant")
+    assert RefreshToken.objects.count() == rows
+    assert not AccessToken.objects.filter(user__isnull=False).exists()
+
+
+def test_as44_a_refresh_token_revoked_while_being_rotated_is_not_rotated(
+    issued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AS-44: the rotation only retires a still-live refresh token. A revocation that got in
+    after the token was validated (on SQLite, FOR UPDATE locks nothing) makes the refresh
+    invalid_grant: no second family member and no new access token (the error rolls the
+    request's transaction back, the simulated revocation with it)."""
+    code, first = issued
+    original = MCPOAuth2Validator._check_and_set_request_resource
+
+    def revoked_meanwhile(self: Any, request: Any) -> None:
+        RefreshToken.objects.filter(token_checksum=checksum(first["refresh_token"])).update(
+            revoked=timezone.now()
+        )
+        original(self, request)
+
+    monkeypatch.setattr(MCPOAuth2Validator, "_check_and_set_request_resource", revoked_meanwhile)
+    rows = RefreshToken.objects.count()
+    assert_token_error(refresh(first["refresh_token"], code.client_id), "invalid_grant")
+    assert RefreshToken.objects.count() == rows
+    assert list(AccessToken.objects.filter(user__isnull=False)) == [
+        access_token_row(first["access_token"])
+    ]
 
 
 def test_as44_refresh_response_is_not_cached(issued) -> None:

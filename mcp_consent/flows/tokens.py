@@ -186,3 +186,28 @@ def revoke_tokens_of_reused_code(hashed_code: str, application: Any) -> bool:
             details={"correlation_id": tx.pk, "tokens_revoked": True},
         )
     return True
+
+
+def retire_rotated_refresh_token(previous: Any) -> bool:
+    """AS-44: what DOT's ``RefreshToken.revoke()`` does to a refresh token being rotated, on
+    the row the validator locked: mark it revoked (unlinked from its access token) and delete
+    its access token, in that order (flows/locks.py: RefreshToken, then AccessToken).
+
+    DOT's revoke() opens a savepoint and re-reads both rows first; the token view's
+    transaction already holds the refresh token's lock and the validator loaded the access
+    token with it. The UPDATE only takes a still-live row: False (nothing written) if it was
+    revoked meanwhile, so a token is never rotated twice.
+    """
+    now = timezone.now()
+    retired = (
+        get_refresh_token_model()
+        .objects.filter(pk=previous.pk, revoked__isnull=True)
+        .update(revoked=now, updated=now, access_token=None)
+    )
+    if retired != 1:
+        return False
+    access_token = previous.access_token
+    previous.access_token, previous.revoked, previous.updated = None, now, now
+    if access_token is not None:
+        access_token.revoke()  # DOT's revocation of an access token: deleting it
+    return True
