@@ -189,7 +189,9 @@ def test_consent_page_statement_budget() -> None:
     """GET /authorize (CD-01, CD-12, DCR-19 warnings): a first-time client, one approved
     before, one with a namesake elsewhere, and an anonymous visitor, each within budget."""
     from mcp_consent.models import Consent
+    from project.demo_upstream.seed import seed_demo_data
 
+    seed_demo_data()  # transaction=True: an earlier such test may have flushed the tables
     known = MCPClientFactory(client_name="Acme Agent", redirect_uris=[REDIRECT_URI])
     browser = Browser()
     browser.login_upstream()
