@@ -155,6 +155,28 @@ def test_rs11_the_grant_used_is_the_one_of_this_tokens_client() -> None:
         assert vault.upstream_access_token(consent.upstream_token) == tokens[issued.client_id]
 
 
+def test_rs11_two_people_of_one_client_each_reach_only_their_own_upstream_grant() -> None:
+    """RS-11, TP-03 (the confused deputy at the MCP server): two people approve the same
+    client; each one's MCP token must reach that person's upstream grant and never the other
+    one's, whichever of the two consents was used last. Fails when the consent is looked up
+    by client and resource without the token's user."""
+    first = issue_token(username="octocat")
+    client = first.client
+    second = issue_token(client=client, username="hubot")
+    by_user = {
+        consent.user_id: vault.upstream_access_token(consent.upstream_token)
+        for consent in Consent.objects.select_related("upstream_token").filter(client=client)
+    }
+    assert len(by_user) == 2 and len(set(by_user.values())) == 2
+    for issued in (first, second, first):
+        token = verified(issued)
+        consent = consent_for(token)
+        assert consent is not None
+        assert consent.user_id == token.user_id
+        assert vault.upstream_access_token(consent.upstream_token) == by_user[token.user_id]
+        Consent.objects.filter(pk=consent.pk).update(last_used_at=timezone.now())
+
+
 def test_a_revoked_consent_gives_no_upstream_session(issued) -> None:
     """The consent behind the token is gone: only a new authorization helps (RS-11)."""
     consent = Consent.objects.get()
