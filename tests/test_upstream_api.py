@@ -7,16 +7,20 @@ another consent's grant (TP-03, RS-11, UP-08, UP-10, SSRF-01..03).
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import requests
+from asgiref.sync import async_to_sync
 from django.utils import timezone
+from mcp.server.mcpserver.exceptions import ToolError
 
 from mcp_consent import audit, resource, upstream, vault
 from mcp_consent.flows import revocation
 from mcp_consent.flows.upstream_tokens import consent_for, upstream_session
+from mcp_consent.integrations import mcp_sdk
 from mcp_consent.models import Consent, UpstreamToken
 from project.demo_upstream.models import Token as DemoHubToken
 from tests.factories import MCPClientFactory
@@ -276,3 +280,136 @@ def test_closing_a_session_keeps_the_process_wide_pool(issued) -> None:
     with upstream_session(verified(issued)) as api:
         assert api.get("user").status_code == 200
     assert upstream.http_session().adapters
+
+
+# --- RS-11: which consent's grant, of several ---------------------------------------------------------
+
+
+def sent_upstream(upstream_http: Any, token: resource.VerifiedToken) -> str:
+    """The upstream access token that one API call with ``token`` carried to the upstream."""
+    upstream_http.requests.clear()
+    with upstream_session(token) as api:
+        assert api.get("user").status_code == 200
+    (sent,) = upstream_http.requests
+    return str(sent.headers["Authorization"]).removeprefix("Bearer ")
+
+
+def test_rs11_of_one_persons_consents_at_one_client_the_last_used_one_is_used(
+    upstream_http,
+) -> None:
+    """RS-11: one person approved one client twice, for different scopes: two live consents,
+    each with its own upstream grant, and both cover an items:read token. The grant used is
+    the one of the consent last used for an authorization; of two used at the same time the
+    one granted last; of two granted at the same instant the one made last; a consent never
+    used comes after a used one. Must not allow the grant to depend on the order the database
+    happens to return the rows in, nor a never-used consent to win over the one in use."""
+    first = issue_token(scope="items:read")
+    issue_token(client=first.client, browser=first.browser, scope="items:read items:write")
+    older, newer = Consent.objects.filter(client=first.client).order_by("pk")
+    grant = {c.pk: vault.upstream_access_token(c.upstream_token) for c in (older, newer)}
+    assert len(set(grant.values())) == 2
+    token = verified(first)
+    assert token.scopes == {"items:read"}
+    now = timezone.now()
+    earlier = now - timedelta(hours=1)
+
+    def arrange(consent: Consent, *, last_used_at: Any, granted_at: Any) -> None:
+        Consent.objects.filter(pk=consent.pk).update(
+            last_used_at=last_used_at, granted_at=granted_at
+        )
+
+    # used last, though granted first
+    arrange(older, last_used_at=now, granted_at=earlier)
+    arrange(newer, last_used_at=earlier, granted_at=now)
+    assert sent_upstream(upstream_http, token) == grant[older.pk]
+    # used at the same time: the one granted last, though made first
+    arrange(older, last_used_at=now, granted_at=now)
+    arrange(newer, last_used_at=now, granted_at=earlier)
+    assert sent_upstream(upstream_http, token) == grant[older.pk]
+    # used and granted at the same instant: the one made last
+    arrange(older, last_used_at=now, granted_at=now)
+    arrange(newer, last_used_at=now, granted_at=now)
+    assert sent_upstream(upstream_http, token) == grant[newer.pk]
+    # never used (no last_used_at) comes after one in use, whatever the database's NULL order
+    arrange(older, last_used_at=now, granted_at=earlier)
+    arrange(newer, last_used_at=None, granted_at=now)
+    assert sent_upstream(upstream_http, token) == grant[older.pk]
+
+
+def test_rs11_a_live_consent_without_its_upstream_token_is_passed_over(upstream_http) -> None:
+    """RS-11: a live consent whose upstream token row is gone (deleted by a project's code or
+    by hand in the database) has no grant to lend: another live consent of the person and
+    client that has one is used, though the first was used last; with none left, only a new
+    authorization helps. Must not allow a crash (a 500 instead of the 401 that makes the
+    client reconnect) nor a call without an upstream token."""
+    first = issue_token(scope="items:read")
+    issue_token(client=first.client, browser=first.browser, scope="items:read items:write")
+    kept, emptied = Consent.objects.filter(client=first.client).order_by("pk")
+    grant = vault.upstream_access_token(kept.upstream_token)
+    now = timezone.now()
+    Consent.objects.filter(pk=kept.pk).update(last_used_at=now - timedelta(hours=1))
+    Consent.objects.filter(pk=emptied.pk).update(last_used_at=now)
+    UpstreamToken.objects.filter(consent=emptied).delete()
+    token = verified(first)
+    assert sent_upstream(upstream_http, token) == grant
+    UpstreamToken.objects.all().delete()
+    upstream_http.requests.clear()
+    with pytest.raises(upstream.UpstreamAuthorizationRequired):
+        upstream_session(token)
+    assert upstream_http.requests == []
+
+
+# --- RS-11: why a client must reconnect, for the operator ---------------------------------------------
+
+
+def no_live_consent(issued: Any, mount: Any) -> None:
+    revocation.revoke_consent(Consent.objects.get(), actor=audit.SYSTEM, reason="test")
+
+
+def expired_without_refresh_token(issued: Any, mount: Any) -> None:
+    UpstreamToken.objects.update(
+        expires_at=timezone.now() - timedelta(seconds=1), refresh_token_encrypted=""
+    )
+
+
+def rejected_without_refresh_token(issued: Any, mount: Any) -> None:
+    UpstreamToken.objects.update(refresh_token_encrypted="")
+    mount(f"{API}user", Answer(401))
+
+
+def refresh_refused(issued: Any, mount: Any) -> None:
+    DemoHubToken.objects.update(revoked_at=timezone.now())  # "Revoke access" at Demo Hub
+
+
+def still_401(issued: Any, mount: Any) -> None:
+    mount(f"{API}user", Answer(401))
+
+
+@pytest.mark.parametrize(
+    ("situation", "reason"),
+    [
+        (no_live_consent, "no live consent with an upstream grant"),
+        (expired_without_refresh_token, "the upstream grant has no refresh token"),
+        (rejected_without_refresh_token, "the upstream grant has no refresh token"),
+        (refresh_refused, "token endpoint refused the refresh token: HTTP 400 invalid_grant"),
+        (still_401, "the upstream API refused the refreshed token"),
+    ],
+)
+def test_rs11_the_operator_is_told_why_a_client_must_reconnect(
+    issued, mount, caplog, situation, reason
+) -> None:
+    """RS-11: when only a new authorization helps, the tool fails with "connect this app
+    again" and the operator's log says which client and why: no live consent, no refresh
+    token, the upstream's refusal of the refresh (its error code, never its body), or a 401
+    even after a refresh. Must not allow a reason-less line that leaves the operator guessing
+    why a client keeps reconnecting."""
+    token = verified(issued)
+    situation(issued, mount)
+    with caplog.at_level(logging.INFO, logger="mcp_consent"):
+        with pytest.raises(ToolError, match="connect this app again"):
+            async_to_sync(mcp_sdk.call_upstream)(token, lambda api: api.get("user"))
+    (line,) = [r for r in caplog.records if r.name == "mcp_consent.integrations.mcp_sdk"]
+    assert (line.levelno, line.getMessage()) == (
+        logging.INFO,
+        f"upstream grant of client {issued.client_id} needs a new authorization: {reason}",
+    )
