@@ -126,3 +126,27 @@ def test_adapter_page_describes_every_hook_and_no_other() -> None:
         if callable(value) and not name.startswith("_")
     ]
     assert sorted(documented) == sorted(hooks)
+
+
+def test_mutation_page_names_each_modules_files_and_tests_as_the_runner_has_them() -> None:
+    """docs/mutation.md's table says what `make mutation` mutates against which tests: every
+    module of tests/mutation/run.py has a row naming its files and exactly its test modules."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "mutation_run", REPO_ROOT / "tests/mutation/run.py"
+    )
+    assert spec is not None and spec.loader is not None
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    rows = [
+        line
+        for line in (REPO_ROOT / "docs/mutation.md").read_text().splitlines()
+        if line.startswith("| `mcp_consent/")
+    ]
+    assert len(rows) == len(runner.MODULES)
+    for name, (files, tests) in runner.MODULES.items():
+        where = files[0] if len(files) == 1 else files[0].rsplit("/", 1)[0] + "/"
+        (row,) = [row for row in rows if row.startswith(f"| `{where}`")]
+        listed = row.rsplit("|", 2)[1]
+        assert set(re.findall(r"`(test_\w+)\.py`", listed)) == set(tests), name
