@@ -413,3 +413,73 @@ def test_rs11_the_operator_is_told_why_a_client_must_reconnect(
         logging.INFO,
         f"upstream grant of client {issued.client_id} needs a new authorization: {reason}",
     )
+
+
+# --- UP-08: refreshed before it expires, around the margin -------------------------------------------
+
+MARGIN = timedelta(seconds=60)  # upstream_tokens.REFRESH_MARGIN
+
+
+def paths(adapter: Any) -> list[str]:
+    """The upstream paths called, in order."""
+    return [(r.url or "").removeprefix(API) for r in adapter.requests]
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "refresh_token", "expected"),
+    [
+        (None, True, "used as stored"),  # a grant that never expires (GitHub's OAuth apps)
+        (MARGIN + timedelta(microseconds=1), True, "used as stored"),
+        (MARGIN, True, "refreshed first"),
+        (timedelta(seconds=30), True, "refreshed first"),
+        (timedelta(0), True, "refreshed first"),
+        (timedelta(seconds=30), False, "used as stored"),  # still valid, nothing to refresh with
+        (timedelta(0), False, "reconnect"),
+        (timedelta(seconds=-1), False, "reconnect"),
+    ],
+    ids=[
+        "never-expires",
+        "just-outside-the-margin",
+        "at-the-margin",
+        "within-the-margin",
+        "at-expiry",
+        "within-the-margin-no-refresh-token",
+        "at-expiry-no-refresh-token",
+        "expired-no-refresh-token",
+    ],
+)
+def test_up08_an_upstream_token_is_refreshed_from_the_margin_before_its_expiry(
+    issued, upstream_http, monkeypatch, expires_in, refresh_token, expected
+) -> None:
+    """UP-08: from 60 seconds before its expiry (that instant included) the stored upstream
+    token is refreshed server-side before the call; at its expiry instant it is expired
+    (as a consent is: live only while expires_at is later than now), so one without a refresh
+    token needs a new authorization. Must not allow a stale or expired token to be sent to the
+    upstream when it can be refreshed, an expired one to be sent at all, a refresh the
+    token does not need yet, nor a crash on a token that never expires."""
+    stored, _ = upstream_tokens_of(issued)
+    token = verified(issued)
+    now = timezone.now()
+    monkeypatch.setattr(timezone, "now", lambda: now)  # the instant stands still
+    UpstreamToken.objects.update(
+        expires_at=None if expires_in is None else now + expires_in,
+        **({} if refresh_token else {"refresh_token_encrypted": ""}),
+    )
+    upstream_http.requests.clear()
+    if expected == "reconnect":
+        with pytest.raises(upstream.UpstreamAuthorizationRequired):
+            with upstream_session(token) as api:
+                api.get("user")
+        assert upstream_http.requests == []
+        return
+    with upstream_session(token) as api:
+        assert api.get("user").status_code == 200
+    (current, _) = upstream_tokens_of(issued)
+    *_, call = upstream_http.requests
+    assert call.headers["Authorization"] == f"Bearer {current}"
+    if expected == "refreshed first":
+        assert paths(upstream_http) == ["login/oauth/access_token", "user"]
+        assert current != stored
+    else:
+        assert paths(upstream_http) == ["user"]
+        assert current == stored
