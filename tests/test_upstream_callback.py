@@ -596,6 +596,34 @@ def test_cd04_the_same_approval_again_renews_the_one_consent(client_a) -> None:
     assert UpstreamToken.objects.filter(consent=renewed).count() == 1
 
 
+def test_cd04_a_renewed_consent_carries_the_upstream_grant_just_given(
+    client_a, upstream_http
+) -> None:
+    """CD-04 / UP-08: the consent renewed by a second approval holds the upstream grant of
+    that approval (the access token the upstream just issued, its refresh token and expiry),
+    not the first one's, and the row says when it was replaced (the admin's "updated at";
+    a refresh that waited for the row's lock tells by it that the grant changed meanwhile).
+    Must not allow the renewed consent to keep calling the upstream with the grant the
+    person replaced (revoked, narrowed or expired at the upstream by now)."""
+    browser = Browser()
+    browser.get(upstream_callback(browser, client_a))
+    first = UpstreamToken.objects.get()
+    first_access, first_refresh = (
+        vault.upstream_access_token(first),
+        vault.upstream_refresh_token(first),
+    )
+    upstream_http.requests.clear()
+    browser.get(upstream_callback(browser, client_a))
+    (identity_call,) = [r for r in upstream_http.requests if r.url.endswith("/demo-upstream/user")]
+    just_given = identity_call.headers["Authorization"].split()[1]
+    row = UpstreamToken.objects.get()
+    assert row.consent_id == first.consent_id
+    assert vault.upstream_access_token(row) == just_given != first_access
+    assert vault.upstream_refresh_token(row) not in ("", first_refresh)
+    assert row.expires_at > first.expires_at
+    assert row.updated_at > first.updated_at
+
+
 class LinkingAdapter(DefaultConsentAdapter):
     """A project's adapter that links a first-seen upstream identity to an existing user."""
 

@@ -201,5 +201,8 @@ def store_upstream_token(
         "expires_at": grant.expires_at,
         "refresh_expires_at": grant.refresh_expires_at,
     }
-    if new or not UpstreamToken.objects.filter(consent=consent).update(**fields):
+    # A queryset UPDATE skips auto_now: updated_at is set by hand, as every write of the row
+    # moves it on (refresh_upstream_token tells by it that another writer replaced the grant).
+    renewed = {**fields, "updated_at": timezone.now()}
+    if new or not UpstreamToken.objects.filter(consent=consent).update(**renewed):
         UpstreamToken.objects.create(consent=consent, **fields)
