@@ -18,6 +18,8 @@ from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 from django.http import HttpRequest, JsonResponse
 from django.test import Client, RequestFactory
+from django.urls import include
+from django.urls import path as route
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 
@@ -60,6 +62,16 @@ def read_items(request: HttpRequest) -> JsonResponse:
 @require_bearer_token(["items:read"], resource=RESOURCE)
 async def read_items_async(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"items": [], "sub": request.mcp_token.subject})  # type: ignore[attr-defined]
+
+
+# Served by Django's own handler and middleware (pytest.mark.urls): what the decorator promises
+# a project's urls.py (docs/mcp-endpoint.md: sync and async views, CSRF- and login-exempt).
+# The demo project's URLs stay in place for the flow that issues the tokens.
+urlpatterns = [
+    route("whoami", whoami),
+    route("items-async", read_items_async),
+    route("", include("project.urls")),
+]
 
 
 def call(view: Any, authorization: str | None = None, *, path: str = "/mcp", **kwargs: Any) -> Any:
@@ -347,6 +359,53 @@ def test_async_views_are_protected_the_same_way(issued) -> None:
     response = call(read_items_async, issued.authorization)
     assert response.status_code == 200
     assert json.loads(response.content)["sub"]
+
+
+@pytest.mark.urls(__name__)
+def test_rs08_an_async_view_is_served_by_djangos_handler(issued) -> None:
+    """RS-08 / RS-04: an async view behind the decorator, routed in a URLconf: the token opens
+    it and no token is the 401 challenge. Wrapped as a sync view, Django's handler would get
+    an unawaited coroutine back and fail every request with a 500 instead."""
+    response = Client().get("/items-async", HTTP_AUTHORIZATION=issued.authorization)
+    assert response.status_code == 200
+    assert response.json()["sub"] == str(issued.consent.user_id)
+    refused = Client().get("/items-async")
+    assert refused.status_code == 401
+    assert challenge(refused) == {"resource_metadata": PRM_URL, "scope": "items:read"}
+
+
+@pytest.mark.urls(__name__)
+def test_rs08_an_mcp_clients_post_needs_its_token_not_a_csrf_token(issued) -> None:
+    """RS-08: MCP clients POST JSON-RPC with a bearer token and no CSRF cookie. With Django's
+    CSRF checks enforced, the token opens the view (a 403 CSRF page would lock out every
+    client), and a POST without a token still gets the 401 challenge, never the view."""
+    client = Client(enforce_csrf_checks=True)
+    response = client.post(
+        "/whoami", "{}", content_type="application/json", HTTP_AUTHORIZATION=issued.authorization
+    )
+    assert response.status_code == 200
+    assert response.json()["client_id"] == issued.client_id
+    refused = client.post("/whoami", "{}", content_type="application/json")
+    assert refused.status_code == 401
+    assert "resource_metadata" in challenge(refused)
+
+
+@pytest.mark.urls(__name__)
+def test_rs04_login_required_middleware_leaves_the_token_check_to_the_decorator(
+    issued, settings
+) -> None:
+    """RS-04 / RS-02: under Django's LoginRequiredMiddleware an MCP client without a session
+    still gets the 401 challenge (where to authorize), not a redirect to a login page it cannot
+    follow; with its token it gets the view."""
+    settings.MIDDLEWARE = [
+        *settings.MIDDLEWARE,
+        "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    ]
+    refused = Client().get("/whoami")
+    assert refused.status_code == 401
+    assert challenge(refused)["resource_metadata"] == PRM_URL
+    response = Client().get("/whoami", HTTP_AUTHORIZATION=issued.authorization)
+    assert response.status_code == 200
 
 
 def test_the_hot_path_is_one_query(issued, django_assert_num_queries) -> None:
