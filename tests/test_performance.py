@@ -20,6 +20,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from mcp_consent import resource, upstream
+from mcp_consent.flows import upstream_tokens
 from mcp_consent.integrations import mcp_sdk
 from project.mcp_server import build_app
 from tests.asgi_helpers import django_asgi_app, http_client, lifespan
@@ -75,6 +76,9 @@ CALLBACK_RETURNING_MAX = 19  # a consent renewed (issue 11: under 20)
 # session, stored once under a key made afresh (a free-key check, BEGIN, INSERT, COMMIT).
 CALLBACK_FIRST_MAX = 24
 VERIFY_MAX = 1  # the access token, its application, MCPClient and user in one SELECT
+# upstream_session for a verified token whose upstream token needs no refresh: the consent
+# and its upstream token in one SELECT (RS-11).
+UPSTREAM_SESSION_MAX = 1
 # POST /register/ (public client): the ABUSE-03 budget in one COUNT, the Application,
 # MCPClient, redirect URI, audit event (chain head read and written, in a savepoint),
 # registration access token, BEGIN and COMMIT. Was 18.
@@ -239,6 +243,19 @@ def test_verification_is_one_indexed_query() -> None:
         resource.verify_token(issued.access_token, resource=RESOURCE)
     assert len(ctx.captured_queries) == VERIFY_MAX, sql_of(ctx)
     assert '"token_checksum" =' in ctx.captured_queries[0]["sql"]
+
+
+def test_an_upstream_session_costs_one_statement() -> None:
+    """RS-11 hot path of every tool that calls the upstream: the consent behind the verified
+    token with its upstream token, in one SELECT. Counted before the first call: the
+    in-process fake upstream's own statements would blur the count."""
+    issued = issue_token()
+    token = resource.verify_token(issued.access_token, resource=RESOURCE)
+    with CaptureQueriesContext(connection) as ctx:
+        api = upstream_tokens.upstream_session(token)
+    assert len(ctx.captured_queries) == UPSTREAM_SESSION_MAX, sql_of(ctx)
+    with api:
+        assert api.get("user").status_code == 200
 
 
 def test_an_mcp_call_costs_one_statement_end_to_end() -> None:
