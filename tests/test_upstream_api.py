@@ -336,6 +336,38 @@ def test_rs11_of_one_persons_consents_at_one_client_the_last_used_one_is_used(
     assert sent_upstream(upstream_http, token) == grant[older.pk]
 
 
+def test_rs11_a_covering_consent_is_found_behind_any_number_of_narrower_ones(
+    upstream_http,
+) -> None:
+    """RS-11: a person who approved one client for items:read items:write, then 25 times
+    more narrowly (other redirect URIs or requests of the client, each its own live consent,
+    each used since), still reaches the grant of the one consent that covers the token. Must
+    not allow a cap on the consents looked at to lock the person out of the client for good
+    (a reconnect only adds another consent); the narrower grants are never handed out."""
+    issued = issue_token(scope="items:read items:write")
+    covering = Consent.objects.select_related("upstream_token").get()
+    grant = vault.upstream_access_token(covering.upstream_token)
+    token = verified(issued)
+    now = timezone.now()
+    for n in range(25):
+        narrower = Consent.objects.get(pk=covering.pk)
+        narrower.pk = None
+        narrower.scopes = "items:read"
+        narrower.redirect_uri = f"https://app.example/cb{n}"
+        narrower.last_used_at = now
+        narrower.save()
+        row = UpstreamToken.objects.get(consent=covering)
+        row.pk, row.consent = None, narrower
+        row.access_token_encrypted = vault.encrypt(
+            f"narrower-{n}", vault.upstream_token_context(narrower.pk, "access")
+        )
+        row.save()
+    Consent.objects.filter(pk=covering.pk).update(last_used_at=now - timedelta(days=1))
+    consent = consent_for(token)
+    assert consent is not None and consent.pk == covering.pk
+    assert sent_upstream(upstream_http, token) == grant
+
+
 def test_rs11_a_live_consent_without_its_upstream_token_is_passed_over(upstream_http) -> None:
     """RS-11: a live consent whose upstream token row is gone (deleted by a project's code or
     by hand in the database) has no grant to lend: another live consent of the person and

@@ -63,7 +63,10 @@ def consent_for(token: TokenClaims) -> Consent | None:
         )
         .order_by(F("last_used_at").desc(nulls_last=True), "-granted_at", "-pk")
     )
-    for consent in candidates[:20]:
+    # Every candidate is looked at, not the first N: a cap would hide a covering consent
+    # behind narrower ones used since, and a reconnect only adds another one (RS-11). The
+    # candidates are this person's live consents at this client: a handful.
+    for consent in candidates:
         if token.resource in consent.resource.split() and token.scopes <= set(consent.scope_list):
             return consent
     return None
