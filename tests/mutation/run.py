@@ -48,7 +48,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "authorize": (["mcp_consent/views/authorize.py"], ["test_authorize", "test_confused_deputy"]),
     "upstream": (
         ["mcp_consent/views/upstream.py"],
-        ["test_upstream_callback", "test_faults", "test_secrets_in_logs", "test_connections"],
+        ["test_upstream_callback", "test_faults", "test_secrets_in_logs", "test_revocation"],
     ),
     "authorization": (
         ["mcp_consent/flows/authorization.py"],
@@ -56,7 +56,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "identities": (
         ["mcp_consent/flows/identities.py"],
-        ["test_upstream_callback", "test_faults", "test_connections"],
+        ["test_upstream_callback", "test_faults", "test_revocation"],
     ),
     "upstream_tokens": (
         ["mcp_consent/flows/upstream_tokens.py"],
