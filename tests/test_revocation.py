@@ -18,7 +18,13 @@ from oauth2_provider.models import get_refresh_token_model
 
 from mcp_consent import audit, signals
 from mcp_consent.flows import revocation
-from mcp_consent.models import AuditEvent, Consent, MCPClient, UpstreamToken
+from mcp_consent.models import (
+    AuditEvent,
+    AuthorizationTransaction,
+    Consent,
+    MCPClient,
+    UpstreamToken,
+)
 from project.demo_upstream.models import RequestLog, Token
 from tests.asgi_helpers import http_client, serve
 from tests.browser_client import PROXY_HOST, Browser, authorize_params, form_fields
@@ -175,6 +181,41 @@ def test_connected_apps_signs_in_through_the_upstream_without_a_client() -> None
     assert not Consent.objects.exists()
     assert not UpstreamToken.objects.exists()
     assert AuditEvent.objects.filter(action=A.SIGNED_IN).count() == 1
+
+
+def test_connected_apps_sign_in_of_a_known_person_is_that_person_and_audited() -> None:
+    """SEC-04, SM-04 (who did what): a person who connected an app before signs in at
+    Connected apps through the upstream. They become the local user of their upstream
+    identity (their app is listed, nobody else's), the sign-in's transaction is completed for
+    that user, and one audit event says who signed in, from where, with which upstream login
+    and which transaction. Must not allow a sign-in that lands as another user, leaves the
+    transaction open or unattributed, or is missing from the trail."""
+    issued = issue_token(client_name="Known App")
+    person = Consent.objects.get().user
+    browser = Browser()
+    page = browser.get("/connections/")
+    token = form_fields(page.content.decode())["csrfmiddlewaretoken"]
+    to_upstream = browser.client.post(
+        "/connections/", {"action": "sign-in", "csrfmiddlewaretoken": token}, HTTP_HOST=PROXY_HOST
+    )
+    browser.login_upstream()
+    callback = browser.through_upstream(to_upstream["Location"])
+    assert browser.get(callback["Location"])["Location"] == "/connections/"
+    listed = browser.get("/connections/").content.decode()
+    assert "Known App" in listed
+    assert browser.client.session["_auth_user_id"] == str(person.pk)
+    sign_in = AuthorizationTransaction.objects.get(purpose=AuthorizationTransaction.Purpose.SIGN_IN)
+    assert sign_in.user_id == person.pk
+    assert sign_in.outcome == AuthorizationTransaction.Outcome.COMPLETED
+    event = AuditEvent.objects.get(action=A.SIGNED_IN)
+    assert (event.actor_type, event.actor_user_id, event.actor_label) == (
+        AuditEvent.Actor.USER,
+        person.pk,
+        person.get_username(),
+    )
+    assert event.ip_address == "127.0.0.1"
+    assert event.details == {"correlation_id": sign_in.pk, "upstream_login": "octocat"}
+    assert access_token_valid(issued.access_token)  # signing in changes no grant
 
 
 def test_rfc7592_delete_cascades(django_capture_on_commit_callbacks) -> None:
