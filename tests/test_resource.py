@@ -430,6 +430,36 @@ def test_the_plain_function_for_other_frameworks(issued) -> None:
         )
 
 
+def test_the_async_function_for_other_frameworks(issued) -> None:
+    """RS-08 / RS-06: ``aauthenticate`` from async code gives the same answers as
+    ``authenticate``: the VerifiedToken for a token that covers the operation, the 403
+    step-up for one that does not. Its ORM work runs thread-sensitively, on the thread of
+    the request's other sync work (here: the test's transaction, where the token is)."""
+
+    async def verify(scopes: list[str]) -> resource.VerifiedToken:
+        return await resource.aauthenticate(authorization=issued.authorization, scopes=scopes)
+
+    verified = async_to_sync(verify)(["items:read"])
+    assert isinstance(verified, resource.VerifiedToken)
+    assert verified.client_id == issued.client_id
+    assert verified.resource == RESOURCE
+    with pytest.raises(resource.InsufficientScope):
+        async_to_sync(verify)(["items:write"])
+
+
+def test_sm05_a_verified_token_allows_what_its_scopes_cover(settings) -> None:
+    """RS-06 / SM-05: ``VerifiedToken.allows`` (a tool's own check) says yes to the granted
+    scope and to what it implies, and no to anything beyond it, alone or next to a granted one."""
+    writer = resource.verify_token(issue_token(scope="items:write").access_token)
+    assert writer.allows([]) is True
+    assert writer.allows(["items:write"]) is True
+    assert writer.allows(["items:read", "items:write"]) is True  # implied (SCOPE_IMPLIES)
+    assert writer.allows(["items:admin"]) is False
+    assert writer.allows(["items:read", "items:admin"]) is False
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "SCOPE_IMPLIES": {}}
+    assert writer.allows(["items:read"]) is False
+
+
 # --- RFC 9728 protected resource metadata ---------------------------------------------------------
 
 
