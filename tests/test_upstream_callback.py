@@ -688,3 +688,41 @@ def test_session_fixation_an_existing_anonymous_session_is_rotated(client_a) -> 
     assert signed_in != anonymous.session_key
     assert not Session.objects.filter(session_key=anonymous.session_key).exists()
     assert Session.objects.get(session_key=signed_in).get_decoded()[SESSION_KEY]
+
+
+def test_an_identity_is_keyed_by_the_upstreams_issuer(client_a, settings) -> None:
+    """An upstream identity is the pair (the upstream authorization server, its subject): the
+    server is named by its issuer (RFC 9207 ``iss``, the one identifier it vouches for), so a
+    person keeps their local user when the authorize URL moves. Must not allow the key to be
+    the authorize URL when an issuer is configured."""
+    browser = Browser()
+    assert "code" in query_of(browser.get(upstream_callback(browser, client_a))["Location"])
+    identity = UpstreamIdentity.objects.get()
+    assert identity.provider == settings.UPSTREAM["ISSUER"]
+    assert identity.provider != settings.UPSTREAM["AUTHORIZE_URL"]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_sec12_the_callback_locks_the_identity_row_not_its_user(client_a) -> None:
+    """SEC-12 (one lock order, flows/locks.py): a returning person's callback locks their
+    upstream identity's row, reading the user in the same query without locking it. Must not
+    allow the user row to be locked as well: an operator's edit of the user, or the user's
+    other sign-in writing last_login, would wait on it outside the documented order."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.db_state import require_postgresql
+
+    require_postgresql("row locks")
+    browser = Browser()
+    assert "code" in query_of(browser.get(upstream_callback(browser, client_a))["Location"])
+    callback = upstream_callback(browser, client_a)
+    with CaptureQueriesContext(connection) as ctx:
+        assert "code" in query_of(browser.get(callback)["Location"])
+    (locking,) = [
+        q["sql"]
+        for q in ctx.captured_queries
+        if 'FROM "mcp_consent_upstreamidentity"' in q["sql"] and "FOR UPDATE" in q["sql"]
+    ]
+    assert locking.endswith('FOR UPDATE OF "mcp_consent_upstreamidentity"'), locking
