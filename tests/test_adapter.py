@@ -96,3 +96,19 @@ def test_connected_apps_sign_in_hooks_receive_the_callbacks_request(recording: A
     for name, request in recording:
         assert request is not None, f"{name} got no request"
         assert request.path == "/upstream/callback/", (name, request.path)
+
+
+def test_a_returning_person_is_not_created_again(recording: Any) -> None:
+    """The adapter's create_user runs once per upstream identity: a person signing in again
+    is found by their (upstream, subject) and only updated. Must not allow a second
+    create_user for a known person (a project's hook may send a welcome mail, provision an
+    account or assign groups: none of that may happen twice, even if rolled back after)."""
+    client = MCPClientFactory(client_name="Acme Agent", redirect_uris=["https://app.example/cb"])
+    browser = Browser()
+    browser.login_upstream()
+    assert browser.run_flow(authorize_params(client)).status_code == 302
+    assert [name for name, _ in recording].count("create_user") == 1
+    recording.clear()
+    assert browser.run_flow(authorize_params(client)).status_code == 302
+    assert "create_user" not in [name for name, _ in recording]
+    assert "login" in [name for name, _ in recording]

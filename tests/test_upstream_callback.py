@@ -700,6 +700,36 @@ def test_an_identity_is_keyed_by_the_upstreams_issuer(client_a, settings) -> Non
     identity = UpstreamIdentity.objects.get()
     assert identity.provider == settings.UPSTREAM["ISSUER"]
     assert identity.provider != settings.UPSTREAM["AUTHORIZE_URL"]
+    # Connected apps says when this upstream account last signed in: from the first one on.
+    assert identity.last_login_at is not None
+    assert timezone.now() - identity.last_login_at < timedelta(minutes=1)
+
+
+def test_sec04_the_same_subject_at_another_upstream_is_another_person(
+    client_a, settings, django_user_model
+) -> None:
+    """SEC-04 (the grant goes to the person the upstream vouched for): an identity with the
+    same subject, recorded under another upstream (an earlier provider, or a second one the
+    project used), belongs to someone else. Signing in here with that subject must give this
+    upstream's person their own user, never the other one's consents or tokens."""
+    from project.demo_upstream.models import Account
+
+    octocat = str(Account.objects.get(login="octocat").pk)  # the subject the upstream returns
+    stranger = django_user_model.objects.create_user("stranger")
+    UpstreamIdentity.objects.create(
+        provider="https://other-upstream.example",
+        subject=octocat,
+        user=stranger,
+        login="someone-else",
+    )
+    browser = Browser()
+    assert "code" in query_of(browser.get(upstream_callback(browser, client_a))["Location"])
+    consent = Consent.objects.get()
+    assert consent.user_id != stranger.pk
+    mine = UpstreamIdentity.objects.get(provider=settings.UPSTREAM["ISSUER"])
+    assert mine.subject == octocat
+    assert consent.user_id == mine.user_id
+    assert browser.client.session[SESSION_KEY] == str(mine.user_id)
 
 
 @pytest.mark.postgres
