@@ -700,7 +700,17 @@ def test_an_identity_is_keyed_by_the_upstreams_issuer(client_a, settings) -> Non
     identity = UpstreamIdentity.objects.get()
     assert identity.provider == settings.UPSTREAM["ISSUER"]
     assert identity.provider != settings.UPSTREAM["AUTHORIZE_URL"]
-    # Connected apps says when this upstream account last signed in: from the first one on.
+    # Connected apps names the upstream account and says when it last signed in, from the
+    # first sign-in on.
+    from project.demo_upstream.models import Account
+
+    account = Account.objects.get(login="octocat")
+    assert (identity.subject, identity.login, identity.email) == (
+        str(account.pk),
+        "octocat",
+        account.email,
+    )
+    assert account.email
     assert identity.last_login_at is not None
     assert timezone.now() - identity.last_login_at < timedelta(minutes=1)
 
