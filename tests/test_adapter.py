@@ -17,6 +17,7 @@ from tests.factories import MCPClientFactory
 pytestmark = pytest.mark.django_db
 
 SEEN: list[tuple[str, Any]] = []
+UPDATED: list[tuple[Any, str]] = []
 PROJECT_BACKEND = "tests.test_adapter.ProjectBackend"
 
 
@@ -41,6 +42,10 @@ class RecordingAdapter(DefaultConsentAdapter):
         SEEN.append(("create_user", self.request))
         return super().create_user(grant)
 
+    def update_user(self, user: Any, grant: Any) -> None:
+        UPDATED.append((user.pk, grant.login))
+        super().update_user(user, grant)
+
     def login(self, request: Any, user: Any) -> None:
         SEEN.append(("login", request))
         login(request, user, backend=PROJECT_BACKEND)
@@ -49,6 +54,7 @@ class RecordingAdapter(DefaultConsentAdapter):
 @pytest.fixture
 def recording() -> Any:
     SEEN.clear()
+    UPDATED.clear()
     with override_settings(
         MCP_CONSENT={**settings.MCP_CONSENT, "ADAPTER": "tests.test_adapter.RecordingAdapter"},
         AUTHENTICATION_BACKENDS=[*settings.AUTHENTICATION_BACKENDS, PROJECT_BACKEND],
@@ -112,3 +118,69 @@ def test_a_returning_person_is_not_created_again(recording: Any) -> None:
     assert browser.run_flow(authorize_params(client)).status_code == 302
     assert "create_user" not in [name for name, _ in recording]
     assert "login" in [name for name, _ in recording]
+
+
+def test_the_loser_of_a_first_sign_in_race_continues_as_the_winners_user(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CD-01, SEC-04: two tabs of a person new to the proxy sign in at once; the other tab
+    commits the person's user and identity between this tab's lookup (which found nothing)
+    and its insert, which hits the unique key. This tab continues with the identity the
+    other one recorded: one user for the person, the consent theirs, no 500. Others'
+    identities (the same subject at another upstream, another person of this upstream) are
+    never taken. Deterministic here; tests/test_concurrency_postgres.py races it for real."""
+    from django.contrib.auth import get_user_model
+    from django.db.models.query import QuerySet
+
+    from mcp_consent.models import Consent, UpstreamIdentity
+    from project.demo_upstream.models import Account
+
+    octocat = str(Account.objects.get(login="octocat").pk)
+    User = get_user_model()
+    for provider, subject, username in (
+        ("https://other-upstream.example", octocat, "same-subject-elsewhere"),
+        (settings.UPSTREAM["ISSUER"], "someone-else", "another-person"),
+        (settings.UPSTREAM["ISSUER"], octocat, "winner-tab"),  # the other tab's, committed
+    ):
+        UpstreamIdentity.objects.create(
+            provider=provider, subject=subject, user=User.objects.create_user(username)
+        )
+    first = QuerySet.first
+    missed: list[bool] = []
+
+    def looked_up_before_the_other_tab_committed(self: QuerySet) -> Any:
+        if self.model is UpstreamIdentity and not missed:
+            missed.append(True)
+            return None
+        return first(self)
+
+    monkeypatch.setattr(QuerySet, "first", looked_up_before_the_other_tab_committed)
+    client = MCPClientFactory(client_name="Acme Agent", redirect_uris=["https://app.example/cb"])
+    browser = Browser()
+    browser.login_upstream()
+    final = browser.run_flow(authorize_params(client))
+    assert missed == [True]
+    assert final.status_code == 302
+    assert "code=" in final["Location"]
+    winner = User.objects.get(username="winner-tab")
+    assert Consent.objects.get().user_id == winner.pk
+    assert browser.client.session["_auth_user_id"] == str(winner.pk)
+    # This tab's own user went with its savepoint: one user for the person.
+    assert User.objects.count() == 3
+
+
+def test_update_user_gets_the_user_and_the_upstream_grant_at_every_sign_in(
+    recording: Any,
+) -> None:
+    """The adapter's update_user (profile fields from the upstream) is called with the local
+    user and what the upstream returned, at the first sign-in and at every later one."""
+    from mcp_consent.models import UpstreamIdentity
+
+    client = MCPClientFactory(client_name="Acme Agent", redirect_uris=["https://app.example/cb"])
+    browser = Browser()
+    browser.login_upstream()
+    assert browser.run_flow(authorize_params(client)).status_code == 302
+    user_id = UpstreamIdentity.objects.get().user_id
+    assert UPDATED == [(user_id, "octocat")]
+    assert browser.run_flow(authorize_params(client)).status_code == 302
+    assert UPDATED == [(user_id, "octocat"), (user_id, "octocat")]
