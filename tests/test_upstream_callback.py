@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import timedelta
+from html import unescape
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import pytest
 from django.contrib.auth import SESSION_KEY
@@ -15,6 +17,7 @@ from mcp_consent import audit, vault
 from mcp_consent.adapter import DefaultConsentAdapter
 from mcp_consent.flows import authorization, clients, revocation
 from mcp_consent.models import (
+    AuditEvent,
     AuthorizationTransaction,
     Consent,
     RegistrationSource,
@@ -23,7 +26,7 @@ from mcp_consent.models import (
 )
 from mcp_consent.registration import clean_client_metadata
 from mcp_consent.views.common import BINDING_SALT
-from project.demo_upstream.models import RequestLog, Token
+from project.demo_upstream.models import RequestLog, Token, hash_secret
 from tests.browser_client import Browser, authorize_params, query_of
 from tests.factories import MCPClientFactory
 
@@ -549,6 +552,129 @@ def test_sec05_client_changed_during_the_upstream_exchange_revokes_the_new_token
     tx = AuthorizationTransaction.objects.get()
     assert tx.outcome == "failed"
     assert tx.code_hash == ""
+
+
+# --- what a refused grant shows, revokes and audits (SEC-04, SEC-05, UP-09) ------------------
+
+
+def shown(response: Any) -> dict[str, str]:
+    """The error page as the person reads it: title, heading and message, tags stripped."""
+    html = response.content.decode()
+
+    def text(pattern: str) -> str:
+        match = re.search(pattern, html, re.S)
+        assert match, (pattern, html[:500])
+        return " ".join(unescape(re.sub(r"<[^>]+>", " ", match.group(1))).split())
+
+    return {
+        "title": text(r"<title>(.*?)</title>"),
+        "heading": text(r"<h1>(.*?)</h1>"),
+        "message": text(r"</h1>\s*<p>(.*?)</p>"),
+    }
+
+
+def assert_styled(response: Any) -> None:
+    """The page's stylesheet carries the nonce its Content-Security-Policy allows (else a
+    browser shows it unstyled): the page was rendered for this request."""
+    nonce = re.search(r"style-src 'nonce-([^']+)'", response["Content-Security-Policy"])
+    assert nonce, response["Content-Security-Policy"]
+    assert f'<style nonce="{nonce.group(1)}">' in response.content.decode()
+
+
+def revocations_at_upstream(upstream_http: Any) -> set[tuple[str, str]]:
+    """(token_type_hint, hash of the token) of each RFC 7009 request the upstream received."""
+    sent = set()
+    for request in upstream_http.requests:
+        if request.url.endswith("/demo-upstream/revoke"):
+            form = parse_qs(
+                request.body if isinstance(request.body, str) else request.body.decode()
+            )
+            sent.add((form["token_type_hint"][0], hash_secret(form["token"][0])))
+    return sent
+
+
+def issued_by_upstream(login: str) -> set[tuple[str, str]]:
+    """Both tokens of the one upstream grant issued to us for ``login``, as hashes."""
+    token = Token.objects.get(account__login=login)
+    return {("refresh_token", token.refresh_token_hash), ("access_token", token.access_token_hash)}
+
+
+def refusal_event(client) -> Any:
+    return AuditEvent.objects.filter(
+        action=AuditEvent.Action.CALLBACK_REFUSED, client_id=client.application.client_id
+    ).get()
+
+
+def test_sec04_the_other_account_reads_why_and_both_its_upstream_tokens_are_revoked(
+    client_a, remembering, upstream_http
+) -> None:
+    """SEC-04, UP-09: the person the upstream signed in instead of the one who approved
+    before reads, in a 403 page rendered for their request, that another account signed
+    in and nothing was shared. The upstream is asked to revoke both tokens it issued for
+    that account (refresh and access token, never only one left live), and the refusal is
+    audited as this browser's (its signed-in person, address and user agent), not as a
+    system event: no code, no page without the account, no grant half-revoked."""
+    browser = Browser()
+    browser.login_upstream("octocat")
+    browser.run_flow(authorize_params(client_a))
+    octocat = UpstreamIdentity.objects.get(login="octocat").user
+    browser.login_upstream("hubot")
+    skipped = browser.authorize(authorize_params(client_a), **{"Sec-Fetch-Site": "none"})
+    callback = browser.through_upstream(skipped["Location"])["Location"]
+    refused = browser.get(callback, **{"User-Agent": "Browser/1.0"})
+
+    assert refused.status_code == 403
+    assert shown(refused) == {
+        "title": "This sign-in cannot be completed",
+        "heading": "This sign-in cannot be completed",
+        "message": "You signed in at Demo Hub with another account than the one that approved "
+        "this application before. Nothing was shared with the application. Start again from "
+        "your application to review its request.",
+    }
+    assert_styled(refused)
+    assert revocations_at_upstream(upstream_http) == issued_by_upstream("hubot")
+    event = refusal_event(client_a)
+    assert (event.actor_type, event.actor_user_id) == ("user", octocat.pk)
+    assert (event.ip_address, event.user_agent) == ("127.0.0.1", "Browser/1.0")
+    assert event.details["reason"] == "remembered consent of another person"
+    assert event.details["outcome"] == "failed"
+
+
+def test_sec05_a_client_changed_during_the_exchange_is_told_on_a_409_page_and_both_tokens_revoked(
+    client_a, monkeypatch, upstream_http
+) -> None:
+    """SEC-05, UP-09: a client disabled while we redeemed the upstream code: the person reads,
+    in a 409 page rendered for their request, that the application changed or was disabled
+    and nothing was shared; the upstream is asked to revoke both tokens it just issued; the
+    refusal is audited with this browser's address and user agent (an anonymous person),
+    not as a system event."""
+    from mcp_consent import upstream
+
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    real_exchange = upstream.exchange_code
+
+    def exchange_then_disable(code: str, verifier: str | None) -> dict:
+        tokens = real_exchange(code, verifier)
+        disable(client_a)
+        return tokens
+
+    monkeypatch.setattr(upstream, "exchange_code", exchange_then_disable)
+    refused = browser.get(callback, **{"User-Agent": "Browser/1.0"})
+
+    assert refused.status_code == 409
+    assert shown(refused) == {
+        "title": "This sign-in cannot be completed",
+        "heading": "This sign-in cannot be completed",
+        "message": "The application's registration changed or was disabled while you were "
+        "signing in. Nothing was shared with it.",
+    }
+    assert_styled(refused)
+    assert revocations_at_upstream(upstream_http) == issued_by_upstream("octocat")
+    event = refusal_event(client_a)
+    assert (event.actor_type, event.actor_user_id) == ("anonymous", None)
+    assert (event.ip_address, event.user_agent) == ("127.0.0.1", "Browser/1.0")
+    assert event.details["reason"] == "client disabled during the upstream sign-in"
 
 
 def test_a_changed_upstream_login_or_email_is_written_at_once(django_user_model) -> None:
