@@ -101,6 +101,19 @@ class Browser:
         assert response.status_code == 302, response.content[:500]
         return response
 
+    def connected_apps_sign_in(self, decision: str = "authorize") -> str:
+        """Press "Sign in with ..." on Connected apps, pass the upstream: the callback URL."""
+        page = self.get("/connections/")
+        token = form_fields(page.content.decode())["csrfmiddlewaretoken"]
+        to_upstream = self.client.post(
+            "/connections/",
+            {"action": "sign-in", "csrfmiddlewaretoken": token},
+            HTTP_HOST=PROXY_HOST,
+        )
+        assert to_upstream.status_code == 303, to_upstream.content[:500]
+        self.login_upstream()
+        return self.through_upstream(to_upstream["Location"], decision)["Location"]
+
     # -- a whole authorization --------------------------------------------------------------
 
     def run_flow(

@@ -184,3 +184,31 @@ def test_update_user_gets_the_user_and_the_upstream_grant_at_every_sign_in(
     assert UPDATED == [(user_id, "octocat")]
     assert browser.run_flow(authorize_params(client)).status_code == 302
     assert UPDATED == [(user_id, "octocat"), (user_id, "octocat")]
+
+
+class SelfRequestAdapter(DefaultConsentAdapter):
+    """A project's adapter whose hooks read the request as ``self.request`` (as documented)."""
+
+    def create_user(self, grant: Any) -> Any:
+        SEEN.append(("create_user", self.request))
+        return super().create_user(grant)
+
+    def login(self, request: Any, user: Any) -> None:
+        SEEN.append(("login", self.request))
+        super().login(request, user)
+
+
+def test_connected_apps_sign_in_hooks_see_the_callback_request_as_self_request() -> None:
+    """As allauth's get_adapter(request): on the Connected apps sign-in too, each hook that
+    reads ``self.request`` gets the callback's request, never None."""
+    SEEN.clear()
+    with override_settings(
+        MCP_CONSENT={**settings.MCP_CONSENT, "ADAPTER": "tests.test_adapter.SelfRequestAdapter"}
+    ):
+        browser = Browser()
+        landed = browser.get(browser.connected_apps_sign_in())
+    assert landed["Location"] == "/connections/"
+    assert [name for name, _ in SEEN] == ["create_user", "login"]
+    for name, request in SEEN:
+        assert request is not None, f"{name} got no request"
+        assert request.path == "/upstream/callback/", (name, request.path)

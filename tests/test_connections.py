@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from html import unescape
 from io import StringIO
 
 import pytest
@@ -113,3 +114,58 @@ def test_sec01_connected_apps_lists_a_grant_whose_tokens_outlive_its_consent() -
     ended = re.search(r'id="past">(.*?)</ul>', page, re.S)
     assert ended
     assert "Acme Agent" in ended.group(1)
+
+
+DECLINED = {
+    "en": (
+        "Sign-in did not complete",
+        "Authorization was declined at the provider. Nothing was changed.",
+    ),
+    "fr": (
+        "La connexion n’a pas abouti",
+        "L’autorisation a été refusée chez le fournisseur. Rien n’a été modifié.",
+    ),
+}
+
+
+@pytest.mark.parametrize("language", sorted(DECLINED))
+def test_a_sign_in_declined_at_the_upstream_is_a_page_in_the_persons_language(
+    language: str,
+) -> None:
+    """Connected apps (UP-06 for the person): cancelling at the upstream shows a styled 400
+    page, in the person's language, saying the provider declined and nothing changed; it
+    signs nobody in and audits the transaction as denied. No redirect, no 500."""
+    from mcp_consent.models import AuthorizationTransaction
+
+    browser = Browser()
+    callback = browser.connected_apps_sign_in(decision="cancel")
+    page = browser.get(callback, **{"Accept-Language": language})
+    assert page.status_code == 400
+    assert not page.has_header("Location")
+    html = page.content.decode()
+    title, message = DECLINED[language]
+    assert f"<title>{title}</title>" in html
+    assert f"<h1>{title}</h1>\n<p>{message}</p>" in unescape(html)
+    nonce = re.search(r"style-src 'nonce-([^']+)'", page["Content-Security-Policy"])
+    assert nonce and f'<style nonce="{nonce.group(1)}">' in html
+    assert "_auth_user_id" not in browser.client.session
+    tx = AuthorizationTransaction.objects.get()
+    assert (tx.outcome, tx.failure_reason) == ("denied", "upstream returned an error")
+    assert not AuditEvent.objects.filter(action=AuditEvent.Action.SIGNED_IN).exists()
+
+
+def test_a_sign_in_lands_on_connected_apps_signed_in_and_audited() -> None:
+    """Connected apps: after the upstream, the person lands on /connections/ signed in as
+    their upstream account, with a fresh session; the sign-in is audited as theirs, with
+    the upstream login, the address and user agent of their browser."""
+    browser = Browser()
+    callback = browser.connected_apps_sign_in()
+    landed = browser.get(callback, **{"User-Agent": "Browser/1.0"})
+    assert landed.status_code == 302
+    assert landed["Location"] == "/connections/"
+    assert "Signed in as octocat" in text(connections(browser))
+    event = AuditEvent.objects.get(action=AuditEvent.Action.SIGNED_IN)
+    user = get_user_model().objects.get()
+    assert (event.actor_type, event.actor_user_id) == ("user", user.pk)
+    assert (event.ip_address, event.user_agent) == ("127.0.0.1", "Browser/1.0")
+    assert event.details["upstream_login"] == "octocat"

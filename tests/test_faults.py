@@ -420,6 +420,60 @@ def test_database_down_when_the_callback_arrives_gives_a_clear_page() -> None:
     assert "temporarily" in response.content.decode().lower()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_grant_not_recorded_is_a_retryable_error_at_the_client_and_the_upstream_grant_revoked(
+    upstream_http: Any,
+) -> None:
+    """UP-06, UP-09, faults: the database fails once while the grant is recorded (all of it
+    rolled back). The client gets exactly RFC 6749's retryable ``temporarily_unavailable``
+    with our own description, its state and our iss, never a code; the upstream is asked to
+    revoke both tokens it issued (none left live for a grant we do not hold); the
+    transaction fails with its reason, audited as this browser's request (its address and
+    user agent), not as a system event."""
+    from urllib.parse import parse_qs
+
+    from project.demo_upstream.models import Token, hash_secret
+    from project.demo_upstream.seed import seed_demo_data
+
+    seed_demo_data()
+    flow = AtCallback()
+    fault = DatabaseFault('INSERT INTO "mcp_consent_upstreamtoken"')
+    with connection.execute_wrapper(fault):
+        response = flow.browser.get(flow.callback, **{"User-Agent": "Browser/1.0"})
+    assert fault.failed
+
+    assert response.status_code == 302
+    location = response["Location"]
+    assert location.startswith(REDIRECT_URI + "?"), location
+    assert query_of(location) == {
+        "error": ["temporarily_unavailable"],
+        "error_description": ["The authorization server could not record the grant; try again."],
+        "state": [CLIENT_STATE],
+        "iss": [ISSUER],
+    }
+    issued = Token.objects.get(account__login="octocat")
+    revoked = set()
+    for request in upstream_http.requests:
+        if request.url.endswith("/demo-upstream/revoke"):
+            body = request.body if isinstance(request.body, str) else request.body.decode()
+            form = parse_qs(body)
+            revoked.add((form["token_type_hint"][0], hash_secret(form["token"][0])))
+    assert revoked == {
+        ("refresh_token", issued.refresh_token_hash),
+        ("access_token", issued.access_token_hash),
+    }
+    tx = AuthorizationTransaction.objects.get(client=flow.client)
+    assert (tx.outcome, tx.failure_reason) == ("failed", "database error while recording the grant")
+    model = audit_event_model()
+    event = model.objects.get(action=model.Action.CALLBACK_REFUSED, client_id=flow.client_id)
+    assert event.details["reason"] == "database error while recording the grant"
+    assert (event.actor_type, event.ip_address, event.user_agent) == (
+        "anonymous",
+        "127.0.0.1",
+        "Browser/1.0",
+    )
+
+
 # --- the token endpoint when the database fails ----------------------------------------------
 
 

@@ -892,3 +892,94 @@ def test_sec12_the_callback_locks_the_identity_row_not_its_user(client_a) -> Non
         if 'FROM "mcp_consent_upstreamidentity"' in q["sql"] and "FOR UPDATE" in q["sql"]
     ]
     assert locking.endswith('FOR UPDATE OF "mcp_consent_upstreamidentity"'), locking
+
+
+# --- what the upstream said about the person and the grant, kept as it said it ----------------
+
+GRANTS_SEEN: list[Any] = []
+
+
+class ProfileAdapter(DefaultConsentAdapter):
+    """A project's adapter that keeps profile fields of the upstream identity (update_user)."""
+
+    def update_user(self, user: Any, grant: Any) -> None:
+        GRANTS_SEEN.append(grant)
+
+
+@pytest.fixture
+def profile_adapter(settings) -> list[Any]:
+    GRANTS_SEEN.clear()
+    settings.MCP_CONSENT = {
+        **settings.MCP_CONSENT,
+        "ADAPTER": "tests.test_upstream_callback.ProfileAdapter",
+    }
+    return GRANTS_SEEN
+
+
+def test_the_adapter_and_the_identity_get_the_upstreams_profile_as_it_said_it(
+    client_a, profile_adapter
+) -> None:
+    """Adapter (identity -> user, STYLE 5): a project's update_user gets the person's
+    upstream login, e-mail, display name and the whole user-info answer, and the identity
+    row keeps the login and e-mail: nothing the upstream said is dropped or replaced."""
+    from project.demo_upstream.models import Account
+
+    browser = Browser()
+    assert "code" in query_of(browser.get(upstream_callback(browser, client_a))["Location"])
+    account = Account.objects.get(login="octocat")
+    [grant] = profile_adapter
+    assert (grant.subject, grant.login, grant.email, grant.name) == (
+        str(account.pk),
+        "octocat",
+        "octocat@demohub.example",
+        "The Octocat",
+    )
+    assert grant.raw_identity == {
+        "id": account.pk,
+        "login": "octocat",
+        "name": "The Octocat",
+        "email": "octocat@demohub.example",
+    }
+    identity = UpstreamIdentity.objects.get()
+    assert (identity.login, identity.email) == ("octocat", "octocat@demohub.example")
+    assert identity.user.email == "octocat@demohub.example"
+
+
+def test_odd_profile_fields_are_cut_to_the_column_or_left_empty_never_invented(
+    client_a, profile_adapter
+) -> None:
+    """An upstream whose user info has a 300-character login, an object for the e-mail and a
+    null name: the login is kept to its 255-character column, the others are empty, never
+    a Python repr ("None", "{'primary': ...}") or a made-up value shown as the person's
+    e-mail or name."""
+    from tests.upstream_fakes import USERINFO_URL, FaultAdapter, make_response, mounted
+
+    odd = {"id": 4242, "login": "L" * 300, "email": {"primary": "x@example.com"}, "name": None}
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    with mounted(USERINFO_URL, FaultAdapter(lambda request: make_response(request, 200, odd))):
+        final = browser.get(callback)
+    assert "code" in query_of(final["Location"])
+    identity = UpstreamIdentity.objects.get()
+    assert (identity.subject, identity.login, identity.email) == ("4242", "L" * 255, "")
+    [grant] = profile_adapter
+    assert (grant.login, grant.email, grant.name) == ("L" * 255, "", "")
+
+
+def test_up08_the_stored_upstream_grant_expires_when_the_upstream_said(client_a) -> None:
+    """UP-08: the upstream token is stored with the expiry of its access token and of its
+    refresh token as the upstream gave them (expires_in, refresh_token_expires_in), so the
+    refresh before a call is due on time, not never."""
+    from project.demo_upstream.views import ACCESS_TOKEN_EXPIRES_IN, REFRESH_TOKEN_EXPIRES_IN
+
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    before = timezone.now()
+    browser.get(callback)
+    after = timezone.now()
+    row = UpstreamToken.objects.get()
+    access, refresh = (
+        timedelta(seconds=s) for s in (ACCESS_TOKEN_EXPIRES_IN, REFRESH_TOKEN_EXPIRES_IN)
+    )
+    assert before + access <= row.expires_at <= after + access
+    assert before + refresh <= row.refresh_expires_at <= after + refresh
