@@ -1256,6 +1256,53 @@ def test_cd04_other_client_is_not_covered(returning_user: Browser, client_app) -
 
 
 @pytest.mark.usefixtures("remember_consent")
+def test_cd04_another_redirect_uri_of_the_client_asks_again() -> None:
+    """CD-04, CD-22: a remembered consent is for the redirect URI it was given to; the same
+    client's other registered redirect URI (another device, or one an attacker added through
+    a client they control) gets the page again, never a code sent there unseen."""
+    client = MCPClientFactory(
+        client_name="Acme Agent",
+        redirect_uris=["https://app.example/cb", "https://app.example/other-cb"],
+    )
+    browser = Browser()
+    browser.login_upstream("octocat")
+    assert code_from(browser.run_flow(authorize_params(client)))
+    again = browser.authorize(authorize_params(client), **{"Sec-Fetch-Site": "none"})
+    assert again.status_code == 302  # the control: the remembered request itself skips
+    effects = Effects()
+    elsewhere = browser.authorize(
+        authorize_params(client, redirect_uri="https://app.example/other-cb"),
+        **{"Sec-Fetch-Site": "none"},
+    )
+    assert is_consent_page(elsewhere)
+    effects.assert_nothing_happened()
+
+
+def test_cd04_another_mcp_server_asks_again(client_app) -> None:
+    """CD-04, TP-02: a remembered consent is for the MCP server (resource) it was given for;
+    a request for another server of this proxy gets the page again."""
+    other = "http://127.0.0.1:8000/other-mcp"
+    with override_settings(
+        MCP_CONSENT={
+            **settings.MCP_CONSENT,
+            "REMEMBER_CONSENT": True,
+            "RESOURCES": [*settings.MCP_CONSENT["RESOURCES"], other],
+        }
+    ):
+        browser = Browser()
+        browser.login_upstream("octocat")
+        assert code_from(browser.run_flow(authorize_params(client_app)))
+        again = browser.authorize(authorize_params(client_app), **{"Sec-Fetch-Site": "none"})
+        assert again.status_code == 302  # the control
+        effects = Effects()
+        response = browser.authorize(
+            authorize_params(client_app, resource=other), **{"Sec-Fetch-Site": "none"}
+        )
+        assert is_consent_page(response)
+        effects.assert_nothing_happened()
+
+
+@pytest.mark.usefixtures("remember_consent")
 def test_cd04_changed_client_metadata_asks_again(returning_user: Browser, client_app) -> None:
     """CD-04, MGMT-06: a consent given to the old name is not consent for the new one."""
     clients.update_client(
