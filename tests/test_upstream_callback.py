@@ -226,8 +226,37 @@ def test_second_claim_of_one_state_fails(client_a) -> None:
         "__Host-mcp_consent_tx", salt="mcp_consent.upstream-binding"
     )
     assert authorization.consume_transaction(state, binding).consumed_at is not None
-    with pytest.raises(authorization.CallbackRefused, match="already used"):
+    with pytest.raises(authorization.CallbackRefused, match="^state already used$"):
         authorization.consume_transaction(state, binding)
+    refused = AuditEvent.objects.filter(action=AuditEvent.Action.CALLBACK_REFUSED).last()
+    assert refused is not None and refused.details["reason"] == "state already used"
+
+
+def test_cd45_a_callback_claims_its_own_transaction_only(client_a) -> None:
+    """CD-45, CD-46: three people are at the upstream at once. One comes back after the ten
+    minutes, one in time; the third still completes: each callback claims, expires or fails
+    only its own transaction. Must not allow one callback to use up or expire the pending
+    transactions of others (everyone else's sign-in would then fail as "already used")."""
+    browsers = {name: Browser() for name in ("late", "first", "third")}
+    callbacks = {}
+    for name, browser in browsers.items():
+        browser.login_upstream("hubot" if name == "third" else "octocat")
+        callbacks[name] = browser.through_upstream(approved(browser, client_a))["Location"]
+    late = AuthorizationTransaction.objects.order_by("pk").first()
+    assert late is not None
+    AuthorizationTransaction.objects.filter(pk=late.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert browsers["late"].get(callbacks["late"]).status_code == 400
+    for name in ("first", "third"):
+        landed = browsers[name].get(callbacks[name])
+        assert landed.status_code == 302, (name, landed.content[:300])
+        assert "code" in query_of(landed["Location"]), name
+    outcomes = dict(
+        AuthorizationTransaction.objects.order_by("pk").values_list("pk", "failure_reason")
+    )
+    assert outcomes[late.pk] == "expired"
+    assert [reason for pk, reason in outcomes.items() if pk != late.pk] == ["", ""]
 
 
 def test_state_is_only_ever_stored_hashed(client_a) -> None:
