@@ -245,6 +245,27 @@ def test_verification_is_one_indexed_query() -> None:
     assert '"token_checksum" =' in ctx.captured_queries[0]["sql"]
 
 
+def test_a_verification_after_the_first_compiles_no_sql(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/performance.md, "One token verification": the hot query is compiled once per
+    thread and database, not per request (compiling it took many times longer than the
+    database needs to answer it); later verifications only execute it."""
+    from django.db.models.sql.compiler import SQLCompiler
+
+    issued = issue_token()
+    resource.verify_token(issued.access_token, resource=RESOURCE)  # this thread's first
+    compiled: list[Any] = []
+    as_sql = SQLCompiler.as_sql
+
+    def counting(self: SQLCompiler, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(self.query.model)
+        return as_sql(self, *args, **kwargs)
+
+    monkeypatch.setattr(SQLCompiler, "as_sql", counting)
+    for _ in range(3):
+        resource.verify_token(issued.access_token, resource=RESOURCE)
+    assert compiled == []
+
+
 def test_an_upstream_session_costs_one_statement() -> None:
     """RS-11 hot path of every tool that calls the upstream: the consent behind the verified
     token with its upstream token, in one SELECT. Counted before the first call: the
@@ -387,11 +408,14 @@ def test_mcp_requests_reuse_their_threads() -> None:
 def test_the_compiled_verification_query_refuses_parameters_frozen_at_compile_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A hot query with a time in it must run through the ORM each time, never be reused.
+    """A hot query with a time in it must run through the ORM each time, never be reused;
+    one whose other parameters are constants keeps its compiled SQL (the speed it exists for).
 
     Reusing its SQL would freeze that time into every later verification (e.g. an expiry
     compared with the moment of the first request).
     """
+    import threading
+
     from django.utils import timezone
 
     from mcp_consent.resource import query
@@ -404,5 +428,14 @@ def test_the_compiled_verification_query_refuses_parameters_frozen_at_compile_ti
         lambda value: original(value).filter(expires__gt=timezone.now()),
     )
     assert query._CompiledLookup._compile(connection.alias) is None
+    # ... and such a query still verifies, through the ORM, in a thread that has not compiled.
+    monkeypatch.setattr(query._CompiledLookup, "_local", threading.local())
+    issued = issue_token()
+    assert resource.verify_token(issued.access_token, resource=RESOURCE).client_id
+    with pytest.raises(resource.InvalidToken):
+        resource.verify_token("A" * 30, resource=RESOURCE)
+    # Only what varies is refused: a constant parameter is the same in every verification.
+    monkeypatch.setattr(query, "_hot_queryset", lambda value: original(value).exclude(scope="-"))
+    assert query._CompiledLookup._compile(connection.alias) is not None
     monkeypatch.setattr(query, "_hot_queryset", original)
     assert query._CompiledLookup._compile(connection.alias) is not None

@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -251,10 +252,43 @@ def test_sec01_a_token_of_an_expired_consent_is_refused_and_its_grant_retired(is
 
 
 def test_sec01_introspection_calls_a_token_of_an_expired_consent_inactive(issued) -> None:
-    """SEC-01 for separate MCP servers: introspection applies the same expiry."""
+    """SEC-01 for separate MCP servers: introspection applies the same expiry, and retires the
+    lapsed consent as the MCP endpoint does: its tokens and its upstream grant go at once,
+    not at the next cleanup."""
     assert resource.introspect(issued.access_token, resources=[RESOURCE])["active"] is True
+    assert Consent.objects.get().expired_at is None  # an active token retires nothing
     Consent.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     assert resource.introspect(issued.access_token, resources=[RESOURCE]) == {"active": False}
+    consent = Consent.objects.get()
+    assert consent.expired_at is not None
+    assert not UpstreamToken.objects.filter(consent=consent).exists()
+    assert not DemoHubToken.objects.filter(revoked_at__isnull=True).exists()
+    assert not AccessToken.objects.filter(user__isnull=False).exists()
+
+
+def test_int02_a_malformed_token_is_inactive_without_a_lookup(django_assert_num_queries) -> None:
+    """INT-02: junk (empty, longer than MAX_TOKEN_LENGTH, outside RFC 6750's b64token) is
+    exactly ``{"active": false}``, answered without touching the database: a caller's
+    garbage costs no query."""
+    for raw in ("", "A" * 513, "<script>", "Zm9v%3D", "abc def"):
+        with django_assert_num_queries(0):
+            assert resource.introspect(raw, resources=[RESOURCE]) == {"active": False}, raw
+
+
+def test_tp02_as32_the_audience_is_compared_in_canonical_form(issued) -> None:
+    """TP-02 / AS-32: a token row whose audience is another spelling of this resource (scheme
+    case, trailing slash: a row written by an older version or by hand) names this resource:
+    it opens this endpoint and introspects active with the canonical ``aud``, also for a
+    caller that spells its resource that way; it opens no other resource."""
+    AccessToken.objects.filter(token_checksum=resource.checksum(issued.access_token)).update(
+        resource=["HTTP://127.0.0.1:8000/mcp/"]
+    )
+    assert resource.verify_token(issued.access_token).audiences == (RESOURCE,)
+    assert call(whoami, issued.authorization).status_code == 200
+    answer = resource.introspect(issued.access_token, resources=["HTTP://127.0.0.1:8000/mcp/"])
+    assert answer["active"] is True
+    assert answer["aud"] == [RESOURCE]
+    assert resource.introspect(issued.access_token, resources=[OTHER_RESOURCE]) == {"active": False}
 
 
 def test_a_deactivated_users_token_is_refused(issued) -> None:
@@ -281,6 +315,69 @@ def test_every_refusal_says_the_same_thing(issued, settings) -> None:
     upstream = call(whoami, f"Bearer {upstream_access}")
     assert unknown.content == upstream.content
     assert unknown["WWW-Authenticate"] == upstream["WWW-Authenticate"]
+
+
+MALFORMED = "The access token is malformed."
+MISSING = "The access token is missing."
+UNKNOWN = "The access token is invalid, expired or revoked."
+FOREIGN = "The access token was not issued for this resource."
+LACKING = "The access token lacks scopes this operation needs."
+OUTSIDE = "Send the access token in the Authorization header only."
+
+
+def test_rs04_rs06_rs07_each_refusal_gives_its_status_code_and_description(
+    issued, settings
+) -> None:
+    """RS-04 / RS-06 / RS-07 / RS-09 / TP-02: the whole answer to each kind of refused
+    request, at an endpoint of one of two configured resources: the status and error code
+    the client acts on, the error_description it shows (in the challenge and the JSON body
+    alike), this resource's metadata URL and every scope of the operation. No credentials get
+    no error code; an unknown token and an expired one get the same words; a token for the
+    other resource is told so; one in the URL is told where it belongs, even next to a good
+    header or a form body; a lacking one steps up. None of them reaches the view."""
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "RESOURCES": [RESOURCE, OTHER_RESOURCE]}
+    other = issue_token(resource=OTHER_RESOURCE)
+    expired = issue_token()
+    AccessToken.objects.filter(token_checksum=resource.checksum(expired.access_token)).update(
+        expires=timezone.now() - timedelta(seconds=1)
+    )
+    writer = issue_token(scope="items:write")  # covers move_item (items:write implies read)
+    form = {"method": "post", "data": "note=1", "content_type": "application/x-www-form-urlencoded"}
+    cases: list[tuple[str | None, dict[str, Any], int, str | None, str]] = [
+        (None, {}, 401, None, ""),
+        ("Basic dXNlcjpwYXNz", {}, 401, None, ""),
+        ("Bearer " + "A" * 513, {}, 401, "invalid_token", MALFORMED),  # past MAX_TOKEN_LENGTH
+        ("Bearer <script>", {}, 401, "invalid_token", MALFORMED),  # not an RFC 6750 b64token
+        ("Bearer Zm9v%3D", {}, 401, "invalid_token", MALFORMED),
+        ("Bearer abc def", {}, 401, "invalid_token", MISSING),  # not one token after "Bearer"
+        ("Bearer", {}, 401, "invalid_token", MISSING),
+        ("Bearer " + "A" * 512, {}, 401, "invalid_token", UNKNOWN),  # the longest looked up
+        ("Bearer " + "A" * 30, {}, 401, "invalid_token", UNKNOWN),
+        (expired.authorization, {}, 401, "invalid_token", UNKNOWN),
+        (other.authorization, {}, 401, "invalid_token", FOREIGN),
+        (issued.authorization, {}, 403, "insufficient_scope", LACKING),  # items:read only
+        (None, {"path": "/mcp?access_token=abc"}, 400, "invalid_request", OUTSIDE),
+        (writer.authorization, {"path": "/mcp?access_token="}, 400, "invalid_request", OUTSIDE),
+        (
+            writer.authorization,
+            {"path": "/mcp?access_token", **form},
+            400,
+            "invalid_request",
+            OUTSIDE,
+        ),
+    ]
+    for authorization, request, status, error, description in cases:
+        response = call(move_item, authorization, **request)
+        expected = {"error": error, "error_description": description} if error else {}
+        assert response.status_code == status, (authorization, request)
+        assert challenge(response) == {
+            **expected,
+            "scope": "items:read items:write",
+            "resource_metadata": PRM_URL,
+        }, (authorization, request)
+        assert json.loads(response.content) == expected
+        assert response["Cache-Control"] == "no-store"
+    assert call(move_item, writer.authorization, **form).status_code == 200
 
 
 # --- RS-09 / TP-04: only the Authorization header -------------------------------------------------
@@ -413,6 +510,60 @@ def test_the_hot_path_is_one_query(issued, django_assert_num_queries) -> None:
     with django_assert_num_queries(1):
         verified = resource.verify_token(issued.access_token, scopes=["items:read"])
     assert verified.client_id == issued.client_id
+
+
+def test_rs11_the_verified_token_is_the_token_rows_own(issued) -> None:
+    """RS-11 / INT-03: everything the MCP server derives later (the consent's upstream grant,
+    the SDK's principal, its expiry) comes from the VerifiedToken, whose every field is the
+    verified token row's own, never a default or another token's."""
+    row = AccessToken.objects.get(token_checksum=resource.checksum(issued.access_token))
+    verified = resource.verify_token(issued.access_token, scopes=["items:read"])
+    assert verified == resource.VerifiedToken(
+        token_id=row.pk,
+        client_id=issued.client_id,
+        application_id=row.application_id,
+        user_id=row.user_id,
+        scopes=frozenset({"items:read"}),
+        audiences=(RESOURCE,),
+        resource=RESOURCE,
+        issued_at=row.created,
+        expires_at=row.expires,
+        issuer="http://127.0.0.1:8000",
+    )
+    assert verified.subject == str(issued.consent.user_id)
+
+
+def test_rs04_a_token_is_refused_from_the_instant_it_expires(issued, monkeypatch) -> None:
+    """RS-04 / RS-08: a token works until its expiry instant and not at it (RFC 7519 ``exp``:
+    "on or after which" it must not be accepted): no request is served at ``expires``."""
+    row = AccessToken.objects.get(token_checksum=resource.checksum(issued.access_token))
+    monkeypatch.setattr(timezone, "now", lambda: row.expires - timedelta(microseconds=1))
+    assert call(whoami, issued.authorization).status_code == 200
+    monkeypatch.setattr(timezone, "now", lambda: row.expires)
+    response = call(whoami, issued.authorization)
+    assert response.status_code == 401
+    assert challenge(response)["error_description"] == UNKNOWN
+
+
+def test_a_misconfigured_endpoint_fails_loudly_with_what_to_fix(issued, settings) -> None:
+    """TP-02: an endpoint whose ``resource=`` is not an absolute http(s) URI, or that names
+    none while several RESOURCES are configured, raises for its developer with what to fix;
+    it never guesses which resource it is (a guess would take another server's tokens)."""
+    verify = partial(resource.verify_token, issued.access_token)
+    authenticate = partial(resource.authenticate, authorization=issued.authorization)
+    for bad in ("mcp", "ftp://127.0.0.1:8000/mcp"):
+        for check in (verify, authenticate):
+            with pytest.raises(ValueError) as refused:
+                check(resource=bad)
+            assert str(refused.value) == "resource must be an absolute http(s) URI"
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "RESOURCES": [RESOURCE, OTHER_RESOURCE]}
+    for check in (verify, authenticate):
+        with pytest.raises(ValueError) as refused:
+            check()
+        assert str(refused.value) == (
+            "several MCP_CONSENT['RESOURCES'] are configured: pass resource= to say which "
+            "one this endpoint is"
+        )
 
 
 def test_the_plain_function_for_other_frameworks(issued) -> None:
