@@ -512,6 +512,16 @@ def test_the_hot_path_is_one_query(issued, django_assert_num_queries) -> None:
     assert verified.client_id == issued.client_id
 
 
+def test_a_refused_token_costs_the_same_one_query(issued, django_assert_num_queries) -> None:
+    """RS-08: refusing a token whose consent is still live (here the token itself expired)
+    is the same one query: only a lapsed consent (SEC-01) is worth more work."""
+    AccessToken.objects.filter(token_checksum=resource.checksum(issued.access_token)).update(
+        expires=timezone.now() - timedelta(seconds=1)
+    )
+    with django_assert_num_queries(1), pytest.raises(resource.InvalidToken):
+        resource.verify_token(issued.access_token)
+
+
 def test_rs11_the_verified_token_is_the_token_rows_own(issued) -> None:
     """RS-11 / INT-03: everything the MCP server derives later (the consent's upstream grant,
     the SDK's principal, its expiry) comes from the VerifiedToken, whose every field is the
@@ -575,6 +585,10 @@ def test_the_plain_function_for_other_frameworks(issued) -> None:
         resource.authenticate(authorization=issued.authorization, scopes=["items:write"])
     assert refused.value.status == 403
     assert 'error="insufficient_scope"' in refused.value.headers()["WWW-Authenticate"]
+    assert list(refused.value.headers()) == ["WWW-Authenticate", "Cache-Control"]
+    assert refused.value.headers()["Cache-Control"] == "no-store"
+    assert refused.value.body() == {"error": "insufficient_scope", "error_description": LACKING}
+    assert str(refused.value) == LACKING  # what a framework's log shows
     with pytest.raises(resource.InvalidRequest):
         resource.authenticate(
             authorization=issued.authorization, query_string=f"access_token={issued.access_token}"
@@ -641,6 +655,18 @@ def test_rs02_the_challenge_points_at_a_document_about_this_resource() -> None:
     url = challenge(call(whoami))["resource_metadata"]
     assert url == PRM_URL
     assert prm(url.removeprefix("http://127.0.0.1:8000")).json()["resource"] == RESOURCE
+
+
+def test_rs02_a_resource_at_an_origin_root_points_at_the_root_metadata(settings) -> None:
+    """RS-02 / RFC 9728 §3.1: a resource without a path has its metadata at the root
+    well-known URL itself, with nothing inserted after it."""
+    settings.MCP_CONSENT = {**settings.MCP_CONSENT, "RESOURCES": ["http://127.0.0.1:8000"]}
+    with pytest.raises(resource.MissingToken) as refused:
+        resource.authenticate(authorization=None)
+    params = dict(re.findall(r'(\w+)="([^"]*)"', refused.value.headers()["WWW-Authenticate"]))
+    assert (
+        params["resource_metadata"] == "http://127.0.0.1:8000/.well-known/oauth-protected-resource"
+    )
 
 
 def test_sm01_sm06_scopes_supported_is_minimal_and_never_offline_access(settings) -> None:
