@@ -549,7 +549,18 @@ def test_sec05_client_changed_before_the_callback_gets_a_clear_page(client_a, ch
     assert exchanges() == before  # the upstream code was never redeemed
     assert not Consent.objects.exists()
     assert not UpstreamToken.objects.exists()
-    assert AuthorizationTransaction.objects.get().outcome == "failed"
+    tx = AuthorizationTransaction.objects.get()
+    assert tx.outcome == "failed"
+    # The operator reads in the transaction and the audit trail what changed (SEC-05).
+    # The operator reads in the transaction and the audit trail what changed (SEC-05). A
+    # disabled client is refused by DOT's own re-validation first.
+    reason = "authorization request no longer valid" if change == "disabled" else CHANGED
+    assert tx.failure_reason == reason
+    refused = AuditEvent.objects.get(action=AuditEvent.Action.CALLBACK_REFUSED)
+    assert refused.details["reason"] == reason
+
+
+CHANGED = "client metadata changed during the upstream sign-in"
 
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
@@ -581,6 +592,9 @@ def test_sec05_client_changed_during_the_upstream_exchange_revokes_the_new_token
     tx = AuthorizationTransaction.objects.get()
     assert tx.outcome == "failed"
     assert tx.code_hash == ""
+    # Found under the client's lock, after the exchange: the reason says which change.
+    reason = "client disabled during the upstream sign-in" if change == "disabled" else CHANGED
+    assert tx.failure_reason == reason
 
 
 # --- what a refused grant shows, revokes and audits (SEC-04, SEC-05, UP-09) ------------------
