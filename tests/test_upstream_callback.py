@@ -205,6 +205,21 @@ def test_callback_after_ten_minutes_is_refused(client_a) -> None:
     before = exchanges()
     assert browser.get(callback).status_code == 400
     assert exchanges() == before
+    expired = AuthorizationTransaction.objects.get()
+    # Used up and failed, with the reason, in the row and in the audit trail.
+    assert (expired.failure_reason, expired.outcome) == ("expired", "failed")
+    assert expired.consumed_at is not None
+    refused = AuditEvent.objects.get(action=AuditEvent.Action.CALLBACK_REFUSED)
+    assert refused.details["reason"] == "state expired"
+
+
+def test_cd46_a_callback_at_the_expiry_instant_is_refused(client_a, monkeypatch) -> None:
+    """CD-46: the transaction lives until its expires_at, that instant excluded."""
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    tx = AuthorizationTransaction.objects.get()
+    monkeypatch.setattr(authorization.timezone, "now", lambda: tx.expires_at)
+    assert browser.get(callback).status_code == 400
     assert AuthorizationTransaction.objects.get().failure_reason == "expired"
 
 
