@@ -212,3 +212,21 @@ def test_connected_apps_sign_in_hooks_see_the_callback_request_as_self_request()
     for name, request in SEEN:
         assert request is not None, f"{name} got no request"
         assert request.path == "/upstream/callback/", (name, request.path)
+
+
+def test_authorization_callback_hooks_see_the_callback_request_as_self_request() -> None:
+    """As allauth's get_adapter(request): at the callback of an authorization, create_user
+    and login that read ``self.request`` get the callback's request, never None."""
+    SEEN.clear()
+    client = MCPClientFactory(client_name="Acme Agent", redirect_uris=["https://app.example/cb"])
+    with override_settings(
+        MCP_CONSENT={**settings.MCP_CONSENT, "ADAPTER": "tests.test_adapter.SelfRequestAdapter"}
+    ):
+        browser = Browser()
+        browser.login_upstream()
+        final = browser.run_flow(authorize_params(client))
+    assert final["Location"].startswith("https://app.example/cb?code=")
+    assert [name for name, _ in SEEN] == ["create_user", "login"]
+    for name, request in SEEN:
+        assert request is not None, f"{name} got no request"
+        assert request.path == "/upstream/callback/", (name, request.path)

@@ -735,6 +735,59 @@ def test_sec05_a_client_changed_during_the_exchange_is_told_on_a_409_page_and_bo
     assert event.details["reason"] == "client disabled during the upstream sign-in"
 
 
+def test_sec05_a_redirect_uri_removed_during_the_exchange_of_an_older_transaction_is_refused(
+    client_a, monkeypatch, upstream_http
+) -> None:
+    """SEC-05, UP-09: a transaction that carries no client metadata version (started before
+    the proxy kept one) passes the version check; the approved redirect URI removed while we
+    redeemed the upstream code is then caught where DOT mints the code. No code is sent
+    anywhere, no 500: the person reads the 409 page (rendered for the request), both new
+    upstream tokens are revoked, and the transaction fails with that reason, audited."""
+    from mcp_consent import upstream
+
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    AuthorizationTransaction.objects.update(client_metadata_version=None)
+    real_exchange = upstream.exchange_code
+
+    def exchange_then_move(code: str, verifier: str | None) -> dict:
+        tokens = real_exchange(code, verifier)
+        clients.update_client(
+            client_a,
+            clean_client_metadata(
+                {
+                    "client_name": "Acme Agent",
+                    "redirect_uris": ["https://app.example/other"],
+                    "token_endpoint_auth_method": "none",
+                },
+                RegistrationSource.DCR,
+            ),
+        )
+        return tokens
+
+    monkeypatch.setattr(upstream, "exchange_code", exchange_then_move)
+    refused = browser.get(callback, **{"User-Agent": "Browser/1.0"})
+
+    assert refused.status_code == 409
+    assert not refused.has_header("Location")
+    assert shown(refused)["message"] == (
+        "The application's registration changed or was disabled while you were signing in. "
+        "Nothing was shared with it."
+    )
+    assert_styled(refused)
+    assert not Consent.objects.exists()
+    assert revocations_at_upstream(upstream_http) == issued_by_upstream("octocat")
+    tx = AuthorizationTransaction.objects.get()
+    assert (tx.outcome, tx.failure_reason, tx.code_hash) == (
+        "failed",
+        "authorization request no longer valid",
+        "",
+    )
+    event = refusal_event(client_a)
+    assert event.details["reason"] == "authorization request no longer valid"
+    assert (event.ip_address, event.user_agent) == ("127.0.0.1", "Browser/1.0")
+
+
 def test_a_changed_upstream_login_or_email_is_written_at_once(django_user_model) -> None:
     """Connected apps names the upstream account a person signed in with: a login or email the upstream now
     returns is stored at the next sign-in, even within LAST_LOGIN_RESOLUTION; only an
