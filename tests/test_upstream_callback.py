@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 from html import unescape
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 from django.contrib.auth import SESSION_KEY
@@ -315,6 +315,39 @@ def test_upstream_denial_returns_access_denied_to_client(client_a) -> None:
     assert "code" not in query
     assert "denied the request" not in final["Location"]  # the upstream's own text is not relayed
     assert not Consent.objects.exists()
+
+
+EVIL = "Your session expired: sign in again at https://evil.example/login"
+EVIL_URI = "https://evil.example/help"
+
+
+def test_up06_a_declined_sign_in_reaches_the_client_in_our_words_only(client_a) -> None:
+    """UP-06: cancelled at the upstream, whose answer carries its own (here an attacker's)
+    error_description and error_uri: the client gets exactly access_denied, our fixed
+    description, its state and our iss; none of the upstream's words, no code. The
+    transaction is denied with its reason, audited."""
+    browser = Browser()
+    browser.login_upstream()
+    callback = browser.through_upstream(approved(browser, client_a), decision="cancel")["Location"]
+    assert "error=access_denied" in callback
+    parts = urlsplit(callback)
+    query = {**parse_qs(parts.query), "error_description": [EVIL], "error_uri": [EVIL_URI]}
+    tampered = f"{parts.path}?{urlencode(query, doseq=True)}"
+    final = browser.get(tampered)
+    assert final["Location"].startswith("https://app.example/cb?")
+    assert query_of(final["Location"]) == {
+        "error": ["access_denied"],
+        "error_description": ["Authorization was declined at the provider."],
+        "state": ["client-state-123"],
+        "iss": ["http://127.0.0.1:8000"],
+    }
+    tx = AuthorizationTransaction.objects.get()
+    assert (tx.outcome, tx.failure_reason) == ("denied", "upstream returned an error")
+    event = refusal_event(client_a)
+    assert (event.details["reason"], event.details["outcome"]) == (
+        "upstream returned an error",
+        "denied",
+    )
 
 
 def test_upstream_iss_mismatch_aborts(client_a) -> None:
