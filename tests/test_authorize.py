@@ -640,6 +640,28 @@ def test_sec03_another_redirect_uri_of_an_approved_client_gets_no_redirect(
     assert_error_shown(other, PHISH, "invalid_scope")
 
 
+def test_sec03_another_client_with_an_approved_redirect_uri_gets_no_redirect(
+    browser: Browser, client_app
+) -> None:
+    """SEC-03, CD-23: the approval is for a client AND a redirect URI. A client someone else
+    registered with the very redirect URI this person approved for another client (its
+    errors would carry the attacker's client_id and parameters to it) gets our page, not a
+    redirect: only the approved client's own errors go back to it unseen."""
+    browser.login_upstream()
+    assert browser.run_flow(authorize_params(client_app)).status_code == 302
+    copycat = MCPClientFactory(client_name="Acme Agent", redirect_uris=["https://app.example/cb"])
+    assert_error_redirect(
+        browser.authorize(authorize_params(client_app, scope="admin:all")),
+        "https://app.example/cb",
+        "invalid_scope",
+    )
+    assert_error_shown(
+        browser.authorize(authorize_params(copycat, scope="admin:all")),
+        "https://app.example/cb",
+        "invalid_scope",
+    )
+
+
 def test_sec03_a_revoked_approval_no_longer_redirects(browser: Browser, client_app) -> None:
     """SEC-03: only a live consent counts as the person's approval."""
     browser.login_upstream()
