@@ -239,6 +239,7 @@ def test_parallel_callbacks_with_one_state_give_exactly_one_grant(
     browser = Browser()
     browser.login_upstream()
     client = MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    latest = 0
     for round_ in range(ROUNDS):
         page = browser.authorize(authorize_params(client))
         to_upstream = browser.post_form(page, "approve")
@@ -262,6 +263,11 @@ def test_parallel_callbacks_with_one_state_give_exactly_one_grant(
         model = audit_event_model()
         accepted = model.objects.filter(action=model.Action.CALLBACK_ACCEPTED).count()
         assert accepted == round_ + 1
+        # Each loser is refused as a used state, whether it read the row before or after
+        # the winner's claim (the conditional UPDATE's answer, or the row it read).
+        refused = model.objects.filter(action=model.Action.CALLBACK_REFUSED, pk__gt=latest)
+        assert [e.details["reason"] for e in refused] == ["state already used"] * (THREADS - 1)
+        latest = model.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
 
 
 # --- 3. one refresh token, many refreshes (AS-44) -----------------------------------------
