@@ -1127,3 +1127,19 @@ def test_up08_the_stored_upstream_grant_expires_when_the_upstream_said(client_a)
     )
     assert before + access <= row.expires_at <= after + access
     assert before + refresh <= row.refresh_expires_at <= after + refresh
+
+
+@pytest.mark.parametrize("state", ["", "s" * 513], ids=["empty", "over-512"])
+def test_cd44_a_missing_or_overlong_state_is_refused_unread(state: str) -> None:
+    """CD-44, ABUSE-01: a callback whose state is empty or longer than any we issue is
+    refused as a missing state without a database lookup (bounded work per junk callback),
+    and audited with that reason, not as an unknown one."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as ctx:
+        with pytest.raises(authorization.CallbackRefused, match="^missing state$"):
+            authorization.consume_transaction(state, "some-binding")
+    assert not [q for q in ctx.captured_queries if "authorizationtransaction" in q["sql"]]
+    refused = AuditEvent.objects.get(action=AuditEvent.Action.CALLBACK_REFUSED)
+    assert refused.details["reason"] == "missing state"
