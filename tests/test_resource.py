@@ -423,6 +423,15 @@ def test_rs06_insufficient_scope_is_403_naming_what_the_operation_needs(issued) 
     assert "written" not in response.content.decode()
 
 
+def test_sm06_a_challenge_never_asks_for_offline_access() -> None:
+    """SM-06: even an operation that lists offline_access among its scopes is challenged for
+    the others only: a refresh token is the client's own business (SEP-2207)."""
+    with pytest.raises(resource.MissingToken) as refused:
+        resource.authenticate(authorization=None, scopes=["items:read", "offline_access"])
+    params = dict(re.findall(r'(\w+)="([^"]*)"', refused.value.headers()["WWW-Authenticate"]))
+    assert params["scope"] == "items:read"
+
+
 def test_sm02_one_challenge_names_every_scope_of_the_operation(issued) -> None:
     """SM-02: all scopes of the operation in ONE challenge (also the one already granted)."""
     params = challenge(call(move_item, issued.authorization))
@@ -664,9 +673,10 @@ def test_rs02_a_resource_at_an_origin_root_points_at_the_root_metadata(settings)
     with pytest.raises(resource.MissingToken) as refused:
         resource.authenticate(authorization=None)
     params = dict(re.findall(r'(\w+)="([^"]*)"', refused.value.headers()["WWW-Authenticate"]))
-    assert (
-        params["resource_metadata"] == "http://127.0.0.1:8000/.well-known/oauth-protected-resource"
-    )
+    root = "http://127.0.0.1:8000/.well-known/oauth-protected-resource"
+    assert params["resource_metadata"] == root
+    # RFC 9728 §3.1: the slash that ends such an identifier is removed before inserting.
+    assert resource.metadata_url("http://127.0.0.1:8000/") == root
 
 
 def test_sm01_sm06_scopes_supported_is_minimal_and_never_offline_access(settings) -> None:
