@@ -1143,3 +1143,10 @@ def test_cd44_a_missing_or_overlong_state_is_refused_unread(state: str) -> None:
     assert not [q for q in ctx.captured_queries if "authorizationtransaction" in q["sql"]]
     refused = AuditEvent.objects.get(action=AuditEvent.Action.CALLBACK_REFUSED)
     assert refused.details["reason"] == "missing state"
+
+
+def test_cd44_a_state_of_512_characters_is_still_looked_up() -> None:
+    """The bound is 512 characters, that length included: such a state is looked up (and,
+    naming no transaction, refused as unknown)."""
+    with pytest.raises(authorization.CallbackRefused, match="^unknown state$"):
+        authorization.consume_transaction("s" * 512, "some-binding")
