@@ -421,6 +421,33 @@ def test_database_down_when_the_callback_arrives_gives_a_clear_page() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+def test_database_down_at_the_callback_tells_the_person_to_retry_later() -> None:
+    """Faults: with the database down when the callback arrives, the person reads a styled
+    503 page saying the service cannot complete sign-ins now, nothing was shared, and to try
+    again in a few minutes; no redirect to the client (nothing could be checked)."""
+    import re
+    from html import unescape
+
+    from project.demo_upstream.seed import seed_demo_data
+
+    seed_demo_data()
+    flow = AtCallback()
+    with connection.execute_wrapper(DatabaseFault("", stays_down=True)):
+        response = flow.finish()
+    assert response.status_code == 503
+    assert not response.has_header("Location")
+    html = unescape(response.content.decode())
+    assert "<title>Temporarily unavailable</title>" in html
+    assert (
+        "<h1>Temporarily unavailable</h1>\n<p>This service cannot complete sign-ins right now. "
+        "Nothing was shared with any application. Try again in a few minutes from your "
+        "application.</p>"
+    ) in html
+    nonce = re.search(r"style-src 'nonce-([^']+)'", response["Content-Security-Policy"])
+    assert nonce and f'<style nonce="{nonce.group(1)}">' in html
+
+
+@pytest.mark.django_db(transaction=True)
 def test_grant_not_recorded_is_a_retryable_error_at_the_client_and_the_upstream_grant_revoked(
     upstream_http: Any,
 ) -> None:

@@ -325,7 +325,7 @@ def test_up06_a_declined_sign_in_reaches_the_client_in_our_words_only(client_a) 
     """UP-06: cancelled at the upstream, whose answer carries its own (here an attacker's)
     error_description and error_uri: the client gets exactly access_denied, our fixed
     description, its state and our iss; none of the upstream's words, no code. The
-    transaction is denied with its reason, audited."""
+    transaction is denied with its reason, audited as this browser's request."""
     browser = Browser()
     browser.login_upstream()
     callback = browser.through_upstream(approved(browser, client_a), decision="cancel")["Location"]
@@ -333,7 +333,7 @@ def test_up06_a_declined_sign_in_reaches_the_client_in_our_words_only(client_a) 
     parts = urlsplit(callback)
     query = {**parse_qs(parts.query), "error_description": [EVIL], "error_uri": [EVIL_URI]}
     tampered = f"{parts.path}?{urlencode(query, doseq=True)}"
-    final = browser.get(tampered)
+    final = browser.get(tampered, **{"User-Agent": "Browser/1.0"})
     assert final["Location"].startswith("https://app.example/cb?")
     assert query_of(final["Location"]) == {
         "error": ["access_denied"],
@@ -347,6 +347,11 @@ def test_up06_a_declined_sign_in_reaches_the_client_in_our_words_only(client_a) 
     assert (event.details["reason"], event.details["outcome"]) == (
         "upstream returned an error",
         "denied",
+    )
+    assert (event.actor_type, event.ip_address, event.user_agent) == (
+        "anonymous",
+        "127.0.0.1",
+        "Browser/1.0",
     )
 
 
@@ -819,6 +824,72 @@ def test_sec05_a_redirect_uri_removed_during_the_exchange_of_an_older_transactio
     event = refusal_event(client_a)
     assert event.details["reason"] == "authorization request no longer valid"
     assert (event.ip_address, event.user_agent) == ("127.0.0.1", "Browser/1.0")
+
+
+REASONS_BEFORE_THE_CALLBACK = {
+    "disabled": "authorization request no longer valid",
+    "redirect-uri-added": "client metadata changed during the upstream sign-in",
+    "renamed": "client metadata changed during the upstream sign-in",
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_sec05_a_client_changed_before_the_callback_is_audited_with_why(client_a, change) -> None:
+    """SEC-05, CD-48: the stored request re-validated at the callback no longer holds: the
+    person reads the styled 409 page; the transaction fails with the reason (DOT's refusal
+    of a disabled client, or the changed metadata), audited as this browser's request;
+    the upstream code is never redeemed, so there is nothing to revoke."""
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    CHANGES[change](client_a)
+    before = exchanges()
+    response = browser.get(callback, **{"User-Agent": "Browser/1.0"})
+    assert response.status_code == 409
+    assert shown(response)["message"] == (
+        "The application's registration changed or was disabled while you were signing in. "
+        "Nothing was shared with it."
+    )
+    assert_styled(response)
+    assert exchanges() == before
+    reason = REASONS_BEFORE_THE_CALLBACK[change]
+    tx = AuthorizationTransaction.objects.get()
+    assert (tx.outcome, tx.failure_reason) == ("failed", reason)
+    event = refusal_event(client_a)
+    assert event.details["reason"] == reason
+    assert (event.actor_type, event.ip_address, event.user_agent) == (
+        "anonymous",
+        "127.0.0.1",
+        "Browser/1.0",
+    )
+
+
+REFUSED_CALLBACK = {
+    "title": "This sign-in cannot be completed",
+    "heading": "This sign-in cannot be completed",
+    "message": "The sign-in link is expired, was already used, or was started in another "
+    "browser. Nothing was shared with any application. Start again from your application.",
+}
+
+
+@pytest.mark.parametrize("case", ["unknown state", "replayed", "another browser"])
+def test_cd43_45_a_refused_callback_tells_the_person_what_happened(client_a, case) -> None:
+    """CD-43..45, CD-47: a callback with an unknown state, replayed, or opened in another
+    browser than the one that approved shows a styled 400 page saying the link is expired,
+    used or from another browser and nothing was shared; no redirect to any client."""
+    browser = Browser()
+    if case == "unknown state":
+        response = browser.get("/upstream/callback/?state=forged-state&code=x")
+    else:
+        callback = upstream_callback(browser, client_a)
+        if case == "replayed":
+            assert browser.get(callback).status_code == 302
+            response = browser.get(callback)
+        else:
+            response = Browser().get(callback)
+    assert response.status_code == 400
+    assert not response.has_header("Location")
+    assert shown(response) == REFUSED_CALLBACK
+    assert_styled(response)
 
 
 def test_a_changed_upstream_login_or_email_is_written_at_once(django_user_model) -> None:
