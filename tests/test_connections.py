@@ -147,7 +147,8 @@ def test_a_sign_in_declined_at_the_upstream_is_a_page_in_the_persons_language(
     assert f"<title>{title}</title>" in html
     assert f"<h1>{title}</h1>\n<p>{message}</p>" in unescape(html)
     nonce = re.search(r"style-src 'nonce-([^']+)'", page["Content-Security-Policy"])
-    assert nonce and f'<style nonce="{nonce.group(1)}">' in html
+    assert nonce
+    assert f'<style nonce="{nonce.group(1)}">' in html
     assert "_auth_user_id" not in browser.client.session
     tx = AuthorizationTransaction.objects.get()
     assert (tx.outcome, tx.failure_reason) == ("denied", "upstream returned an error")

@@ -136,7 +136,8 @@ def test_mutation_page_names_each_modules_files_and_tests_as_the_runner_has_them
     spec = importlib.util.spec_from_file_location(
         "mutation_run", REPO_ROOT / "tests/mutation/run.py"
     )
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)
     rows = [

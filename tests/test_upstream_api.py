@@ -171,7 +171,8 @@ def test_rs11_two_people_of_one_client_each_reach_only_their_own_upstream_grant(
         consent.user_id: vault.upstream_access_token(consent.upstream_token)
         for consent in Consent.objects.select_related("upstream_token").filter(client=client)
     }
-    assert len(by_user) == 2 and len(set(by_user.values())) == 2
+    assert len(by_user) == 2
+    assert len(set(by_user.values())) == 2
     for issued in (first, second, first):
         token = verified(issued)
         consent = consent_for(token)
@@ -364,7 +365,8 @@ def test_rs11_a_covering_consent_is_found_behind_any_number_of_narrower_ones(
         row.save()
     Consent.objects.filter(pk=covering.pk).update(last_used_at=now - timedelta(days=1))
     consent = consent_for(token)
-    assert consent is not None and consent.pk == covering.pk
+    assert consent is not None
+    assert consent.pk == covering.pk
     assert sent_upstream(upstream_http, token) == grant
 
 

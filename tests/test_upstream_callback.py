@@ -244,7 +244,8 @@ def test_second_claim_of_one_state_fails(client_a) -> None:
     with pytest.raises(authorization.CallbackRefused, match="^state already used$"):
         authorization.consume_transaction(state, binding)
     refused = AuditEvent.objects.filter(action=AuditEvent.Action.CALLBACK_REFUSED).last()
-    assert refused is not None and refused.details["reason"] == "state already used"
+    assert refused is not None
+    assert refused.details["reason"] == "state already used"
 
 
 def test_cd45_a_callback_claims_its_own_transaction_only(client_a) -> None:
