@@ -444,7 +444,8 @@ def test_database_down_at_the_callback_tells_the_person_to_retry_later() -> None
         "application.</p>"
     ) in html
     nonce = re.search(r"style-src 'nonce-([^']+)'", response["Content-Security-Policy"])
-    assert nonce and f'<style nonce="{nonce.group(1)}">' in html
+    assert nonce
+    assert f'<style nonce="{nonce.group(1)}">' in html
 
 
 @pytest.mark.django_db(transaction=True)
