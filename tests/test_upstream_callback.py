@@ -1222,3 +1222,14 @@ def test_cd44_a_state_of_512_characters_is_still_looked_up() -> None:
     naming no transaction, refused as unknown)."""
     with pytest.raises(authorization.CallbackRefused, match="^unknown state$"):
         authorization.consume_transaction("s" * 512, "some-binding")
+
+
+def test_abuse01_a_junk_callback_is_audited_with_the_address_it_came_from() -> None:
+    """ABUSE-01, SM-04: a callback without a state is refused (400) and audited as coming from
+    its address, so an operator can tell which address sends junk."""
+    response = Browser().get("/upstream/callback/?code=x")
+    assert response.status_code == 400
+    refused = AuditEvent.objects.get(action=AuditEvent.Action.CALLBACK_REFUSED)
+    assert refused.details["reason"] == "missing state"
+    assert refused.ip_address == "127.0.0.1"
+    assert refused.actor_type != AuditEvent.Actor.SYSTEM
