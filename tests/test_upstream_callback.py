@@ -1224,12 +1224,20 @@ def test_cd44_a_state_of_512_characters_is_still_looked_up() -> None:
         authorization.consume_transaction("s" * 512, "some-binding")
 
 
-def test_abuse01_a_junk_callback_is_audited_with_the_address_it_came_from() -> None:
-    """ABUSE-01, SM-04: a callback without a state is refused (400) and audited as coming from
-    its address, so an operator can tell which address sends junk."""
-    response = Browser().get("/upstream/callback/?code=x")
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [("code=x", "missing state"), ("code=x&state=nobody-issued-this", "unknown state")],
+    ids=["no-state", "unknown-state"],
+)
+def test_abuse01_a_junk_callback_is_audited_with_the_address_it_came_from(
+    query: str, reason: str
+) -> None:
+    """ABUSE-01, SM-04: a callback without a state, or with one nobody issued, is refused
+    (400) and audited as coming from its address, so an operator can tell which address
+    sends junk."""
+    response = Browser().get(f"/upstream/callback/?{query}")
     assert response.status_code == 400
     refused = AuditEvent.objects.get(action=AuditEvent.Action.CALLBACK_REFUSED)
-    assert refused.details["reason"] == "missing state"
+    assert refused.details["reason"] == reason
     assert refused.ip_address == "127.0.0.1"
     assert refused.actor_type != AuditEvent.Actor.SYSTEM
