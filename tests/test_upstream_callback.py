@@ -1241,3 +1241,29 @@ def test_abuse01_a_junk_callback_is_audited_with_the_address_it_came_from(
     assert refused.details["reason"] == reason
     assert refused.ip_address == "127.0.0.1"
     assert refused.actor_type != AuditEvent.Actor.SYSTEM
+
+
+def test_cd43_cd45_refused_callbacks_are_audited_with_their_transaction_and_address(
+    client_a,
+) -> None:
+    """CD-43, CD-45, SM-04: a callback URL opened in another browser (a stolen or planted
+    callback), and the same callback replayed, are refused and audited each with its
+    reason, the transaction it named, its client and the address it came from: an operator
+    can follow an attempt from the approval to the refusal."""
+    browser = Browser()
+    callback = upstream_callback(browser, client_a)
+    tx = AuthorizationTransaction.objects.get()
+    assert Browser().get(callback).status_code == 400  # another browser: no binding cookie
+    assert "code" in query_of(browser.get(callback)["Location"])  # the person's own: fine
+    assert browser.get(callback).status_code == 400  # replayed
+    refused = list(
+        AuditEvent.objects.filter(action=AuditEvent.Action.CALLBACK_REFUSED).order_by("pk")
+    )
+    assert [e.details["reason"] for e in refused] == [
+        "state not bound to this browser",
+        "state already used",
+    ]
+    for event in refused:
+        assert event.details["correlation_id"] == tx.pk
+        assert event.client_id == client_a.application.client_id
+        assert event.ip_address == "127.0.0.1"
