@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
+from django.db import connection, connections
 from django.http import HttpRequest, JsonResponse
 from django.test import Client, RequestFactory
 from django.urls import include
@@ -619,6 +621,30 @@ def test_the_async_function_for_other_frameworks(issued) -> None:
     assert verified.resource == RESOURCE
     with pytest.raises(resource.InsufficientScope):
         async_to_sync(verify)(["items:write"])
+
+
+def test_release_connections_ends_a_worker_threads_obsolete_connection_only(monkeypatch) -> None:
+    """The MCP SDK's verifier and tools do their ORM work in worker threads that fire no
+    request_finished: ``release_connections`` ends such a thread's connection once it is
+    obsolete (its CONN_MAX_AGE is over), as Django's request end does, and never a
+    connection inside an atomic block (the caller's transaction; here the test's)."""
+    closed: list[str] = []
+
+    def release_in_a_worker() -> None:
+        worker = connections["default"]  # this thread's own connection
+        worker.ensure_connection()
+        worker.close_at = 0  # obsolete
+        worker.close = lambda: closed.append("worker")  # type: ignore[method-assign]
+        resource.release_connections()
+
+    thread = threading.Thread(target=release_in_a_worker)
+    thread.start()
+    thread.join()
+    assert closed == ["worker"]
+    monkeypatch.setattr(connection, "close_at", 0)
+    monkeypatch.setattr(connection, "close", lambda: closed.append("the test's transaction"))
+    resource.release_connections()
+    assert closed == ["worker"]
 
 
 def test_sm05_a_verified_token_allows_what_its_scopes_cover(settings) -> None:
