@@ -634,8 +634,13 @@ def test_release_connections_ends_a_worker_threads_obsolete_connection_only(monk
         worker = connections["default"]  # this thread's own connection
         worker.ensure_connection()
         worker.close_at = 0  # obsolete
+        real_close = worker.close
         worker.close = lambda: closed.append("worker")  # type: ignore[method-assign]
-        resource.release_connections()
+        try:
+            resource.release_connections()
+        finally:
+            del worker.close  # the instance attribute: the class's close again
+            real_close()  # no connection left behind for the test database's teardown
 
     thread = threading.Thread(target=release_in_a_worker)
     thread.start()
