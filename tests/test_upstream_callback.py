@@ -1094,9 +1094,11 @@ def test_sec12_the_callback_locks_the_identity_row_not_its_user(client_a) -> Non
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
+    from project.demo_upstream.seed import seed_demo_data
     from tests.db_state import require_postgresql
 
     require_postgresql("row locks")
+    seed_demo_data()  # transaction=True: an earlier such test may have flushed the tables
     browser = Browser()
     assert "code" in query_of(browser.get(upstream_callback(browser, client_a))["Location"])
     callback = upstream_callback(browser, client_a)
