@@ -11,7 +11,7 @@ from django.contrib.auth import BACKEND_SESSION_KEY, login
 from django.test import override_settings
 
 from mcp_consent.adapter import DefaultConsentAdapter, get_adapter
-from tests.browser_client import PROXY_HOST, Browser, authorize_params, form_fields
+from tests.browser_client import Browser, authorize_params
 from tests.factories import MCPClientFactory
 
 pytestmark = pytest.mark.django_db
@@ -90,14 +90,8 @@ def test_connected_apps_sign_in_hooks_receive_the_callbacks_request(recording: A
     request, as an authorization does: a project's create_user that reads self.request (its
     address, its language) must not get None there."""
     browser = Browser()
-    page = browser.get("/connections/")
-    token = form_fields(page.content.decode())["csrfmiddlewaretoken"]
-    to_upstream = browser.client.post(
-        "/connections/", {"action": "sign-in", "csrfmiddlewaretoken": token}, HTTP_HOST=PROXY_HOST
-    )
-    browser.login_upstream()
-    callback = browser.through_upstream(to_upstream["Location"])
-    assert browser.get(callback["Location"])["Location"] == "/connections/"
+    callback = browser.connected_apps_sign_in()
+    assert browser.get(callback)["Location"] == "/connections/"
     assert [name for name, _ in recording] == ["create_user", "login"]
     for name, request in recording:
         assert request is not None, f"{name} got no request"

@@ -193,14 +193,8 @@ def test_connected_apps_sign_in_of_a_known_person_is_that_person_and_audited() -
     issued = issue_token(client_name="Known App")
     person = Consent.objects.get().user
     browser = Browser()
-    page = browser.get("/connections/")
-    token = form_fields(page.content.decode())["csrfmiddlewaretoken"]
-    to_upstream = browser.client.post(
-        "/connections/", {"action": "sign-in", "csrfmiddlewaretoken": token}, HTTP_HOST=PROXY_HOST
-    )
-    browser.login_upstream()
-    callback = browser.through_upstream(to_upstream["Location"])
-    assert browser.get(callback["Location"])["Location"] == "/connections/"
+    callback = browser.connected_apps_sign_in()
+    assert browser.get(callback)["Location"] == "/connections/"
     listed = browser.get("/connections/").content.decode()
     assert "Known App" in listed
     assert browser.client.session["_auth_user_id"] == str(person.pk)
