@@ -13,8 +13,9 @@ import pytest
 from django.contrib.auth import SESSION_KEY
 from django.utils import timezone
 
-from mcp_consent import audit, vault
+from mcp_consent import audit, upstream, vault
 from mcp_consent.adapter import DefaultConsentAdapter
+from mcp_consent.app_settings import app_settings
 from mcp_consent.flows import authorization, clients, revocation
 from mcp_consent.models import (
     AuditEvent,
@@ -240,9 +241,9 @@ def test_second_claim_of_one_state_fails(client_a) -> None:
     binding = request.get_signed_cookie(
         "__Host-mcp_consent_tx", salt="mcp_consent.upstream-binding"
     )
-    assert authorization.consume_transaction(state, binding).consumed_at is not None
+    assert authorization.consume_transaction(state, binding, request).consumed_at is not None
     with pytest.raises(authorization.CallbackRefused, match="^state already used$"):
-        authorization.consume_transaction(state, binding)
+        authorization.consume_transaction(state, binding, request)
     refused = AuditEvent.objects.filter(action=AuditEvent.Action.CALLBACK_REFUSED).last()
     assert refused is not None
     assert refused.details["reason"] == "state already used"
@@ -284,6 +285,50 @@ def test_state_is_only_ever_stored_hashed(client_a) -> None:
     tx = AuthorizationTransaction.objects.get()
     assert state not in tx.state_hash
     assert len(tx.state_hash) == 64
+
+
+def sent_to_the_token_endpoint(upstream_http) -> dict[str, list[str]]:
+    exchange = [r for r in upstream_http.requests if r.url.endswith("/login/oauth/access_token")]
+    assert len(exchange) == 1
+    body = exchange[0].body
+    return parse_qs(body.decode() if isinstance(body, bytes) else body)
+
+
+def test_up01_cd40_a_256_bit_state_and_a_384_bit_pkce_verifier_go_upstream(
+    client_a, upstream_http
+) -> None:
+    """CD-40: the upstream state is 32 random bytes (43 characters). UP-01: the upstream leg
+    uses PKCE S256 with 48 random bytes (64 characters, inside RFC 7636's 43..128); the
+    challenge that went upstream is the verifier's, and the verifier goes only to the token
+    endpoint."""
+    browser = Browser()
+    browser.login_upstream()
+    to_upstream = approved(browser, client_a)
+    sent = query_of(to_upstream)
+    assert len(sent["state"][0]) == 43
+    assert sent["code_challenge_method"] == ["S256"]
+    browser.get(browser.through_upstream(to_upstream)["Location"])
+    verifier = sent_to_the_token_endpoint(upstream_http)["code_verifier"][0]
+    assert len(verifier) == 64
+    assert sent["code_challenge"] == [upstream.pkce_challenge(verifier)]
+
+
+def test_up01_an_upstream_without_pkce_gets_no_challenge_and_no_verifier(
+    client_a, upstream_http, settings
+) -> None:
+    """UP-01: with PKCE off (a provider that refuses it), neither the challenge nor any
+    verifier is sent; the flow still completes."""
+    settings.MCP_CONSENT = {
+        **settings.MCP_CONSENT,
+        "UPSTREAM": {**settings.MCP_CONSENT["UPSTREAM"], "PKCE": False},
+    }
+    browser = Browser()
+    browser.login_upstream()
+    to_upstream = approved(browser, client_a)
+    assert "code_challenge" not in query_of(to_upstream)
+    final = browser.get(browser.through_upstream(to_upstream)["Location"])
+    assert "code" in query_of(final["Location"])
+    assert "code_verifier" not in sent_to_the_token_endpoint(upstream_http)
 
 
 def test_callback_uses_only_stored_values(client_a) -> None:
@@ -345,10 +390,11 @@ def test_up06_a_declined_sign_in_reaches_the_client_in_our_words_only(client_a) 
     tx = AuthorizationTransaction.objects.get()
     assert (tx.outcome, tx.failure_reason) == ("denied", "upstream returned an error")
     event = refusal_event(client_a)
-    assert (event.details["reason"], event.details["outcome"]) == (
-        "upstream returned an error",
-        "denied",
-    )
+    assert event.details == {
+        "reason": "upstream returned an error",
+        "outcome": "denied",
+        "correlation_id": tx.pk,
+    }
     assert (event.actor_type, event.ip_address, event.user_agent) == (
         "anonymous",
         "127.0.0.1",
@@ -1204,7 +1250,7 @@ def test_up08_the_stored_upstream_grant_expires_when_the_upstream_said(client_a)
 
 
 @pytest.mark.parametrize("state", ["", "s" * 513], ids=["empty", "over-512"])
-def test_cd44_a_missing_or_overlong_state_is_refused_unread(state: str) -> None:
+def test_cd44_a_missing_or_overlong_state_is_refused_unread(state: str, rf) -> None:
     """CD-44, ABUSE-01: a callback whose state is empty or longer than any we issue is
     refused as a missing state without a database lookup (bounded work per junk callback),
     and audited with that reason, not as an unknown one."""
@@ -1213,17 +1259,17 @@ def test_cd44_a_missing_or_overlong_state_is_refused_unread(state: str) -> None:
 
     with CaptureQueriesContext(connection) as ctx:
         with pytest.raises(authorization.CallbackRefused, match="^missing state$"):
-            authorization.consume_transaction(state, "some-binding")
+            authorization.consume_transaction(state, "some-binding", rf.get("/upstream/callback/"))
     assert not [q for q in ctx.captured_queries if "authorizationtransaction" in q["sql"]]
     refused = AuditEvent.objects.get(action=AuditEvent.Action.CALLBACK_REFUSED)
     assert refused.details["reason"] == "missing state"
 
 
-def test_cd44_a_state_of_512_characters_is_still_looked_up() -> None:
+def test_cd44_a_state_of_512_characters_is_still_looked_up(rf) -> None:
     """The bound is 512 characters, that length included: such a state is looked up (and,
     naming no transaction, refused as unknown)."""
     with pytest.raises(authorization.CallbackRefused, match="^unknown state$"):
-        authorization.consume_transaction("s" * 512, "some-binding")
+        authorization.consume_transaction("s" * 512, "some-binding", rf.get("/upstream/callback/"))
 
 
 @pytest.mark.parametrize(
@@ -1232,17 +1278,27 @@ def test_cd44_a_state_of_512_characters_is_still_looked_up() -> None:
     ids=["no-state", "unknown-state"],
 )
 def test_abuse01_a_junk_callback_is_audited_with_the_address_it_came_from(
-    query: str, reason: str
+    query: str, reason: str, caplog
 ) -> None:
     """ABUSE-01, SM-04: a callback without a state, or with one nobody issued, is refused
     (400) and audited as coming from its address, so an operator can tell which address
-    sends junk."""
+    sends junk. The event stands for every such refusal from that address in the audit
+    window (it says how long); each one is still logged with its reason."""
     response = Browser().get(f"/upstream/callback/?{query}")
     assert response.status_code == 400
     refused = AuditEvent.objects.get(action=AuditEvent.Action.CALLBACK_REFUSED)
-    assert refused.details["reason"] == reason
+    assert refused.details == {
+        "reason": reason,
+        "correlation_id": None,
+        "aggregated_seconds": app_settings.RATE_LIMIT_AUDIT_WINDOW,
+    }
     assert refused.ip_address == "127.0.0.1"
-    assert refused.actor_type != AuditEvent.Actor.SYSTEM
+    assert refused.actor_type == AuditEvent.Actor.ANONYMOUS
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mcp_consent"):
+        assert Browser().get(f"/upstream/callback/?{query}").status_code == 400
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.CALLBACK_REFUSED).count() == 1
+    assert f"upstream callback refused: {reason}" in caplog.messages
 
 
 def test_cd43_cd45_refused_callbacks_are_audited_with_their_transaction_and_address(
@@ -1266,6 +1322,13 @@ def test_cd43_cd45_refused_callbacks_are_audited_with_their_transaction_and_addr
         "state already used",
     ]
     for event in refused:
+        # Not aggregated: each refusal that names a transaction is its own event.
+        assert set(event.details) == {"reason", "correlation_id"}
         assert event.details["correlation_id"] == tx.pk
         assert event.client_id == client_a.application.client_id
         assert event.ip_address == "127.0.0.1"
+    # The replay came from the person, signed in by their own callback: it names them.
+    assert [(e.actor_type, e.actor_label) for e in refused] == [
+        (AuditEvent.Actor.ANONYMOUS, ""),
+        (AuditEvent.Actor.USER, "octocat@upstream"),
+    ]

@@ -77,7 +77,7 @@ def begin_upstream_authorization(
     resource: str,
     binding: str,
     request: HttpRequest,
-    remembered: bool = False,
+    remembered: bool,
 ) -> PendingUpstream:
     """Record an approved authorization request as a pending upstream hop (CD-41, CD-48).
 
@@ -159,29 +159,29 @@ def record_denial(
     )
 
 
-class CallbackRefused(Exception):
-    """The upstream callback does not belong to a live transaction of this browser."""
+class Refused(Exception):
+    """A refusal whose ``reason`` (its one argument) is safe to log and audit."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    @property
+    def reason(self) -> str:
+        return str(self.args[0])
+
+
+class CallbackRefused(Refused):
+    """The upstream callback does not belong to a live transaction of this browser."""
 
 
 def _refusal(
-    reason: str, tx: AuthorizationTransaction | None, request: HttpRequest | None
+    reason: str, tx: AuthorizationTransaction | None, request: HttpRequest
 ) -> CallbackRefused:
     """The refusal of a callback, audited with its reason (CD-43..47)."""
-    if (
-        tx is None
-        and request is not None
-        and not ratelimit.first_in_window("callback-junk", request)
-    ):
+    if tx is None and not ratelimit.first_in_window("callback-junk", request):
         # ABUSE-01: a state that names no transaction is anonymous junk: one audit
         # event per address and window, not one row each behind the chain-head lock.
         return CallbackRefused(reason)
     audit.record(
         AuditEvent.Action.CALLBACK_REFUSED,
-        actor=audit.actor_from(request) if request is not None else audit.SYSTEM,
+        actor=audit.actor_from(request),
         request=request,
         client=tx.client if tx is not None else None,
         details={
@@ -194,7 +194,7 @@ def _refusal(
 
 
 def consume_transaction(
-    state: str, binding: str | None, request: HttpRequest | None = None
+    state: str, binding: str | None, request: HttpRequest
 ) -> AuthorizationTransaction:
     """Claim the transaction of ``state`` for this browser, exactly once (CD-43..46).
 
@@ -242,7 +242,7 @@ def _claim(tx: AuthorizationTransaction) -> str | None:
 
 
 def fail_transaction(
-    tx: AuthorizationTransaction, outcome: str, reason: str, request: HttpRequest | None = None
+    tx: AuthorizationTransaction, outcome: str, reason: str, request: HttpRequest
 ) -> None:
     """A claimed transaction that ends without a grant (declined upstream, upstream error)."""
     with transaction.atomic():
@@ -251,19 +251,15 @@ def fail_transaction(
         )
         audit.record(
             AuditEvent.Action.CALLBACK_REFUSED,
-            actor=audit.actor_from(request) if request is not None else audit.SYSTEM,
+            actor=audit.actor_from(request),
             request=request,
             client=tx.client,
             details={"reason": reason, "outcome": outcome, "correlation_id": tx.pk},
         )
 
 
-class GrantRefused(Exception):
-    """The callback must not record this grant; ``reason`` is safe to log and audit."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+class GrantRefused(Refused):
+    """The callback must not record this grant."""
 
 
 class ClientChanged(GrantRefused):

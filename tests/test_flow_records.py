@@ -1,0 +1,293 @@
+"""What one authorization writes, record by record: the audit events (who, what, from where,
+SM-04), the consent (CD-04), the pending transaction (CD-40..48, AS-41) and the signal.
+
+The other tests prove what a client or a person sees. These prove what an operator reads
+afterwards: each field of each row, so that an event without its address, a consent without
+its grant time or a transaction without its code hash cannot pass unnoticed.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.test import override_settings
+
+from mcp_consent import signals
+from mcp_consent.adapter import DefaultConsentAdapter
+from mcp_consent.app_settings import app_settings
+from mcp_consent.models import AuditEvent, AuthorizationTransaction, Consent, MCPClient
+from mcp_consent.vault import secret_hash
+from tests.browser_client import Browser, authorize_params, query_of
+from tests.factories import MCPClientFactory
+
+pytestmark = pytest.mark.django_db
+A = AuditEvent.Action
+RESOURCE = "http://127.0.0.1:8000/mcp"
+UA = "RecordsTest/1.0 (an MCP client's browser)"
+BOTH = "items:read items:write"
+
+FIELDS = (
+    "action",
+    "actor_type",
+    "actor_user_id",
+    "actor_label",
+    "subject_user_id",
+    "client_id",
+    "consent_id",
+    "ip_address",
+    "user_agent",
+    "details",
+)
+
+
+def events_after(pk: int) -> list[dict[str, Any]]:
+    return list(AuditEvent.objects.filter(pk__gt=pk).order_by("pk").values(*FIELDS))
+
+
+def last_event_pk() -> int:
+    return AuditEvent.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+
+
+def person(username: str = "octocat") -> Browser:
+    browser = Browser()
+    browser.client.defaults["HTTP_USER_AGENT"] = UA
+    browser.login_upstream(username)
+    return browser
+
+
+def approve(browser: Browser, client: MCPClient, scope: str, **extra: str) -> str:
+    """Our consent page, Approve: the upstream authorize URL."""
+    page = browser.authorize(authorize_params(client, scope=scope, **extra))
+    assert page.status_code == 200, page.get("Location")
+    to_upstream = browser.post_form(page, "approve")
+    assert to_upstream.status_code == 303
+    return to_upstream["Location"]
+
+
+def connect(browser: Browser, client: MCPClient, scope: str) -> str:
+    """A whole authorization: the redirect to the client (with the code)."""
+    to_callback = browser.through_upstream(approve(browser, client, scope))
+    final = browser.get(to_callback["Location"])
+    assert final.status_code == 302
+    return final["Location"]
+
+
+def test_sm04_a_first_authorization_records_who_approved_what_from_where(
+    django_capture_on_commit_callbacks,
+) -> None:
+    """SM-04, CD-04, AS-41: every event, the consent, the transaction and the signal."""
+    client = MCPClientFactory(client_name="Acme Agent", redirect_uris=["https://app.example/cb"])
+    client_id = client.application.client_id
+    granted_signals: list[dict[str, Any]] = []
+
+    def on_granted(**kwargs: Any) -> None:
+        granted_signals.append(kwargs)
+
+    signals.consent_granted.connect(on_granted)
+    before = last_event_pk()
+    browser = person()
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            redirect = connect(browser, client, BOTH)
+    finally:
+        signals.consent_granted.disconnect(on_granted)
+
+    consent = Consent.objects.get()
+    tx = AuthorizationTransaction.objects.get()
+    user = consent.user
+    where = {"ip_address": "127.0.0.1", "user_agent": UA, "client_id": client_id}
+    anonymous = {"actor_type": "anonymous", "actor_user_id": None, "actor_label": ""}
+    # The person is known only after the upstream sign-in: the consent's events name them.
+    the_person = {"actor_type": "user", "actor_user_id": user.pk, "actor_label": "octocat@upstream"}
+    assert events_after(before) == [
+        {
+            "action": A.CONSENT_SHOWN,
+            **anonymous,
+            "subject_user_id": None,
+            "consent_id": None,
+            **where,
+            "details": {
+                "scopes": ["items:read", "items:write"],
+                "redirect_uri": "https://app.example/cb",
+            },
+        },
+        {
+            "action": A.CONSENT_APPROVED,
+            **anonymous,
+            "subject_user_id": None,
+            "consent_id": None,
+            **where,
+            "details": {
+                "scopes_requested": ["items:read", "items:write"],
+                "redirect_uri": "https://app.example/cb",
+                "scopes_previously_granted": [],
+                "elevation": ["items:read", "items:write"],
+                "resource": RESOURCE,
+                "remembered": False,
+                "correlation_id": tx.pk,
+            },
+        },
+        {
+            "action": A.CONSENT_GRANTED,
+            **the_person,
+            "subject_user_id": user.pk,
+            "consent_id": consent.pk,
+            **where,
+            "details": {
+                "scopes": BOTH,
+                "upstream_scopes": "read:user repo:read repo:write",
+                "correlation_id": tx.pk,
+            },
+        },
+        {
+            "action": A.CALLBACK_ACCEPTED,
+            **the_person,
+            "subject_user_id": user.pk,
+            "consent_id": consent.pk,
+            **where,
+            "details": {"correlation_id": tx.pk, "upstream_login": "octocat"},
+        },
+    ]
+
+    # CD-04: the consent is exactly what the page showed, granted once, from this browser.
+    assert (consent.client, consent.redirect_uri, consent.scopes, consent.resource) == (
+        client,
+        "https://app.example/cb",
+        BOTH,
+        RESOURCE,
+    )
+    assert consent.upstream_scopes == "read:user repo:read repo:write"
+    assert consent.client_metadata_version == client.metadata_version
+    assert (consent.ip_address, consent.user_agent) == ("127.0.0.1", UA)
+    assert consent.last_used_at == consent.granted_at
+    assert consent.expires_at - consent.granted_at == timedelta(
+        seconds=app_settings.CONSENT_MAX_AGE
+    )
+    assert consent.granted_at > tx.created_at
+    # The client was used at the grant (the admin's "last used").
+    assert MCPClient.objects.get(pk=client.pk).last_used_at == consent.granted_at
+
+    # CD-40..48, AS-41: the transaction, used once, names who completed it and which code.
+    assert (tx.purpose, tx.outcome, tx.failure_reason) == ("authorize", "completed", "")
+    assert (tx.user, tx.consent, tx.client) == (user, consent, client)
+    assert tx.code_hash == secret_hash(query_of(redirect)["code"][0])
+    assert (tx.ip_address, tx.user_agent) == ("127.0.0.1", UA)
+    assert tx.consumed_at is not None
+    assert tx.expires_at - tx.created_at == timedelta(seconds=app_settings.TRANSACTION_TTL)
+
+    # The project's receivers hear of the new consent once, after the commit.
+    assert granted_signals == [
+        {"signal": signals.consent_granted, "sender": Consent, "consent": consent}
+    ]
+
+
+def test_sm04_an_elevation_counts_only_this_persons_grants_at_this_client() -> None:
+    """SM-04: "previously granted" is the union of this person's live consents at this client;
+    another person's consent there, or this person's at another client, is no grant here."""
+    client = MCPClientFactory(redirect_uris=["https://app.example/cb"])
+    other_client = MCPClientFactory(redirect_uris=["https://other.example/cb"])
+    octocat = person("octocat")
+    connect(octocat, client, "items:read")
+    connect(person("hubot"), client, "items:write")
+    connect(octocat, other_client, "items:write")
+
+    before = last_event_pk()
+    approve(octocat, client, BOTH)
+    approved = AuditEvent.objects.get(pk__gt=before, action=A.CONSENT_APPROVED)
+    assert approved.details["scopes_previously_granted"] == ["items:read"]
+    assert approved.details["elevation"] == ["items:write"]
+    assert approved.actor_type == "user"
+    assert approved.actor_label == "octocat@upstream"
+
+
+def test_sm04_previously_granted_is_the_union_of_every_live_consent_of_the_person() -> None:
+    """SM-04: two consents, one scope each: together they grant both, so no elevation."""
+    client = MCPClientFactory(redirect_uris=["https://app.example/cb"])
+    octocat = person("octocat")
+    connect(octocat, client, "items:read")
+    connect(octocat, client, "items:write")
+    assert Consent.objects.live().filter(client=client).count() == 2
+
+    before = last_event_pk()
+    approve(octocat, client, BOTH)
+    approved = AuditEvent.objects.get(pk__gt=before, action=A.CONSENT_APPROVED)
+    assert approved.details["scopes_previously_granted"] == ["items:read", "items:write"]
+    assert approved.details["elevation"] == []
+
+
+def test_cd18_a_denial_records_the_decision_and_nothing_else() -> None:
+    """CD-18, SM-04: the denial event says who denied what, from where; no consent, no
+    transaction."""
+    client = MCPClientFactory(redirect_uris=["https://app.example/cb"])
+    browser = person()
+    before = last_event_pk()
+    page = browser.authorize(authorize_params(client, scope=BOTH))
+    assert browser.post_form(page, "deny").status_code == 303
+    where = {"ip_address": "127.0.0.1", "user_agent": UA, "client_id": client.application.client_id}
+    anonymous = {"actor_type": "anonymous", "actor_user_id": None, "actor_label": ""}
+    shown_and_denied = {
+        "details": {
+            "scopes": ["items:read", "items:write"],
+            "redirect_uri": "https://app.example/cb",
+        },
+        "subject_user_id": None,
+        "consent_id": None,
+        **anonymous,
+        **where,
+    }
+    assert events_after(before) == [
+        {"action": A.CONSENT_SHOWN, **shown_and_denied},
+        {"action": A.CONSENT_DENIED, **shown_and_denied},
+    ]
+    assert not Consent.objects.exists()
+    assert not AuthorizationTransaction.objects.exists()
+
+
+def test_cd04_a_renewed_consent_is_one_consent_granted_once_and_used_now() -> None:
+    """CD-04: the same approval again renews the consent (no second consent, no second
+    CONSENT_GRANTED); its expiry and last use move to the renewal, its grant time stays."""
+    client = MCPClientFactory(redirect_uris=["https://app.example/cb"])
+    browser = person()
+    connect(browser, client, "items:read")
+    first = Consent.objects.get()
+    before = last_event_pk()
+    connect(browser, client, "items:read")
+    renewed = Consent.objects.get()
+    assert renewed.pk == first.pk
+    assert renewed.granted_at == first.granted_at
+    assert renewed.last_used_at > first.last_used_at
+    assert renewed.expires_at - renewed.last_used_at == first.expires_at - first.granted_at
+    assert [event["action"] for event in events_after(before)] == [
+        A.CONSENT_SHOWN,
+        A.CONSENT_APPROVED,
+        A.CALLBACK_ACCEPTED,
+    ]
+    tx = AuthorizationTransaction.objects.order_by("-pk").first()
+    assert tx is not None
+    assert tx.consent == renewed
+
+
+class LifetimeAdapter(DefaultConsentAdapter):
+    """A project that keeps consents of one client shorter, and asks per person."""
+
+    asked: list[tuple[Any, Any]] = []
+
+    def consent_lifetime(self, client: MCPClient, user: Any) -> int:
+        self.asked.append((client.pk, user.get_username()))
+        return 3600 if client.display_name == "Short-lived" else 7200
+
+
+def test_the_adapter_sets_the_lifetime_of_a_consent_for_its_client_and_person() -> None:
+    """The adapter's ``consent_lifetime(client, user)`` gets this client and this person."""
+    LifetimeAdapter.asked = []
+    client = MCPClientFactory(client_name="Short-lived", redirect_uris=["https://app.example/cb"])
+    with override_settings(
+        MCP_CONSENT={**settings.MCP_CONSENT, "ADAPTER": "tests.test_flow_records.LifetimeAdapter"}
+    ):
+        connect(person(), client, "items:read")
+    consent = Consent.objects.get()
+    assert consent.expires_at - consent.granted_at == timedelta(seconds=3600)
+    assert LifetimeAdapter.asked == [(client.pk, consent.user.get_username())]
