@@ -25,7 +25,7 @@ from oauth2_provider.models import get_access_token_model
 
 from mcp_consent import audit
 from mcp_consent.flows import clients, revocation
-from mcp_consent.models import AuthorizationTransaction, Consent, RegistrationSource
+from mcp_consent.models import AuditEvent, AuthorizationTransaction, Consent, RegistrationSource
 from mcp_consent.registration import clean_client_metadata
 from project.demo_upstream.models import Account, RequestLog
 from tests.browser_client import (
@@ -1224,14 +1224,27 @@ def returning_user(client_app) -> Browser:
 
 
 @pytest.mark.usefixtures("remember_consent")
+@pytest.mark.parametrize("fetch_site", ["none", "same-origin"])
 def test_cd01_same_user_same_request_direct_navigation_skips_the_page(
-    returning_user: Browser, client_app
+    returning_user: Browser, client_app, fetch_site: str
 ) -> None:
-    """CD-01: remembered consent, typed/bookmarked navigation -> straight upstream."""
-    response = returning_user.authorize(authorize_params(client_app), **{"Sec-Fetch-Site": "none"})
+    """CD-01: remembered consent, a typed or bookmarked navigation (``none``) or one from a
+    page of this server (``same-origin``) -> straight upstream; the pending transaction and
+    the approval's audit event say the consent was remembered, not given on a page."""
+    response = returning_user.authorize(
+        authorize_params(client_app), **{"Sec-Fetch-Site": fetch_site}
+    )
     assert response.status_code == 302
     upstream_query(response["Location"])
     assert TX_COOKIE in response.cookies
+    pending = AuthorizationTransaction.objects.order_by("-pk").first()
+    assert pending is not None
+    assert pending.remembered is True
+    approved = (
+        AuditEvent.objects.filter(action=AuditEvent.Action.CONSENT_APPROVED).order_by("pk").last()
+    )
+    assert approved is not None
+    assert approved.details["remembered"] is True
 
 
 @pytest.mark.usefixtures("remember_consent")

@@ -15,8 +15,9 @@ decide well:
     python tests/mutation/recheck.py MODULE NAME [NAME ...]       # these mutants
     python tests/mutation/recheck.py MODULE --tests tests/test_token.py,tests/test_audit.py
 
-NAME is mutmut's name (``mcp_consent.flows.authorization.x__claim__mutmut_9``) or its
-short form (``_claim__mutmut_9``). Prints one line per mutant, then the counts; exits 0.
+NAME is mutmut's name (``mcp_consent.flows.authorization.x__claim__mutmut_9``) or the
+part after the module (``x__claim__mutmut_9``, ``_claim__mutmut_9``,
+``AuthorizeViewǁshow__mutmut_12``). Prints one line per mutant, then the counts; exits 0.
 """
 
 from __future__ import annotations
@@ -50,7 +51,11 @@ def full_names(module: str, names: list[str]) -> list[str]:
         return [name for name, status in statuses.items() if status != "killed"]
     chosen = []
     for short in names:
-        matches = [name for name in statuses if name == short or name.endswith(f".x_{short}")]
+        matches = [
+            name
+            for name in statuses
+            if name == short or name.endswith((f".{short}", f".x_{short}", f".xǁ{short}"))
+        ]
         if len(matches) != 1:
             sys.exit(f"{short}: {len(matches)} mutants of {module} have that name")
         chosen.append(matches[0])

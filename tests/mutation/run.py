@@ -47,7 +47,18 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "authorize": (
         ["mcp_consent/views/authorize.py"],
-        ["test_authorize", "test_confused_deputy", "test_flow_records", "test_performance"],
+        [
+            "test_authorize",
+            "test_consent_page",
+            "test_confused_deputy",
+            "test_flow_records",
+            "test_consent_warnings",
+            "test_cimd",
+            "test_ratelimit",
+            "test_adapter",
+            "test_i18n",
+            "test_performance",
+        ],
     ),
     "upstream": (
         ["mcp_consent/views/upstream.py"],
