@@ -132,8 +132,8 @@ class AuthorizeView(AuthorizationView):
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         # Skip DOT's LoginRequiredMixin: the person signs in at the upstream, after consent.
         # That also drops DOT's client-controllable approval_prompt and skip_authorization,
-        # which must not decide consent here.
-        self.oauth2_data: dict[str, Any] = {}
+        # which must not decide consent here (and DOT's form, the one reader of the
+        # oauth2_data its dispatch sets).
         limited = ratelimit.hit("authorize", request)
         if limited is not None:
             if limited.first_refusal:
