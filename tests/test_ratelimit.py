@@ -73,9 +73,19 @@ def test_authorize_is_rate_limited_with_a_page(settings) -> None:
     codes = [client.get("/authorize/", params, HTTP_HOST=PROXY_HOST).status_code for _ in range(3)]
     assert codes == [200, 200, 429]
     page = client.get("/authorize/", params, HTTP_HOST=PROXY_HOST)
-    assert "Too many requests" in page.content.decode()
-    assert page["Retry-After"]
+    assert page.status_code == 429
+    assert page["Content-Type"].startswith("text/html")
+    assert page.context["title"] == "Too many requests"
+    retry = int(page["Retry-After"])
+    assert 0 < retry <= 60
+    assert page.context["message"] == (
+        f"Too many requests from this address; retry after {retry} seconds."
+    )
     assert page["X-Frame-Options"] == "DENY"
+    # ABUSE-01: the flood is audited once, naming the endpoint and the address.
+    (limited,) = AuditEvent.objects.filter(action=AuditEvent.Action.RATE_LIMITED)
+    assert limited.details == {"reason": "rate limit", "endpoint": "authorize"}
+    assert (limited.ip_address, limited.actor_type) == ("127.0.0.1", "anonymous")
 
 
 def test_cap_on_unused_dcr_clients(settings) -> None:
