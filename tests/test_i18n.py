@@ -140,3 +140,22 @@ def test_error_page_and_connected_apps_are_translated(language: str) -> None:
         assert f'lang="{language}"' in page.content.decode()
         for english in ("This sign-in cannot be completed", "Connected apps", "Sign in with"):
             assert english not in text, (language, english)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_page_for_a_blocked_cimd_domain_is_translated(language: str) -> None:
+    """CIMD-13: the operators' refusal of an application's domain reads in the person's
+    language, naming the host."""
+    from mcp_consent.models import CIMDDomainRule
+
+    CIMDDomainRule.objects.create(domain=".example.org", policy="block")
+    page = Browser().get(
+        "/authorize/?client_id=https%3A%2F%2Fclient.example.org%2Fclient.json&response_type=code",
+        **{"Accept-Language": language},
+    )
+    assert page.status_code == 403
+    text = re.sub(r"<[^>]+>", " ", page.content.decode())
+    assert "client.example.org" in text
+    for english in ("not allowed here", "operators do not allow", "sent anywhere"):
+        assert english not in text, (language, english)

@@ -154,9 +154,12 @@ class AuthorizeView(AuthorizationView):
             # CIMD-13: the operators' trust policy, said plainly; nothing is fetched.
             return error_page(
                 request,
-                "This application is not allowed here",
-                f"This server's operators do not allow applications from "
-                f"{urlsplit(client_id).hostname}. You have not been sent anywhere.",
+                _("This application is not allowed here"),
+                _(
+                    "This server's operators do not allow applications from %(host)s. "
+                    "You have not been sent anywhere."
+                )
+                % {"host": urlsplit(client_id).hostname},
                 status=403,
             )
         # ABUSE-04 / SSRF-06: only this validation may fetch a client_id metadata document.
