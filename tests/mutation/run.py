@@ -74,6 +74,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
             "test_token",
             "test_upstream_api",
             "test_introspection",
+            "test_ratelimit",
+            "test_i18n",
         ],
     ),
     "authorization": (
