@@ -291,3 +291,41 @@ def test_the_adapter_sets_the_lifetime_of_a_consent_for_its_client_and_person() 
     consent = Consent.objects.get()
     assert consent.expires_at - consent.granted_at == timedelta(seconds=3600)
     assert LifetimeAdapter.asked == [(client.pk, consent.user.get_username())]
+
+
+def test_sm04_a_connected_apps_sign_in_records_a_transaction_of_no_client(settings) -> None:
+    """A Connected apps sign-in is a pending transaction too (CD-40..46): of no client, for
+    no redirect URI, scope or resource, asking the upstream for exactly the base scopes."""
+    settings.MCP_CONSENT = {
+        **settings.MCP_CONSENT,
+        "UPSTREAM": {**settings.MCP_CONSENT["UPSTREAM"], "SCOPES": ["read:user", "user:email"]},
+    }
+    browser = Browser()
+    browser.client.defaults["HTTP_USER_AGENT"] = UA
+    callback = browser.connected_apps_sign_in()
+    tx = AuthorizationTransaction.objects.get()
+    assert (tx.purpose, tx.client, tx.outcome) == ("sign_in", None, "pending")
+    assert (tx.authorization_query, tx.redirect_uri, tx.scopes, tx.resource) == ("", "", "", "")
+    assert tx.upstream_scopes == "read:user user:email"
+    assert (tx.ip_address, tx.user_agent) == ("127.0.0.1", UA)
+    assert browser.get(callback).status_code == 302
+    tx.refresh_from_db()
+    assert tx.outcome == "completed"
+    assert tx.user is not None
+    assert tx.user.get_username() == "octocat@upstream"
+
+
+def test_a_failure_reason_longer_than_its_column_is_cut_to_it(settings) -> None:
+    """The reason a transaction failed is kept within its 255-character column (on
+    PostgreSQL a longer one would make the failure itself fail): here an operator's subject
+    field name longer than that, which the upstream's user info lacks."""
+    settings.MCP_CONSENT = {
+        **settings.MCP_CONSENT,
+        "UPSTREAM": {**settings.MCP_CONSENT["UPSTREAM"], "SUBJECT_FIELD": "s" * 300},
+    }
+    client = MCPClientFactory(redirect_uris=["https://app.example/cb"])
+    redirect = connect(person(), client, "items:read")
+    assert query_of(redirect)["error"] == ["server_error"]
+    tx = AuthorizationTransaction.objects.get()
+    assert tx.outcome == "failed"
+    assert tx.failure_reason == f"user info has no {'s' * 300!r}"[:255]
