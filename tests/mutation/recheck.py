@@ -15,6 +15,9 @@ decide well:
     python tests/mutation/recheck.py MODULE NAME [NAME ...]       # these mutants
     python tests/mutation/recheck.py MODULE --tests tests/test_token.py,tests/test_audit.py
 
+The tests are first run once with no mutant switched on: if they fail then, nothing is
+decided (a "killed" would mean nothing).
+
 NAME is mutmut's name (``mcp_consent.flows.authorization.x__claim__mutmut_9``) or the
 part after the module (``x__claim__mutmut_9``, ``_claim__mutmut_9``,
 ``AuthorizeViewǁshow__mutmut_12``). Prints one line per mutant, then the counts; exits 0.
@@ -68,6 +71,7 @@ def decide(module: str, name: str, tests: list[str], postgres: bool) -> str:
     markers = MARKERS.replace("not postgres and ", "") if postgres else MARKERS
     if postgres:
         env["MCP_CONSENT_REQUIRE_POSTGRES"] = "1"
+        env.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
     ran = subprocess.run(  # noqa: S603 - our python, fixed argv
         [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", markers]
         + tests,
@@ -112,8 +116,14 @@ def main() -> int:
         if args.tests
         else [f"tests/{test}.py" for test in MODULES[args.module][1]]
     )
+    names = full_names(args.module, args.names)
+    # The control: with no mutant switched on the tests must pass, or a "killed" below would
+    # only say that they fail anyway.
+    control = decide(args.module, "", tests, args.postgres)
+    if control != "survived":
+        sys.exit(f"the tests fail with no mutant switched on ({control}): fix that first")
     counts: dict[str, int] = {}
-    for name in full_names(args.module, args.names):
+    for name in names:
         outcome = decide(args.module, name, tests, args.postgres)
         counts[outcome.split()[0]] = counts.get(outcome.split()[0], 0) + 1
         print(f"{name.rpartition('.')[2]:60} {outcome}", flush=True)
