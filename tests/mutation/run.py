@@ -56,7 +56,6 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
             "test_cimd",
             "test_ratelimit",
             "test_adapter",
-            "test_i18n",
             "test_performance",
         ],
     ),
@@ -75,7 +74,6 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
             "test_upstream_api",
             "test_introspection",
             "test_ratelimit",
-            "test_i18n",
         ],
     ),
     "authorization": (
@@ -153,14 +151,17 @@ def run(module: str, jobs: str) -> list[tuple[str, str]]:
     results = subprocess.run(  # noqa: S603 - our mutmut, fixed argv
         [str(mutmut), "results", "--all", "true"], cwd=work, capture_output=True, text=True
     )
-    if ran.returncode != 0 and not results.stdout.strip():
-        print(f"   mutmut failed (exit {ran.returncode}): see {work / 'mutmut.log'}", flush=True)
-        return []
     statuses = []
     for line in results.stdout.splitlines():
         name, _, status = line.strip().rpartition(": ")
         if name:
             statuses.append((name, status))
+    if ran.returncode != 0 and all(status == "not checked" for _, status in statuses):
+        # e.g. "failed to collect stats": a test of the row fails on the unmutated copy.
+        tail = (work / "mutmut.log").read_text(errors="replace").strip().splitlines()[-3:]
+        print(f"   mutmut failed (exit {ran.returncode}): see {work / 'mutmut.log'}", flush=True)
+        print("   " + "\n   ".join(tail), flush=True)
+        return []
     return statuses
 
 
