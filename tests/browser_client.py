@@ -147,5 +147,13 @@ def authorize_params(
     return params
 
 
+def assert_styled(response: HttpResponse) -> None:
+    """The page's stylesheet carries the nonce its Content-Security-Policy allows (else a
+    browser shows it unstyled): the page was rendered for this request."""
+    nonce = re.search(r"style-src 'nonce-([^']+)'", response["Content-Security-Policy"])
+    assert nonce, response["Content-Security-Policy"]
+    assert f'<style nonce="{nonce.group(1)}">' in response.content.decode()
+
+
 def code_from(response: HttpResponse) -> str:
     return query_of(response["Location"])["code"][0]

@@ -19,7 +19,14 @@ from django.conf import settings
 from django.test import override_settings
 
 from mcp_consent.app_settings import app_settings
-from tests.browser_client import PROXY_HOST, Browser, authorize_params, form_fields, query_of
+from tests.browser_client import (
+    PROXY_HOST,
+    Browser,
+    assert_styled,
+    authorize_params,
+    form_fields,
+    query_of,
+)
 from tests.factories import MCPClientFactory
 
 pytestmark = pytest.mark.django_db
@@ -240,6 +247,7 @@ def test_as50_an_unknown_client_reads_why_and_that_it_was_sent_nowhere() -> None
         "(Invalid client_id parameter value). You have not been sent anywhere. Close this "
         "page and contact the application's developer if the problem persists."
     )
+    assert_styled(response)
 
 
 def test_as54_a_malformed_request_reads_that_it_is_malformed() -> None:
@@ -250,6 +258,7 @@ def test_as54_a_malformed_request_reads_that_it_is_malformed() -> None:
     assert response.context["message"] == (
         "The request is malformed. You have not been sent anywhere."
     )
+    assert_styled(response)
 
 
 def test_sec03_the_page_instead_of_a_redirect_reads_in_full() -> None:
@@ -262,6 +271,36 @@ def test_sec03_the_page_instead_of_a_redirect_reads_in_full() -> None:
         "The application that sent you here made a request this server cannot accept "
         "(invalid_scope). You have not been sent anywhere and nothing was shared."
     )
+    assert_styled(response)
+
+
+def test_cimd13_the_page_for_a_blocked_domain_reads_in_full() -> None:
+    """CIMD-13: the operators' refusal of an application's domain, word for word (403)."""
+    from mcp_consent.models import CIMDDomainRule
+
+    CIMDDomainRule.objects.create(domain=".example.org", policy="block")
+    response = Browser().get(
+        "/authorize/?client_id=https%3A%2F%2Fclient.example.org%2Fclient.json&response_type=code"
+    )
+    assert response.status_code == 403
+    assert response.context["title"] == "This application is not allowed here"
+    assert response.context["message"] == (
+        "This server's operators do not allow applications from client.example.org. "
+        "You have not been sent anywhere."
+    )
+    assert_styled(response)
+
+
+def test_as54_a_request_without_a_query_string_is_a_page_not_a_500(rf) -> None:
+    """PEP 3333 lets a WSGI server leave QUERY_STRING out when there is none: that is an
+    invalid request (no client), answered with the page."""
+    from mcp_consent.views.authorize import AuthorizeView
+
+    request = rf.get("/authorize/", HTTP_HOST=PROXY_HOST)
+    del request.META["QUERY_STRING"]
+    response = AuthorizeView.as_view()(request)
+    assert response.status_code == 400
+    assert "This sign-in request is not valid" in response.content.decode()
 
 
 def test_only_get_and_post_are_allowed_and_the_answer_says_so() -> None:

@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 
 from mcp_consent.models import AuditEvent, MCPClient
-from tests.browser_client import PROXY_HOST, authorize_params
+from tests.browser_client import PROXY_HOST, assert_styled, authorize_params
 from tests.factories import MCPClientFactory
 
 pytestmark = pytest.mark.django_db
@@ -82,6 +82,7 @@ def test_authorize_is_rate_limited_with_a_page(settings) -> None:
         f"Too many requests from this address; retry after {retry} seconds."
     )
     assert page["X-Frame-Options"] == "DENY"
+    assert_styled(page)
     # ABUSE-01: the flood is audited once, naming the endpoint and the address.
     (limited,) = AuditEvent.objects.filter(action=AuditEvent.Action.RATE_LIMITED)
     assert limited.details == {"reason": "rate limit", "endpoint": "authorize"}

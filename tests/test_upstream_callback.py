@@ -28,7 +28,7 @@ from mcp_consent.models import (
 from mcp_consent.registration import clean_client_metadata
 from mcp_consent.views.common import BINDING_SALT
 from project.demo_upstream.models import RequestLog, Token, hash_secret
-from tests.browser_client import Browser, authorize_params, query_of
+from tests.browser_client import Browser, assert_styled, authorize_params, query_of
 from tests.factories import MCPClientFactory
 
 pytestmark = pytest.mark.django_db
@@ -714,14 +714,6 @@ def shown(response: Any) -> dict[str, str]:
         "heading": text(r"<h1>(.*?)</h1>"),
         "message": text(r"</h1>\s*<p>(.*?)</p>"),
     }
-
-
-def assert_styled(response: Any) -> None:
-    """The page's stylesheet carries the nonce its Content-Security-Policy allows (else a
-    browser shows it unstyled): the page was rendered for this request."""
-    nonce = re.search(r"style-src 'nonce-([^']+)'", response["Content-Security-Policy"])
-    assert nonce, response["Content-Security-Policy"]
-    assert f'<style nonce="{nonce.group(1)}">' in response.content.decode()
 
 
 def revocations_at_upstream(upstream_http: Any) -> set[tuple[str, str]]:
