@@ -147,6 +147,22 @@ def authorize_params(
     return params
 
 
+def shown(response: Any) -> dict[str, str]:
+    """The error page as the person reads it: title, heading and message, tags stripped."""
+    html = response.content.decode()
+
+    def text(pattern: str) -> str:
+        match = re.search(pattern, html, re.S)
+        assert match, (pattern, html[:500])
+        return " ".join(unescape(re.sub(r"<[^>]+>", " ", match.group(1))).split())
+
+    return {
+        "title": text(r"<title>(.*?)</title>"),
+        "heading": text(r"<h1>(.*?)</h1>"),
+        "message": text(r"</h1>\s*<p>(.*?)</p>"),
+    }
+
+
 def assert_styled(response: HttpResponse) -> None:
     """The page's stylesheet carries the nonce its Content-Security-Policy allows (else a
     browser shows it unstyled): the page was rendered for this request."""

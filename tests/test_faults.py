@@ -29,10 +29,25 @@ from django.test import Client
 
 from mcp_consent.models import AuthorizationTransaction
 from project.demo_upstream.models import RequestLog
-from tests.browser_client import PROXY_HOST, Browser, authorize_params, query_of
+from tests.browser_client import (
+    PROXY_HOST,
+    Browser,
+    assert_styled,
+    authorize_params,
+    query_of,
+    shown,
+)
 from tests.db_state import audit_actions, audit_event_model, audit_text, grown, snapshot
 from tests.factories import MCPClientFactory
-from tests.upstream_fakes import TOKEN_URL, USERINFO_URL, FaultAdapter, make_response, mounted
+from tests.upstream_fakes import (
+    TOKEN_URL,
+    USERINFO_URL,
+    FaultAdapter,
+    issued_by_upstream,
+    make_response,
+    mounted,
+    revocations_at_upstream,
+)
 
 REDIRECT_URI = "https://app.example/cb"
 CLIENT_STATE = "client-state-123"
@@ -77,6 +92,8 @@ def assert_server_error_at_client(response: Any) -> None:
     assert location.startswith(REDIRECT_URI + "?"), location
     query = query_of(location)
     assert query["error"] == ["server_error"], query
+    # UP-06: our words, never the upstream's.
+    assert query["error_description"] == ["The upstream provider could not complete the sign-in."]
     assert query["state"] == [CLIENT_STATE]
     assert query["iss"] == [ISSUER]
     assert "code" not in query
@@ -108,6 +125,10 @@ def assert_failure_audited(flow: AtCallback) -> None:
     actions = audit_actions(flow.client_id)
     model = audit_event_model()
     assert model.Action.CALLBACK_REFUSED in actions, actions
+    refused = model.objects.filter(
+        action=model.Action.CALLBACK_REFUSED, client_id=flow.client_id
+    ).get()
+    assert refused.ip_address == "127.0.0.1"  # the browser's request, not a system event
     assert model.Action.CONSENT_GRANTED not in actions
     assert model.Action.CALLBACK_ACCEPTED not in actions
     assert flow.upstream_code not in audit_text()
@@ -198,7 +219,10 @@ UPSTREAM_FAULTS = [
 
 @pytest.mark.parametrize(("endpoint", "behaviour"), UPSTREAM_FAULTS)
 def test_upstream_fault_gives_server_error_and_writes_nothing(
-    flow: AtCallback, endpoint: str, behaviour: Callable[..., requests.Response]
+    flow: AtCallback,
+    endpoint: str,
+    behaviour: Callable[..., requests.Response],
+    upstream_http: Any,
 ) -> None:
     """UP-06 (faults): a broken upstream answer -> server_error at the client, no grant rows."""
     fake = FaultAdapter(behaviour)
@@ -212,6 +236,29 @@ def test_upstream_fault_gives_server_error_and_writes_nothing(
     assert UPSTREAM_DETAIL not in tx.failure_reason
     assert_failure_audited(flow)
     assert_replay_refused(flow)
+    if endpoint == USER:
+        # UP-09: the code was exchanged, then the identity failed: both tokens the upstream
+        # issued are revoked there, none left live for a grant we do not hold.
+        assert revocations_at_upstream(upstream_http) == issued_by_upstream("octocat")
+
+
+def test_a_callback_without_a_code_is_refused_before_any_exchange(
+    flow: AtCallback, caplog: Any
+) -> None:
+    """UP-06: an upstream answer with neither a code nor an error is a server_error at the
+    client; nothing is sent to the token endpoint; the reason is stored and logged."""
+    exchanges = RequestLog.objects.filter(path__endswith="/login/oauth/access_token").count()
+    without_code = flow.callback.replace(f"code={flow.upstream_code}", "x=1")
+    with caplog.at_level("WARNING", logger="mcp_consent"):
+        response = flow.finish(without_code)
+    assert_server_error_at_client(response)
+    assert (
+        RequestLog.objects.filter(path__endswith="/login/oauth/access_token").count() == exchanges
+    )
+    tx = AuthorizationTransaction.objects.get(client=flow.client)
+    assert (tx.outcome, tx.failure_reason) == ("failed", "callback without code")
+    assert "upstream sign-in failed: callback without code" in caplog.messages
+    assert_failure_audited(flow)
 
 
 # --- real sockets: a closed port and a server slower than the timeout ------------------------
@@ -308,6 +355,15 @@ def test_wrong_iss_is_a_clear_page_and_no_exchange(
     exchanges = RequestLog.objects.filter(path__endswith="/login/oauth/access_token").count()
     response = flow.finish(rewrite(flow.callback))
     assert_clear_error_page(response)
+    assert shown(response) == {
+        "title": "This sign-in cannot be completed",
+        "heading": "This sign-in cannot be completed",
+        "message": "The provider's response did not come from the expected provider. "
+        "Nothing was shared with the application.",
+    }
+    assert_styled(response)
+    tx = AuthorizationTransaction.objects.get(client=flow.client)
+    assert tx.failure_reason == "upstream iss missing or mismatched"
     assert (
         RequestLog.objects.filter(path__endswith="/login/oauth/access_token").count() == exchanges
     )
@@ -408,20 +464,25 @@ def test_database_failure_in_the_callback_gives_a_proper_answer(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_database_down_when_the_callback_arrives_gives_a_clear_page() -> None:
+def test_database_down_when_the_callback_arrives_gives_a_clear_page(caplog: Any) -> None:
     """Faults: every query fails -> a clear 503 page (nothing can be written at all)."""
     from project.demo_upstream.seed import seed_demo_data
 
     seed_demo_data()
     flow = AtCallback()
-    with connection.execute_wrapper(DatabaseFault("", stays_down=True)):
+    with (
+        caplog.at_level("ERROR", logger="mcp_consent"),
+        connection.execute_wrapper(DatabaseFault("", stays_down=True)),
+    ):
         response = flow.finish()
+    # The one trace of it (the audit trail cannot be written): the operator's log.
+    assert "upstream callback: database unavailable" in caplog.messages
     assert response.status_code == 503, response.status_code
     assert "temporarily" in response.content.decode().lower()
 
 
 @pytest.mark.django_db(transaction=True)
-def test_database_down_at_the_callback_tells_the_person_to_retry_later() -> None:
+def test_database_down_at_the_callback_tells_the_person_to_retry_later(caplog: Any) -> None:
     """Faults: with the database down when the callback arrives, the person reads a styled
     503 page saying the service cannot complete sign-ins now, nothing was shared, and to try
     again in a few minutes; no redirect to the client (nothing could be checked)."""
@@ -432,8 +493,13 @@ def test_database_down_at_the_callback_tells_the_person_to_retry_later() -> None
 
     seed_demo_data()
     flow = AtCallback()
-    with connection.execute_wrapper(DatabaseFault("", stays_down=True)):
+    with (
+        caplog.at_level("ERROR", logger="mcp_consent"),
+        connection.execute_wrapper(DatabaseFault("", stays_down=True)),
+    ):
         response = flow.finish()
+    # The one trace of it (the audit trail cannot be written): the operator's log.
+    assert "upstream callback: database unavailable" in caplog.messages
     assert response.status_code == 503
     assert not response.has_header("Location")
     html = unescape(response.content.decode())
@@ -450,7 +516,7 @@ def test_database_down_at_the_callback_tells_the_person_to_retry_later() -> None
 
 @pytest.mark.django_db(transaction=True)
 def test_grant_not_recorded_is_a_retryable_error_at_the_client_and_the_upstream_grant_revoked(
-    upstream_http: Any,
+    upstream_http: Any, caplog: Any
 ) -> None:
     """UP-06, UP-09, faults: the database fails once while the grant is recorded (all of it
     rolled back). The client gets exactly RFC 6749's retryable ``temporarily_unavailable``
@@ -466,9 +532,10 @@ def test_grant_not_recorded_is_a_retryable_error_at_the_client_and_the_upstream_
     seed_demo_data()
     flow = AtCallback()
     fault = DatabaseFault('INSERT INTO "mcp_consent_upstreamtoken"')
-    with connection.execute_wrapper(fault):
+    with caplog.at_level("ERROR", logger="mcp_consent"), connection.execute_wrapper(fault):
         response = flow.browser.get(flow.callback, **{"User-Agent": "Browser/1.0"})
     assert fault.failed
+    assert "upstream callback: database error while recording the grant" in caplog.messages
 
     assert response.status_code == 302
     location = response["Location"]

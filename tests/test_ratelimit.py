@@ -411,6 +411,16 @@ def test_abuse_01_real_sign_ins_are_never_counted_at_the_upstream_callback(
         for i in range(4)
     ]
     assert [s.status_code for s in statuses] == [400, 400, 429, 429]
+    page = statuses[2]
+    assert page["Content-Type"].startswith("text/html")  # the person's browser: a page
+    assert page.context["title"] == "Too many requests"
+    assert page.context["message"] == (
+        f"Too many requests from this address; retry after {page['Retry-After']} seconds."
+    )
+    assert_styled(page)
+    (limited,) = AuditEvent.objects.filter(action=AuditEvent.Action.RATE_LIMITED)
+    assert limited.details == {"reason": "rate limit", "endpoint": "callback"}
+    assert limited.ip_address == "127.0.0.1"
 
 
 def test_abuse_02_a_conformance_suite_completes_150_registrations_and_100_whole_flows() -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import timedelta
-from html import unescape
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -27,9 +25,10 @@ from mcp_consent.models import (
 )
 from mcp_consent.registration import clean_client_metadata
 from mcp_consent.views.common import BINDING_SALT
-from project.demo_upstream.models import RequestLog, Token, hash_secret
-from tests.browser_client import Browser, assert_styled, authorize_params, query_of
+from project.demo_upstream.models import RequestLog, Token
+from tests.browser_client import Browser, assert_styled, authorize_params, query_of, shown
 from tests.factories import MCPClientFactory
+from tests.upstream_fakes import issued_by_upstream, revocations_at_upstream
 
 pytestmark = pytest.mark.django_db
 
@@ -698,40 +697,6 @@ def test_sec05_client_changed_during_the_upstream_exchange_revokes_the_new_token
 
 
 # --- what a refused grant shows, revokes and audits (SEC-04, SEC-05, UP-09) ------------------
-
-
-def shown(response: Any) -> dict[str, str]:
-    """The error page as the person reads it: title, heading and message, tags stripped."""
-    html = response.content.decode()
-
-    def text(pattern: str) -> str:
-        match = re.search(pattern, html, re.S)
-        assert match, (pattern, html[:500])
-        return " ".join(unescape(re.sub(r"<[^>]+>", " ", match.group(1))).split())
-
-    return {
-        "title": text(r"<title>(.*?)</title>"),
-        "heading": text(r"<h1>(.*?)</h1>"),
-        "message": text(r"</h1>\s*<p>(.*?)</p>"),
-    }
-
-
-def revocations_at_upstream(upstream_http: Any) -> set[tuple[str, str]]:
-    """(token_type_hint, hash of the token) of each RFC 7009 request the upstream received."""
-    sent = set()
-    for request in upstream_http.requests:
-        if request.url.endswith("/demo-upstream/revoke"):
-            form = parse_qs(
-                request.body if isinstance(request.body, str) else request.body.decode()
-            )
-            sent.add((form["token_type_hint"][0], hash_secret(form["token"][0])))
-    return sent
-
-
-def issued_by_upstream(login: str) -> set[tuple[str, str]]:
-    """Both tokens of the one upstream grant issued to us for ``login``, as hashes."""
-    token = Token.objects.get(account__login=login)
-    return {("refresh_token", token.refresh_token_hash), ("access_token", token.access_token_hash)}
 
 
 def refusal_event(client) -> Any:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 from django.test import Client
@@ -152,3 +152,25 @@ def mounted(prefix: str, adapter: requests.adapters.BaseAdapter) -> Iterator[Any
         session.adapters.pop(prefix, None)
         if previous is not None:
             session.mount(prefix, previous)
+
+
+def revocations_at_upstream(upstream_http: Any) -> set[tuple[str, str]]:
+    """(token_type_hint, hash of the token) of each RFC 7009 request the upstream received."""
+    from project.demo_upstream.models import hash_secret
+
+    sent = set()
+    for request in upstream_http.requests:
+        if request.url.endswith("/demo-upstream/revoke"):
+            form = parse_qs(
+                request.body if isinstance(request.body, str) else request.body.decode()
+            )
+            sent.add((form["token_type_hint"][0], hash_secret(form["token"][0])))
+    return sent
+
+
+def issued_by_upstream(login: str) -> set[tuple[str, str]]:
+    """Both tokens of the one upstream grant issued to us for ``login``, as hashes."""
+    from project.demo_upstream.models import Token
+
+    token = Token.objects.get(account__login=login)
+    return {("refresh_token", token.refresh_token_hash), ("access_token", token.access_token_hash)}
