@@ -96,6 +96,18 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["mcp_consent/flows/upstream_tokens.py"],
         ["test_upstream_callback", "test_upstream_api", "test_faults", "test_revocation"],
     ),
+    "tokens": (
+        ["mcp_consent/flows/tokens.py"],
+        [
+            "test_token",
+            "test_revocation",
+            "test_audit",
+            "test_connections",
+            "test_introspection",
+            "test_resource",
+            "test_performance",
+        ],
+    ),
     "vault": (["mcp_consent/vault.py"], ["test_vault", "test_upstream_api", "test_commands"]),
     "audit": (["mcp_consent/audit.py"], ["test_audit", "test_revocation"]),
 }
