@@ -101,7 +101,6 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         [
             "test_token",
             "test_revocation",
-            "test_audit",
             "test_connections",
             "test_introspection",
             "test_resource",
