@@ -329,3 +329,123 @@ def test_a_failure_reason_longer_than_its_column_is_cut_to_it(settings) -> None:
     tx = AuthorizationTransaction.objects.get()
     assert tx.outcome == "failed"
     assert tx.failure_reason == f"user info has no {'s' * 300!r}"[:255]
+
+
+# --- the token endpoint's records (AS-41, AS-43, AS-44, UP-09) --------------------------------
+
+
+def token_events(client: MCPClient, *actions: str) -> list[dict[str, Any]]:
+    return list(
+        AuditEvent.objects.filter(client_id=client.application.client_id, action__in=actions)
+        .order_by("pk")
+        .values(*FIELDS)
+    )
+
+
+def test_sm04_issue_and_refresh_record_the_client_the_person_and_the_token_family() -> None:
+    """SM-04, AS-41, AS-44: the code exchange and each refresh are audited as the client's,
+    about the person, with what was granted for which resource and the token family; the
+    transaction remembers which family its code bought; the consent was used then."""
+    from oauth2_provider.models import get_refresh_token_model
+
+    from tests.mcp_tokens import issue_token
+
+    issued = issue_token(scope=BOTH)
+    client, user = issued.client, issued.consent.user
+    family = get_refresh_token_model().objects.get(user=user).token_family
+    assert family is not None
+    tx = AuthorizationTransaction.objects.get()
+    assert tx.token_family == family
+    assert tx.code_redeemed_at is not None
+    used_at_issue = Consent.objects.get().last_used_at
+    assert used_at_issue is not None
+    assert used_at_issue >= tx.code_redeemed_at
+    assert issued.refresh().status_code == 200
+
+    as_the_client = {
+        "actor_type": "client",
+        "actor_user_id": None,
+        "actor_label": issued.client_id,
+        "subject_user_id": user.pk,
+        "client_id": issued.client_id,
+        "consent_id": None,
+    }
+    granted = {"scopes_granted": BOTH, "resource": [RESOURCE], "expires_in": 3600}
+    events = token_events(client, A.TOKEN_ISSUED, A.TOKEN_REFRESHED)
+    for event in events:
+        event.pop("ip_address")
+        event.pop("user_agent")
+    assert events == [
+        {
+            "action": A.TOKEN_ISSUED,
+            **as_the_client,
+            "details": {"grant_type": "authorization_code", **granted, "family": str(family)},
+        },
+        {
+            "action": A.TOKEN_REFRESHED,
+            **as_the_client,
+            "details": {"grant_type": "refresh_token", **granted, "family": str(family)},
+        },
+    ]
+    assert Consent.objects.get().last_used_at >= used_at_issue
+
+
+def test_as44_a_reused_refresh_token_is_audited_with_its_family_revoked() -> None:
+    """AS-44: a rotated refresh token presented again: its family is revoked, and the event
+    names the person and the family."""
+    from oauth2_provider.models import get_refresh_token_model
+
+    from tests.mcp_tokens import issue_token
+
+    issued = issue_token()
+    family = get_refresh_token_model().objects.get(user=issued.consent.user).token_family
+    assert issued.refresh().status_code == 200
+    assert issued.refresh().status_code == 400  # the first refresh token, again
+    (reuse,) = token_events(issued.client, A.REFRESH_TOKEN_REUSE)
+    assert (reuse["actor_type"], reuse["actor_label"]) == ("client", issued.client_id)
+    assert reuse["subject_user_id"] == issued.consent.user.pk
+    assert reuse["details"] == {"family": str(family), "family_revoked": True}
+
+
+def test_as41_a_replayed_code_is_audited_naming_its_transaction() -> None:
+    """AS-41: the second redemption of a code revokes what the first bought; the event names
+    the transaction and the person."""
+    from tests.browser_client import code_from, pkce_pair
+    from tests.mcp_tokens import post_form
+
+    client = MCPClientFactory(redirect_uris=["https://app.example/cb"])
+    verifier, challenge = pkce_pair()
+    browser = person()
+    final = browser.run_flow(authorize_params(client, challenge=challenge))
+    redeem = {
+        "grant_type": "authorization_code",
+        "code": code_from(final),
+        "client_id": client.application.client_id,
+        "redirect_uri": "https://app.example/cb",
+        "code_verifier": verifier,
+        "resource": RESOURCE,
+    }
+    assert post_form("/token/", redeem).status_code == 200
+    assert post_form("/token/", redeem).status_code == 400
+    tx = AuthorizationTransaction.objects.get()
+    (reuse,) = token_events(client, A.CODE_REUSE)
+    assert reuse["subject_user_id"] == tx.user_id
+    assert (reuse["actor_type"], reuse["actor_label"]) == ("client", client.application.client_id)
+    assert reuse["details"] == {"correlation_id": tx.pk, "tokens_revoked": True}
+
+
+def test_up09_a_client_revoking_its_last_token_ends_the_consent_on_the_record() -> None:
+    """UP-09, RFC 7009: the client revokes its refresh token: audited as the client's, saying
+    no grant is left, and the consent is revoked with that reason."""
+    from tests.mcp_tokens import issue_token, post_form
+
+    issued = issue_token()
+    revoked = post_form("/revoke/", {"token": issued.refresh_token, "client_id": issued.client_id})
+    assert revoked.status_code == 200
+    (event,) = token_events(issued.client, A.TOKEN_REVOKED)
+    assert (event["actor_type"], event["actor_label"]) == ("client", issued.client_id)
+    assert event["subject_user_id"] == issued.consent.user.pk
+    assert event["details"] == {"grant_still_active": False}
+    consent = Consent.objects.get()
+    assert consent.revoked_at is not None
+    assert consent.revoke_reason == "the client revoked its tokens (RFC 7009)"
