@@ -100,6 +100,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["mcp_consent/flows/tokens.py"],
         [
             "test_token",
+            "test_flow_records",
             "test_revocation",
             "test_connections",
             "test_introspection",
