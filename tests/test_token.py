@@ -465,6 +465,27 @@ def test_sec01_a_consent_past_its_expiry_refreshes_nothing(issued) -> None:
     assert not DemoHubToken.objects.filter(revoked_at__isnull=True).exists()
 
 
+def test_sec01_no_other_live_consent_keeps_an_expired_one_alive() -> None:
+    """SEC-01: a consent's expiry is its own. Another person's live consent at the same
+    client, or the same person's live consent at another client, keeps neither the access
+    token nor the refresh grant of the expired one alive; theirs keep working."""
+    from tests.mcp_tokens import access_token_valid, issue_token
+
+    mine = issue_token(username="octocat")
+    my_consent = Consent.objects.get()
+    theirs = issue_token(client=mine.client, username="hubot")
+    elsewhere = issue_token(username="octocat")
+    Consent.objects.filter(pk=my_consent.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert not access_token_valid(mine.access_token)
+    assert_token_error(mine.refresh(), "invalid_grant")
+    assert access_token_valid(theirs.access_token)
+    assert access_token_valid(elsewhere.access_token)
+    assert theirs.refresh().status_code == 200
+    assert elsewhere.refresh().status_code == 200
+
+
 def test_sec01_a_code_of_a_consent_revoked_before_redemption_buys_nothing(code) -> None:
     """The token request checks the consent under its lock (SEC-12): a code redeemed after
     its consent was revoked is invalid_grant."""
