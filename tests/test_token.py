@@ -486,6 +486,38 @@ def test_sec01_no_other_live_consent_keeps_an_expired_one_alive() -> None:
     assert elsewhere.refresh().status_code == 200
 
 
+def test_as44_a_rotation_retires_only_the_refresh_token_presented() -> None:
+    """AS-44: rotating one person's refresh token retires that one: another person's at the
+    same client stays live and rotates in turn."""
+    from tests.mcp_tokens import issue_token
+
+    mine = issue_token(username="octocat")
+    theirs = issue_token(client=mine.client, username="hubot")
+    assert mine.refresh().status_code == 200
+    assert theirs.refresh().status_code == 200
+
+
+def test_as41_an_unknown_code_revokes_nothing_already_issued() -> None:
+    """AS-41: only the replay of a redeemed code revokes what it bought; a made-up code
+    sent by the same client is just invalid_grant, and the tokens issued stay live."""
+    from tests.mcp_tokens import access_token_valid, issue_token, post_form
+
+    issued = issue_token()
+    made_up = post_form(
+        "/token/",
+        {
+            "grant_type": "authorization_code",
+            "code": "made-up-code",
+            "client_id": issued.client_id,
+            "redirect_uri": "https://app.example/cb",
+            "code_verifier": "v" * 43,
+        },
+    )
+    assert_token_error(made_up, "invalid_grant")
+    assert access_token_valid(issued.access_token)
+    assert issued.refresh().status_code == 200
+
+
 def test_sec01_a_code_of_a_consent_revoked_before_redemption_buys_nothing(code) -> None:
     """The token request checks the consent under its lock (SEC-12): a code redeemed after
     its consent was revoked is invalid_grant."""
