@@ -235,43 +235,55 @@ def test_cd18_deny_tells_the_client_access_denied_in_the_standard_words() -> Non
     }
 
 
+def assert_page(response: Any, status: int, title: str, message: str) -> None:
+    """Our page for this request (styled under its CSP nonce), with exactly these words."""
+    assert response.status_code == status
+    assert response.context["title"] == title
+    assert response.context["message"] == message
+    assert_styled(response)
+
+
 def test_as50_an_unknown_client_reads_why_and_that_it_was_sent_nowhere() -> None:
     """AS-50: the page for an unknown client says so in full, with oauthlib's reason
     (without its final full stop)."""
     params = authorize_params(MCPClientFactory(), client_id="no-such-client")
     response = Browser().authorize(params)
-    assert response.status_code == 400
-    assert response.context["title"] == "This sign-in request is not valid"
-    assert response.context["message"] == (
-        "The application that sent you here made a request this server cannot accept "
-        "(Invalid client_id parameter value). You have not been sent anywhere. Close this "
-        "page and contact the application's developer if the problem persists."
+    assert_page(
+        response,
+        400,
+        "This sign-in request is not valid",
+        (
+            "The application that sent you here made a request this server cannot accept "
+            "(Invalid client_id parameter value). You have not been sent anywhere. Close this "
+            "page and contact the application's developer if the problem persists."
+        ),
     )
-    assert_styled(response)
 
 
 def test_as54_a_malformed_request_reads_that_it_is_malformed() -> None:
     """AS-54: a malformed percent-escape is a page saying so, not a 500."""
     response = Browser().get("/authorize/?client_id=%zz&response_type=code")
-    assert response.status_code == 400
-    assert response.context["title"] == "This sign-in request is not valid"
-    assert response.context["message"] == (
-        "The request is malformed. You have not been sent anywhere."
+    assert_page(
+        response,
+        400,
+        "This sign-in request is not valid",
+        ("The request is malformed. You have not been sent anywhere."),
     )
-    assert_styled(response)
 
 
 def test_sec03_the_page_instead_of_a_redirect_reads_in_full() -> None:
     """SEC-03: an error of an unapproved client is our page: its title and whole message."""
     phish = MCPClientFactory(redirect_uris=["https://phish.example/login"])
     response = Browser().authorize(authorize_params(phish, scope="admin:all"))
-    assert response.status_code == 400
-    assert response.context["title"] == "This sign-in request cannot be completed"
-    assert response.context["message"] == (
-        "The application that sent you here made a request this server cannot accept "
-        "(invalid_scope). You have not been sent anywhere and nothing was shared."
+    assert_page(
+        response,
+        400,
+        "This sign-in request cannot be completed",
+        (
+            "The application that sent you here made a request this server cannot accept "
+            "(invalid_scope). You have not been sent anywhere and nothing was shared."
+        ),
     )
-    assert_styled(response)
 
 
 def test_cimd13_the_page_for_a_blocked_domain_reads_in_full() -> None:
@@ -282,13 +294,15 @@ def test_cimd13_the_page_for_a_blocked_domain_reads_in_full() -> None:
     response = Browser().get(
         "/authorize/?client_id=https%3A%2F%2Fclient.example.org%2Fclient.json&response_type=code"
     )
-    assert response.status_code == 403
-    assert response.context["title"] == "This application is not allowed here"
-    assert response.context["message"] == (
-        "This server's operators do not allow applications from client.example.org. "
-        "You have not been sent anywhere."
+    assert_page(
+        response,
+        403,
+        "This application is not allowed here",
+        (
+            "This server's operators do not allow applications from client.example.org. "
+            "You have not been sent anywhere."
+        ),
     )
-    assert_styled(response)
 
 
 def test_as54_a_request_without_a_query_string_is_a_page_not_a_500(rf) -> None:
