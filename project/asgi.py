@@ -10,7 +10,7 @@ authenticated MCP call would fail with 500 "Task group is not initialized".
 import os
 from urllib.parse import urlsplit
 
-from django.core.asgi import get_asgi_application
+from mcp_consent.integrations.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 

@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 import anyio
 import httpx2
 from asgiref.sync import async_to_sync
-from django.core.asgi import get_asgi_application
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 
 from mcp_consent.integrations import mcp_sdk
+from mcp_consent.integrations.asgi import get_asgi_application
 from project.mcp_server import build_app
 
 T = TypeVar("T")

@@ -45,9 +45,9 @@ request: Origin, body bounds, replay), ``threads`` (the per-request threads), ``
 
 from __future__ import annotations
 
+from ..threads import RequestThread, RequestThreads
 from .app import MCPRouter, ProtectedMCPApp
 from .request import json_depth_exceeds
-from .threads import RequestThread, RequestThreads
 from .tools import call_upstream, verified_token
 from .verifier import (
     ConsentAccessToken,

@@ -16,8 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ... import resource
 from ...app_settings import app_settings, canonical_resource
+from ..threads import RequestThread, RequestThreads
 from .request import check_origin, read_body, replaying, send_bearer_error, send_json
-from .threads import RequestThread, RequestThreads
 from .tools import RequestState, request_state
 from .verifier import sdk_access_token, transport_security, verified_here
 
