@@ -107,5 +107,6 @@ def first_in_window(scope: str, request: HttpRequest) -> bool:
     """True once per address, ``scope`` and RATE_LIMIT_AUDIT_WINDOW: refusals of anonymous
     junk are audited in aggregate, not one row each (ABUSE-01)."""
     window = max(1, app_settings.RATE_LIMIT_AUDIT_WINDOW)
-    bucket = int(time.time() // window)
-    return bool(cache.add(f"{_key(scope, request)}:audited:{bucket}", 1, timeout=window + 5))
+    # The window starts at the first refusal (the marker expires after it), not at a clock
+    # boundary: a flood that straddles a whole minute is still one row, not two.
+    return bool(cache.add(f"{_key(scope, request)}:audited", 1, timeout=window))

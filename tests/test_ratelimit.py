@@ -281,6 +281,20 @@ def test_behind_a_trusted_proxy_the_address_it_saw_counts(settings) -> None:
     assert event.ip_address == "203.0.113.51"
 
 
+def test_abuse_01_a_flood_across_a_clock_boundary_is_audited_once(monkeypatch) -> None:
+    """ABUSE-01: the audit window starts at the first refusal. Windows aligned to the clock
+    audited a flood twice when it straddled a boundary (seen as a flaky test, 14:55:00)."""
+    from django.test import RequestFactory
+
+    from mcp_consent import ratelimit
+
+    request = RequestFactory().get("/", REMOTE_ADDR="203.0.113.77")
+    monkeypatch.setattr(ratelimit.time, "time", lambda: 299.9)
+    assert ratelimit.first_in_window("register", request)
+    monkeypatch.setattr(ratelimit.time, "time", lambda: 300.1)
+    assert not ratelimit.first_in_window("register", request)
+
+
 # --- ABUSE-03: no global lock-out -----------------------------------------------------------------
 
 
