@@ -19,6 +19,7 @@ of its first event, so it never holds two head locks (no lock-order deadlock bet
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -141,7 +142,10 @@ class AuditKey:
     secret: bytes = field(repr=False)
 
 
+@functools.lru_cache(maxsize=16)
 def _audit_key(material: bytes) -> AuditKey:
+    # Derived once per configured secret (issue 11: every audited write asked for it). The
+    # settings are read on each call of audit_keys(), so a changed AUDIT_KEYS still applies.
     # HKDF with its own purpose: the same secret used elsewhere (a vault key, SECRET_KEY)
     # yields an unrelated audit key. The id names the key in each row without revealing it.
     secret = HKDF(

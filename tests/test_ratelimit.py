@@ -344,6 +344,68 @@ def test_abuse_03_the_global_cap_is_a_logged_last_resort(settings, caplog) -> No
     assert "all addresses" in refused.details["description"]
 
 
+def test_abuse_03_the_budget_counts_exactly_what_the_orm_would(settings) -> None:
+    """ABUSE-03: the hand-written count before each registration (registration/budget.py)
+    counts what ``Count`` over the same queryset counts: only never-used DCR and CIMD
+    clients younger than the TTL, all addresses and this one. An operator's clients, used
+    ones, expired ones and other addresses' are each left out where they must be."""
+    from datetime import timedelta
+
+    from django.db.models import Count, Q
+    from django.utils import timezone
+
+    from mcp_consent.models import RegistrationSource
+    from mcp_consent.registration.budget import UNUSED_SOURCES, unused_client_counts
+
+    def made(source: str = RegistrationSource.DCR, **fields: Any) -> None:
+        client = MCPClientFactory(source=source)
+        MCPClient.objects.filter(pk=client.pk).update(**fields)
+
+    now = timezone.now()
+    made(registered_from="203.0.113.1")
+    made(registered_from="203.0.113.1")
+    made(RegistrationSource.CIMD, registered_from="203.0.113.1")
+    made(registered_from="198.51.100.2")
+    made(registered_from=None)
+    made(registered_from="203.0.113.1", last_used_at=now)  # used: never counted
+    made(registered_from="203.0.113.1", created_at=now - timedelta(hours=2))  # expired
+    made(RegistrationSource.ADMIN, registered_from="203.0.113.1")  # an operator's
+    since = now - timedelta(hours=1)
+    unused = MCPClient.objects.filter(
+        registration_source__in=UNUSED_SOURCES, last_used_at__isnull=True, created_at__gt=since
+    )
+    for address in ("203.0.113.1", "198.51.100.2", "192.0.2.9"):
+        expected = unused.aggregate(
+            everyone=Count("pk"), mine=Count("pk", filter=Q(registered_from=address))
+        )
+        assert unused_client_counts(since, address) == (expected["everyone"], expected["mine"])
+    assert unused_client_counts(since, "203.0.113.1") == (5, 3)
+    assert unused_client_counts(since, None) == (5, 0)
+    assert unused_client_counts(now + timedelta(seconds=1), "203.0.113.1") == (0, 0)
+
+
+def test_abuse_03_the_budget_is_read_from_its_index_alone() -> None:
+    """ABUSE-03's count runs before every registration: on SQLite it must be answered from
+    the partial index alone, not by reading the table (it grows with every registration)."""
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    from mcp_consent.registration.budget import unused_client_counts
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the query plan checked is SQLite's")
+    with CaptureQueriesContext(connection) as queries:
+        unused_client_counts(timezone.now() - timedelta(hours=1), "203.0.113.1")
+    (query,) = queries.captured_queries
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + query["sql"])
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+    assert "USING COVERING INDEX mcp_client_unused_idx" in plan, plan
+
+
 # --- docs/abuse-limits.md says what the code does ---------------------------------------------
 
 
