@@ -162,6 +162,7 @@ def seed(n: dict[str, int]) -> float:
             {
                 "id": "g",
                 "application_id": "g",
+                "name_key": "'agent ' || g",  # MCPClient.name_key_of("Agent <g>")
                 "registration_source": "'dcr'",
                 "metadata_version": "1",
                 "created_at": "now() - g * interval '1 minute'",

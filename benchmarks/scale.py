@@ -76,7 +76,7 @@ def seed(url: str, clients: int, consents: int, tokens: int) -> float:
             conn,
             "mcp_consent_mcpclient",
             mcp_id,
-            {"application_id": "a.id"},
+            {"application_id": "a.id", "name_key": "lower(a.name)"},  # as name_key_of
             "oauth2_provider_application a",
             "AND a.client_id LIKE 'bench-%%'",
         )

@@ -157,3 +157,71 @@ def test_cd05_operator_registered_client_is_new_to_a_person_who_never_approved_i
     assert 'name="decision" value="approve"' in page
     assert FIRST_TIME in page
     assert '<span class="badge verified">Verified</span>' in page
+
+
+def test_dcr19_a_lookalike_name_is_a_namesake() -> None:
+    """DCR-19: fullwidth letters (or any compatibility form) do not make a different name."""
+    real = MCPClientFactory(client_name="Claude", redirect_uris=["https://claude.ai/api/callback"])
+    lure = MCPClientFactory(client_name="Ｃｌａｕｄｅ", redirect_uris=["https://evil.example/cb"])
+    assert real.name_key == lure.name_key
+    page = html(signed_in_with(real).authorize(authorize_params(lure)))
+    assert 'id="namesake-warning"' in page
+
+
+def test_dcr19_a_renamed_client_is_found_under_its_new_name_only() -> None:
+    """DCR-19: the name key follows RFC 7592 updates (flows.clients writes it)."""
+    from mcp_consent.flows import clients
+    from mcp_consent.registration import clean_client_metadata
+
+    real = MCPClientFactory(client_name="Claude", redirect_uris=["https://claude.ai/api/callback"])
+    other = MCPClientFactory(client_name="Notes", redirect_uris=["https://evil.example/cb"])
+    assert 'id="namesake-warning"' not in html(Browser().authorize(authorize_params(real)))
+    metadata = clean_client_metadata(
+        {
+            "client_name": "CLAUDE",
+            "redirect_uris": ["https://evil.example/cb"],
+            "token_endpoint_auth_method": "none",
+        },
+        RegistrationSource.DCR,
+    )
+    clients.update_client(other, metadata)
+    other.refresh_from_db()
+    assert other.name_key == "claude"
+    assert 'id="namesake-warning"' in html(Browser().authorize(authorize_params(real)))
+
+
+def test_dcr19_namesakes_are_an_index_lookup() -> None:
+    """Issue 11: the consent page's namesake question reads the name key's index, never every
+    client (an unindexed case-insensitive name match took 100 ms at 100,000 clients)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from mcp_consent.views.risk import _clients_of_the_page
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the query plan checked is SQLite's")
+    client = MCPClientFactory(client_name="Claude")
+    with CaptureQueriesContext(connection) as queries:
+        _clients_of_the_page(client, None)
+    (query,) = queries.captured_queries
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + query["sql"])
+        plan = [str(row[-1]) for row in cursor.fetchall()]
+    assert any(
+        "mcp_consent_mcpclient USING INDEX" in step and "name_key" in step for step in plan
+    ), plan
+    assert not any(step.startswith("SCAN") for step in plan), plan
+
+
+def test_the_migration_gives_existing_clients_their_name_key() -> None:
+    """Migration 0009 fills the key of every client registered before it."""
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("mcp_consent.migrations.0009_client_name_key")
+    client = MCPClientFactory(client_name="Ｍｙ Agent")
+    type(client).objects.update(name_key="")
+    migration.fill_name_keys(apps, None)
+    client.refresh_from_db()
+    assert client.name_key == "my agent"

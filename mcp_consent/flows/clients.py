@@ -254,6 +254,7 @@ def register_client(
 
 def _client_fields(metadata: ClientMetadata) -> dict[str, Any]:
     return {
+        "name_key": MCPClient.name_key_of(metadata.client_name),
         "client_uri": metadata.client_uri,
         "logo_uri": metadata.logo_uri,
         "software_id": metadata.software_id,

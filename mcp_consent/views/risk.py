@@ -74,10 +74,11 @@ def _clients_of_the_page(client: MCPClient, user_pk: int | None) -> list[MCPClie
     Issue 11: this once took four or five (the redirect URIs of this client twice, the
     namesakes, their redirect URIs, then two consent lookups); the answers are the same.
     """
-    name = (client.application.name or "").strip()
+    key = MCPClient.name_key_of(client.application.name)
     wanted = Q(pk=client.pk)
-    if name:
-        wanted |= Q(application__name__iexact=name, disabled_at__isnull=True)
+    if key:
+        # DCR-19: by the indexed name key, so the page costs the same at any number of clients.
+        wanted |= Q(name_key=key, disabled_at__isnull=True)
     approved: Any = Value(False)
     if user_pk is not None:
         approved = Exists(Consent.objects.filter(user_id=user_pk, client_id=OuterRef("pk")))
