@@ -24,6 +24,11 @@ class RegistrationSource(models.TextChoices):
     ADMIN = "admin", _("Registered by an operator")
 
 
+# ABUSE-03: the sources anyone can add clients through; never-used ones of these are bounded
+# (registration/budget.py), an operator's are not.
+SELF_REGISTERED_SOURCES = (RegistrationSource.DCR.value, RegistrationSource.CIMD.value)
+
+
 class MCPClient(models.Model):
     """What mcp_consent knows about one OAuth client beyond DOT's Application."""
 
@@ -71,7 +76,7 @@ class MCPClient(models.Model):
                 name="mcp_client_unused_idx",
                 condition=models.Q(
                     last_used_at__isnull=True,
-                    registration_source__in=[RegistrationSource.DCR, RegistrationSource.CIMD],
+                    registration_source__in=list(SELF_REGISTERED_SOURCES),
                 ),
             )
         ]

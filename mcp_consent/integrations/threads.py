@@ -1,6 +1,6 @@
 """The threads a request's ORM work runs on: one per request, as in Django's handler, reused.
 
-Used by the MCP endpoint (mcp_sdk.MCPEndpoint) and by Django's own requests (integrations.asgi).
+Used by the MCP endpoint (mcp_sdk.ProtectedMCPApp) and by Django's own requests (integrations.asgi).
 """
 
 from __future__ import annotations

@@ -13,13 +13,12 @@ from django.utils import timezone
 
 from ..addresses import client_ip
 from ..app_settings import app_settings
-from ..models import MCPClient, RegistrationSource
+from ..models import SELF_REGISTERED_SOURCES, MCPClient
 
 # The package's logger, as before the split: operators' logging config names it.
 log = logging.getLogger(__package__)
 
-# What ABUSE-03 bounds: clients anyone can add (an operator's are not counted).
-UNUSED_SOURCES = (RegistrationSource.DCR.value, RegistrationSource.CIMD.value)
+UNUSED_SOURCES = SELF_REGISTERED_SOURCES  # what ABUSE-03 counts (the index's condition too)
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ def unused_client_counts(since: datetime, address: str | None) -> tuple[int, int
     ``since``, in one statement read from one index (MCPClient's ``mcp_client_unused_idx``).
 
     Written out rather than as ``_unused(since).aggregate(...)``, which gives the same
-    counts (tests/test_abuse.py compares them): this runs before every registration, and
+    counts (tests/test_ratelimit.py compares them): this runs before every registration, and
     the ORM spent ~3 times longer compiling that aggregate than SQLite spent answering it
     (issue 11). The condition is spelled with literals, exactly as the partial index's:
     SQLite uses a partial index only for a query whose WHERE contains the index's condition
