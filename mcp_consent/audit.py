@@ -59,18 +59,12 @@ DETAILS: Mapping[str, frozenset[str]] = {
     Action.REGISTRATION_REFUSED: frozenset({"reason", "endpoint", "error", "description"}),
     Action.CONSENT_SHOWN: frozenset({"scopes", "redirect_uri"}),
     Action.CONSENT_APPROVED: frozenset(
-        {
-            "scopes_requested",
-            "redirect_uri",
-            "scopes_previously_granted",
-            "elevation",
-            "resource",
-            "remembered",
-            "correlation_id",
-        }
+        {"scopes_requested", "redirect_uri", "resource", "remembered", "correlation_id"}
     ),
     Action.CONSENT_DENIED: frozenset({"scopes", "redirect_uri"}),
-    Action.CONSENT_GRANTED: frozenset({"scopes", "upstream_scopes", "correlation_id"}),
+    Action.CONSENT_GRANTED: frozenset(
+        {"scopes", "upstream_scopes", "scopes_previously_granted", "elevation", "correlation_id"}
+    ),
     Action.CONSENT_REVOKED: frozenset({"reason", "oauth_tokens_revoked", "scopes"}),
     Action.CONSENT_EXPIRED: frozenset({"reason", "oauth_tokens_revoked", "scopes"}),
     Action.CALLBACK_ACCEPTED: frozenset({"correlation_id", "upstream_login"}),

@@ -40,10 +40,11 @@ def test_a_flow_writes_its_events_in_order() -> None:
         A.TOKEN_REFRESHED,
     ]
     approved = AuditEvent.objects.get(action=A.CONSENT_APPROVED)
-    # SM-04: requested vs previously granted, with a correlation id.
+    granted = AuditEvent.objects.get(action=A.CONSENT_GRANTED)
+    # SM-04: requested, then granted vs previously granted, with one correlation id.
     assert approved.details["scopes_requested"] == ["items:read"]
-    assert approved.details["elevation"] == ["items:read"]
-    assert approved.details["correlation_id"]
+    assert granted.details["elevation"] == ["items:read"]
+    assert approved.details["correlation_id"] == granted.details["correlation_id"]
     assert approved.ip_address == "127.0.0.1"
     assert approved.actor_type == "anonymous"
 

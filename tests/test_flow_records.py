@@ -123,8 +123,6 @@ def test_sm04_a_first_authorization_records_who_approved_what_from_where(
             "details": {
                 "scopes_requested": ["items:read", "items:write"],
                 "redirect_uri": "https://app.example/cb",
-                "scopes_previously_granted": [],
-                "elevation": ["items:read", "items:write"],
                 "resource": RESOURCE,
                 "remembered": False,
                 "correlation_id": tx.pk,
@@ -139,6 +137,8 @@ def test_sm04_a_first_authorization_records_who_approved_what_from_where(
             "details": {
                 "scopes": BOTH,
                 "upstream_scopes": "read:user repo:read repo:write",
+                "scopes_previously_granted": [],
+                "elevation": ["items:read", "items:write"],
                 "correlation_id": tx.pk,
             },
         },
@@ -184,6 +184,10 @@ def test_sm04_a_first_authorization_records_who_approved_what_from_where(
     ]
 
 
+def granted_event(before: int) -> AuditEvent:
+    return AuditEvent.objects.get(pk__gt=before, action=A.CONSENT_GRANTED)
+
+
 def test_sm04_an_elevation_counts_only_this_persons_grants_at_this_client() -> None:
     """SM-04: "previously granted" is the union of this person's live consents at this client;
     another person's consent there, or this person's at another client, is no grant here."""
@@ -195,12 +199,13 @@ def test_sm04_an_elevation_counts_only_this_persons_grants_at_this_client() -> N
     connect(octocat, other_client, "items:write")
 
     before = last_event_pk()
-    approve(octocat, client, BOTH)
+    connect(octocat, client, BOTH)
+    granted = granted_event(before)
+    assert granted.details["scopes_previously_granted"] == ["items:read"]
+    assert granted.details["elevation"] == ["items:write"]
+    assert granted.actor_label == "octocat@upstream"
     approved = AuditEvent.objects.get(pk__gt=before, action=A.CONSENT_APPROVED)
-    assert approved.details["scopes_previously_granted"] == ["items:read"]
-    assert approved.details["elevation"] == ["items:write"]
-    assert approved.actor_type == "user"
-    assert approved.actor_label == "octocat@upstream"
+    assert granted.details["correlation_id"] == approved.details["correlation_id"]
 
 
 def test_sm04_previously_granted_is_the_union_of_every_live_consent_of_the_person() -> None:
@@ -212,10 +217,53 @@ def test_sm04_previously_granted_is_the_union_of_every_live_consent_of_the_perso
     assert Consent.objects.live().filter(client=client).count() == 2
 
     before = last_event_pk()
-    approve(octocat, client, BOTH)
-    approved = AuditEvent.objects.get(pk__gt=before, action=A.CONSENT_APPROVED)
-    assert approved.details["scopes_previously_granted"] == ["items:read", "items:write"]
-    assert approved.details["elevation"] == []
+    connect(octocat, client, BOTH)
+    granted = granted_event(before)
+    assert granted.details["scopes_previously_granted"] == ["items:read", "items:write"]
+    assert granted.details["elevation"] == []
+
+
+def test_sm04_the_elevation_is_of_the_person_the_upstream_signed_in() -> None:
+    """SM-04: the person is known for certain only after the upstream sign-in. Approving in a
+    browser the proxy does not know (no session here) is no grant of everything anew, and a
+    proxy session of someone else does not lend their grants to the person signing in."""
+    client = MCPClientFactory(redirect_uris=["https://app.example/cb"])
+    connect(person("octocat"), client, "items:read")
+    hubots = person("hubot")
+    connect(hubots, client, BOTH)
+
+    before = last_event_pk()
+    connect(person("octocat"), client, BOTH)  # another browser: no proxy session, anonymous
+    assert AuditEvent.objects.get(pk__gt=before, action=A.CONSENT_APPROVED).actor_type == (
+        "anonymous"
+    )
+    granted = granted_event(before)
+    assert granted.actor_label == "octocat@upstream"
+    assert granted.details["scopes_previously_granted"] == ["items:read"]
+    assert granted.details["elevation"] == ["items:write"]
+
+    hubots.login_upstream("octocat")  # signed in here as hubot, at the upstream as octocat
+    before = last_event_pk()
+    connect(hubots, client, "items:write")
+    assert AuditEvent.objects.get(pk__gt=before, action=A.CONSENT_APPROVED).actor_label == (
+        "hubot@upstream"
+    )
+    granted = granted_event(before)
+    assert granted.actor_label == "octocat@upstream"
+    assert granted.details["scopes_previously_granted"] == ["items:read", "items:write"]
+    assert granted.details["elevation"] == []
+
+
+def test_sm04_a_renewal_grants_nothing_new() -> None:
+    """SM-04: approving exactly what is already granted renews that consent: no consent, no
+    consent_granted event, hence no elevation is recorded."""
+    client = MCPClientFactory(redirect_uris=["https://app.example/cb"])
+    octocat = person("octocat")
+    connect(octocat, client, BOTH)
+    before = last_event_pk()
+    connect(octocat, client, BOTH)
+    assert Consent.objects.live().filter(client=client).count() == 1
+    assert not AuditEvent.objects.filter(pk__gt=before, action=A.CONSENT_GRANTED).exists()
 
 
 def test_cd18_a_denial_records_the_decision_and_nothing_else() -> None:

@@ -51,13 +51,14 @@ REFRESH_MAX = 13
 # twice, the namesakes, their redirect URIs, one consent lookup or two).
 CONSENT_PAGE_MAX = 9
 # The Approve of a person already signed in at the proxy (issue 11: under 10; 7 for an
-# anonymous one). 10 (was 12), each one for a reason: the Application with its MCPClient
-# (DOT re-validates the request: a client disabled since the page is refused), the session
-# and the user (who approves), their live consents for this client (SM-04: the elevation,
-# requested vs granted, in the audit event), BEGIN, the transaction row (CD-41), the audit
-# event (chain head read under its lock, the event, head written), COMMIT. Under 10 would
-# take one of them away: the SM-04 read, the audit event, or its atomicity with the row.
-APPROVE_MAX = 10
+# anonymous one). 9 (was 12, then 10), each one for a reason: the Application with its
+# MCPClient (DOT re-validates the request: a client disabled since the page is refused), the
+# session and the user (who approves), BEGIN, the transaction row (CD-41), the audit event
+# (chain head read under its lock, the event, head written), COMMIT. SM-04's "previously
+# granted" is no longer read here: the callback reads the person's live consents anyway (to
+# renew one) and its consent_granted event says what was granted beyond them, for the
+# person the upstream signed in.
+APPROVE_MAX = 9
 # The upstream callback, our statements only (the fake upstream's own are left out): claim,
 # the grant's transaction (client lock, identity, consent, upstream token, audit, DOT's
 # code, the completed transaction), the login (session, last_login). Was 32 / 44.
@@ -325,6 +326,8 @@ def test_demo_pools_postgresql_connections() -> None:
     assert db["ENGINE"] == "django.db.backends.postgresql"
     assert db["OPTIONS"]["pool"]["max_size"] >= 2
     assert db["CONN_MAX_AGE"] == 0
+    # Prepared statements: the hot verification query is planned once per pooled connection.
+    assert db["OPTIONS"]["server_side_binding"] is True
 
 
 def test_demo_keeps_sqlite_connections_open() -> None:

@@ -84,12 +84,6 @@ def begin_upstream_authorization(
     Called only after the user pressed Approve (or, opt-in, a remembered consent matched).
     """
     user = request.user if request.user.is_authenticated else None
-    previously: set[str] = set()
-    if user is not None:
-        for granted in (
-            Consent.objects.live().filter(user=user, client=client).values_list("scopes", flat=True)
-        ):
-            previously |= set(granted.split())
     with transaction.atomic():
         pending = _new_transaction(
             purpose=AuthorizationTransaction.Purpose.AUTHORIZE,
@@ -111,9 +105,9 @@ def begin_upstream_authorization(
             request,
             scopes_requested=scopes,
             redirect_uri=redirect_uri,
-            # SM-04: an elevation is visible as requested scopes beyond the granted ones.
-            scopes_previously_granted=sorted(previously),
-            elevation=sorted(set(scopes) - previously),
+            # SM-04: what this approval asked for beyond earlier grants is told by the
+            # consent_granted event of the same correlation id, when the upstream has said
+            # who the person is (the proxy session here may be nobody's, or someone else's).
             resource=resource,
             remembered=remembered,
             correlation_id=pending.transaction.pk,
@@ -326,18 +320,29 @@ def _upsert_consent(
     """
     # CD-04: a consent is renewed only for exactly what this page showed and approved.
     approved = {
-        "user": user,
-        "client": client,
         "redirect_uri": tx.redirect_uri,
         "scopes": tx.scopes,
         "resource": tx.resource,
         "client_metadata_version": client.metadata_version,
     }
     expires_at = now + timedelta(seconds=adapter.consent_lifetime(client, user))
-    # Issue 11: a user inserted by this transaction has no consent to renew (no other
-    # transaction can see the row, let alone refer to it): nothing to look up or lock.
-    consent = (
-        None if new_user else Consent.objects.live().select_for_update().filter(**approved).first()
+    # The person's live consents at this client, locked (SEC-12: their client is locked
+    # already), in one statement: the one to renew, and SM-04's "previously granted".
+    # Issue 11: a user inserted by this transaction has none (no other transaction can see
+    # the row, let alone refer to it): nothing to look up or lock.
+    live = (
+        []
+        if new_user
+        else list(
+            Consent.objects.live()
+            .select_for_update(of=("self",))
+            .filter(user=user, client=client)
+            .order_by("pk")
+        )
+    )
+    consent = next(
+        (c for c in live if all(getattr(c, field) == value for field, value in approved.items())),
+        None,
     )
     if consent is not None:
         consent.last_used_at, consent.expires_at = now, expires_at
@@ -345,6 +350,8 @@ def _upsert_consent(
         consent.client = client  # loaded and locked already: no lazy read for the audit
         return consent, None
     consent = Consent.objects.create(
+        user=user,
+        client=client,
         **approved,
         upstream_scopes=tx.upstream_scopes,
         granted_at=now,
@@ -353,6 +360,7 @@ def _upsert_consent(
         user_agent=user_agent(request),
         last_used_at=now,
     )
+    previously = {scope for other in live for scope in other.scopes.split()}
     granted = audit.event(
         AuditEvent.Action.CONSENT_GRANTED,
         actor=audit.ActorInfo(AuditEvent.Actor.USER, user.pk, user.get_username()),
@@ -361,6 +369,10 @@ def _upsert_consent(
         details={
             "scopes": tx.scopes,
             "upstream_scopes": tx.upstream_scopes,
+            # SM-04: an elevation is visible as granted scopes beyond those this person had
+            # already granted this client (the union of their live consents there).
+            "scopes_previously_granted": sorted(previously),
+            "elevation": sorted(set(tx.scopes.split()) - previously),
             "correlation_id": tx.pk,
         },
     )
