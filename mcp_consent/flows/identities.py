@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
@@ -37,6 +38,33 @@ class UpstreamGrant:
     raw_identity: dict[str, Any]
 
 
+T = TypeVar("T")
+
+
+class SignInRaced(IntegrityError):
+    """A first sign-in's user or identity hit a unique key: a parallel first sign-in of the
+    same person (another tab) committed theirs first. Its transaction is lost (PostgreSQL
+    aborts it); ``in_one_transaction`` runs the work again."""
+
+
+def in_one_transaction(work: Callable[[], T]) -> T:
+    """``work()`` in one database transaction, run a second time if it lost a first sign-in
+    race (SignInRaced): the second run finds the winner's identity and continues as that
+    person (CD-01), one user for them, never a 500.
+
+    Issue 11: the race is once per person at most, and rare even then; retrying the whole
+    transaction costs nothing in the common case, where a savepoint around the inserts cost
+    every new person's callback two statements. A second loss (an IntegrityError that is no
+    race) propagates: a DatabaseError, the callback's "not recorded" path.
+    """
+    try:
+        with transaction.atomic():
+            return work()
+    except SignInRaced:
+        with transaction.atomic():
+            return work()
+
+
 def identity_for(
     grant: UpstreamGrant, adapter: DefaultConsentAdapter
 ) -> tuple[UpstreamIdentity, bool]:
@@ -46,6 +74,8 @@ def identity_for(
     transaction: nothing of theirs (no consent, no token) can exist yet, since no other
     transaction can see the new row. Only the stock ``create_user`` is known to insert one;
     an override may link an existing user (by e-mail, say), who may have consents: False.
+
+    Runs inside ``in_one_transaction``: a first sign-in that loses a race raises SignInRaced.
     """
     upstream = app_settings.UPSTREAM
     provider = upstream.issuer or upstream.authorize_url
@@ -54,22 +84,20 @@ def identity_for(
     identity = identities.filter(provider=provider, subject=grant.subject).first()
     if identity is None:
         try:
-            with transaction.atomic():  # a savepoint: a parallel first sign-in may win
-                # django-stubs types the user as the default User; any AUTH_USER_MODEL works.
-                user: Any = adapter.create_user(grant)
-                identity = UpstreamIdentity.objects.create(
-                    provider=provider,
-                    subject=grant.subject,
-                    user=user,
-                    login=grant.login,
-                    email=grant.email,
-                    last_login_at=timezone.now(),
-                )
-        except IntegrityError:
-            identity = identities.get(provider=provider, subject=grant.subject)
-        else:
-            adapter.update_user(identity.user, grant)
-            return identity, type(adapter).create_user is DefaultConsentAdapter.create_user
+            # django-stubs types the user as the default User; any AUTH_USER_MODEL works.
+            user: Any = adapter.create_user(grant)
+            identity = UpstreamIdentity.objects.create(
+                provider=provider,
+                subject=grant.subject,
+                user=user,
+                login=grant.login,
+                email=grant.email,
+                last_login_at=timezone.now(),
+            )
+        except IntegrityError as error:
+            raise SignInRaced(*error.args) from error
+        adapter.update_user(identity.user, grant)
+        return identity, type(adapter).create_user is DefaultConsentAdapter.create_user
     _record_sign_in(identity, grant)
     adapter.update_user(identity.user, grant)
     return identity, False
@@ -98,7 +126,8 @@ def complete_sign_in(
     tx: AuthorizationTransaction, grant: UpstreamGrant, request: HttpRequest
 ) -> AbstractBaseUser:
     """Connected apps sign-in: map the identity to the user; no consent, no token is kept."""
-    with transaction.atomic():
+
+    def sign_in() -> AbstractBaseUser:
         user = identity_for(grant, get_adapter(request))[0].user
         AuthorizationTransaction.objects.filter(pk=tx.pk).update(
             user=user, outcome=AuthorizationTransaction.Outcome.COMPLETED
@@ -109,4 +138,6 @@ def complete_sign_in(
             request=request,
             details={"correlation_id": tx.pk, "upstream_login": grant.login},
         )
-    return user
+        return user
+
+    return in_one_transaction(sign_in)

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from django.contrib.auth.decorators import login_not_required
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.decorators import method_decorator
@@ -178,20 +178,24 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         credentials: dict[str, Any],
     ) -> HttpResponse:
         """In ONE database transaction: the consent, the upstream token and our code."""
+
+        def grant_and_code() -> tuple[Any, str]:
+            user, consent = authorization.complete_authorization(tx, answer, request)
+            resume = as_authorization_request(request, tx.authorization_query, user=user)
+            # SEC-12: the client locked by complete_authorization (not read again).
+            known = oauth.known_client.set(consent.client)
+            try:
+                uri, _headers, _body, _status = self.create_authorization_response(
+                    resume, " ".join(tx.scopes.split()), credentials, allow=True
+                )
+            finally:
+                oauth.known_client.reset(known)
+            issued = parse_qs(urlsplit(uri).query).get("code", [""])[0]
+            authorization.record_issued_code(tx, issued)
+            return user, uri
+
         try:
-            with transaction.atomic():
-                user, consent = authorization.complete_authorization(tx, answer, request)
-                resume = as_authorization_request(request, tx.authorization_query, user=user)
-                # SEC-12: the client locked by complete_authorization (not read again).
-                known = oauth.known_client.set(consent.client)
-                try:
-                    uri, _headers, _body, _status = self.create_authorization_response(
-                        resume, " ".join(tx.scopes.split()), credentials, allow=True
-                    )
-                finally:
-                    oauth.known_client.reset(known)
-                issued = parse_qs(urlsplit(uri).query).get("code", [""])[0]
-                authorization.record_issued_code(tx, issued)
+            user, uri = identities.in_one_transaction(grant_and_code)
         except (
             authorization.GrantRefused
         ) as refused:  # SEC-04, SEC-05: rolled back, nothing recorded
