@@ -203,6 +203,10 @@ LOGIN_URL = "admin:login"
 # --- Cookies and transport (CD-20, CD-21): __Host- names, Secure, HttpOnly, SameSite=Lax. ---
 # Browsers accept Secure cookies from http://127.0.0.1 and http://localhost (potentially
 # trustworthy origins), so the demo keeps the production cookie posture.
+# Django's database sessions (same table, same data) in one statement per new or changed
+# session instead of four or three (mcp_consent/integrations/sessions.py): every sign-in
+# creates one.
+SESSION_ENGINE = "mcp_consent.integrations.sessions"
 SESSION_COOKIE_NAME = "__Host-sessionid"
 SESSION_COOKIE_SECURE = True
 SESSION_COOKIE_HTTPONLY = True
