@@ -134,13 +134,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_boo
         "max_size": int(env("DATABASE_POOL_MAX_SIZE", "20")),
         "timeout": 10,  # seconds to wait for a free connection before failing the request
     }
-    # Server-side parameter binding: psycopg then prepares a statement it has run a few times
-    # on a connection, and PostgreSQL plans it once instead of at every execution. The token
-    # verification (one SELECT joining four tables) went from ~350 to ~150 µs, most of it
-    # planning (benchmarks/verify_cost.py). Prepared statements live on the pooled
-    # connection, which is why they go with the pool: a pooler in transaction mode (PgBouncer,
-    # DATABASE_POOL=0) hands each transaction another server connection.
+    # Prepared statements: with server-side parameter binding psycopg prepares a statement
+    # it has run prepare_threshold times on a connection (Django turns that off unless told),
+    # and PostgreSQL plans it once instead of at every execution. The token verification (one
+    # SELECT joining four tables) went from ~390 to ~150 µs, most of it planning
+    # (benchmarks/verify_cost.py). Prepared statements live on the pooled connection, which
+    # is why they go with the pool: a pooler in transaction mode (PgBouncer, DATABASE_POOL=0)
+    # hands each transaction another server connection.
     DATABASES["default"]["OPTIONS"]["server_side_binding"] = True
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 5  # psycopg's own default
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Two demo processes (proxy and demo upstream) share the file: wait for locks.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20

@@ -336,6 +336,7 @@ def test_demo_pools_postgresql_connections() -> None:
     assert db["CONN_MAX_AGE"] == 0
     # Prepared statements: the hot verification query is planned once per pooled connection.
     assert db["OPTIONS"]["server_side_binding"] is True
+    assert db["OPTIONS"]["prepare_threshold"] == 5  # Django's default: None, never prepare
 
 
 def test_demo_keeps_sqlite_connections_open() -> None:
