@@ -309,6 +309,37 @@ def test_an_mcp_call_costs_one_statement_end_to_end() -> None:
     assert len(ctx.captured_queries) == VERIFY_MAX, sql_of(ctx)
 
 
+def test_an_mcp_call_reads_its_authorization_header_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token verified in the request's thread comes back with the verification; the
+    header is not parsed again on the event loop for the SDK's AccessToken."""
+    from mcp_consent.resource import request as bearer_request
+
+    issued = issue_token()
+    reads: list[str | None] = []
+    read = bearer_request.bearer_token
+
+    def counting(authorization: str | None, **kwargs: Any) -> str:
+        reads.append(authorization)
+        return read(authorization, **kwargs)
+
+    monkeypatch.setattr(bearer_request, "bearer_token", counting)
+    monkeypatch.setattr(resource, "bearer_token", counting)
+
+    async def scenario() -> int:
+        app = mcp_sdk.MCPRouter(django_asgi_app(), build_app(), paths=["/mcp"])
+        async with lifespan(app):
+            async with http_client(app, issued.authorization) as http:
+                response = await http.post(
+                    "/mcp",
+                    json=TOOLS_LIST,
+                    headers={"Accept": "application/json, text/event-stream"},
+                )
+                return response.status_code
+
+    assert async_to_sync(scenario)() == 200
+    assert reads == [issued.authorization]
+
+
 def demo_database_settings(database_url: str) -> dict[str, Any]:
     code = (
         "import json, project.settings as s; print(json.dumps(s.DATABASES['default'], default=str))"
@@ -378,17 +409,25 @@ def test_mcp_requests_reuse_their_threads() -> None:
     while two requests served at the same time still get different threads.
     """
     import asyncio
+    import contextvars
     import threading
 
     from asgiref.sync import sync_to_async
 
     threads = mcp_sdk.RequestThreads()
     ident = sync_to_async(threading.get_ident, thread_sensitive=True)
+    caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
+
+    def ident_and_caller() -> tuple[int, str]:
+        return threading.get_ident(), caller.get()
 
     async def one() -> int:
-        async with threads.context():
+        async with threads.context() as thread:
             first = await ident()
             assert await ident() == first  # one thread for the whole request
+            caller.set("this request")
+            # The direct hop (the verification's) runs there too, seeing the caller's context.
+            assert await thread.run(ident_and_caller) == (first, "this request")
             return first
 
     async def two_at_once() -> tuple[int, int]:

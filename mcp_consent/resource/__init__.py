@@ -40,7 +40,7 @@ from .challenges import (
 )
 from .decorators import error_response, require_bearer_token
 from .query import checksum
-from .request import aauthenticate, authenticate, bearer_token
+from .request import aauthenticate, authenticate, authenticate_token, bearer_token
 from .scopes import effective_scopes, missing_scopes
 from .verification import (
     B64TOKEN_RE,
@@ -62,6 +62,7 @@ __all__ = [
     "VerifiedToken",
     "aauthenticate",
     "authenticate",
+    "authenticate_token",
     "bearer_token",
     "checksum",
     "default_resource",

@@ -71,13 +71,32 @@ def authenticate(
     ``form_body`` an application/x-www-form-urlencoded body if there is one. On BearerError
     answer ``error.status`` with ``error.headers()`` and the JSON ``error.body()``.
     """
+    return authenticate_token(
+        authorization=authorization,
+        query_string=query_string,
+        form_body=form_body,
+        resource=resource,
+        scopes=scopes,
+    )[1]
+
+
+def authenticate_token(
+    *,
+    authorization: str | None,
+    query_string: str = "",
+    form_body: bytes | None = None,
+    resource: str | None = None,
+    scopes: Iterable[str] = (),
+) -> tuple[str, VerifiedToken]:
+    """``authenticate``, with the raw token it read and verified (for code that hands the
+    token on, as the MCP SDK's AccessToken carries it): the header is read once."""
     resource = canonical_resource(resource) if resource else default_resource()
     if resource is None:
         raise ValueError("resource must be an absolute http(s) URI")
     required = list(dict.fromkeys(scopes))
     _refuse_token_outside_header(query_string, form_body, resource=resource, scopes=required)
     raw = bearer_token(authorization, resource=resource, scopes=required)
-    return verify_token(raw, resource=resource, scopes=required)
+    return raw, verify_token(raw, resource=resource, scopes=required)
 
 
 async def aauthenticate(**kwargs: Any) -> VerifiedToken:

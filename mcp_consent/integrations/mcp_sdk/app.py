@@ -22,10 +22,10 @@ from .tools import RequestState, request_state
 from .verifier import sdk_access_token, transport_security, verified_here
 
 
-def _authenticate_and_release(**kwargs: Any) -> resource.VerifiedToken:
-    """``resource.authenticate``, its connection handed back in the same thread hop."""
+def _authenticate_and_release(**kwargs: Any) -> tuple[str, resource.VerifiedToken]:
+    """``resource.authenticate_token``, its connection handed back in the same thread hop."""
     try:
-        return resource.authenticate(**kwargs)
+        return resource.authenticate_token(**kwargs)
     finally:
         resource.release_connections()
 
@@ -111,13 +111,12 @@ class ProtectedMCPApp:
         authenticated = await _authenticate(scope, send, thread, resource_uri, required)
         if authenticated is None:
             return
-        authorization, verified = authenticated
+        raw, verified = authenticated
         if refusal is not None:
             status, description = refusal
             body_out = {"error": "invalid_request", "error_description": description}
             await send_json(send, status, body_out, {})
             return
-        raw = resource.bearer_token(authorization, resource=resource_uri, scopes=required)
         state = RequestState(scopes=required)
         verified_token = verified_here.set(
             (resource.checksum(raw), sdk_access_token(raw, verified))
@@ -134,8 +133,8 @@ class ProtectedMCPApp:
 
 async def _authenticate(
     scope: Scope, send: Send, thread: RequestThread, resource_uri: str, required: list[str]
-) -> tuple[str | None, resource.VerifiedToken] | None:
-    """(Authorization header, verified token); None once the bearer error is sent (RS-04)."""
+) -> tuple[str, resource.VerifiedToken] | None:
+    """(the raw token, verified); None once the bearer error is sent (RS-04)."""
     authorizations = [v for k, v in scope.get("headers", []) if k.lower() == b"authorization"]
     try:
         if len(authorizations) > 1:
@@ -145,7 +144,8 @@ async def _authenticate(
         authorization = authorizations[0].decode("latin-1") if authorizations else None
         query_string = scope.get("query_string", b"").decode("latin-1")
         # In this request's thread, which hands its connection back in the same hop.
-        verified = await sync_to_async(_authenticate_and_release, thread_sensitive=True)(
+        authenticated = await thread.run(
+            _authenticate_and_release,
             authorization=authorization,
             query_string=query_string,
             resource=resource_uri,
@@ -156,7 +156,7 @@ async def _authenticate(
         await send_bearer_error(send, error)
         return None
     thread.mark_released()
-    return authorization, verified
+    return authenticated
 
 
 def _reauthorize_guard(send: Send, state: RequestState, resource_uri: str) -> Send:
