@@ -275,6 +275,30 @@ def test_a_verification_after_the_first_compiles_no_sql(monkeypatch: pytest.Monk
     assert compiled == []
 
 
+def test_a_verification_after_the_first_parses_no_resource_uri(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The resource asked for and the token's audiences are canonicalised once per string
+    (a third of a verification was spent parsing them again), within a bounded cache; a value
+    of another type is refused before the cache (never a TypeError)."""
+    from mcp_consent import app_settings
+
+    issued = issue_token()
+    resource.verify_token(issued.access_token, resource=RESOURCE)
+    parsed: list[str] = []
+    urlsplit = app_settings.urlsplit
+    monkeypatch.setattr(app_settings, "urlsplit", lambda uri: parsed.append(uri) or urlsplit(uri))
+    for _ in range(3):
+        resource.verify_token(issued.access_token, resource=RESOURCE)
+    assert parsed == []
+    assert app_settings._canonical_resource.cache_info().maxsize == 1024
+    assert app_settings.canonical_resource(["https://proxy.example/mcp"]) is None  # type: ignore[arg-type]
+    assert (
+        app_settings.canonical_resource("https://Other.Example:443/x/") == "https://other.example/x"
+    )
+    assert parsed == ["https://Other.Example:443/x/"]
+
+
 def test_an_upstream_session_costs_one_statement() -> None:
     """RS-11 hot path of every tool that calls the upstream: the consent behind the verified
     token with its upstream token, in one SELECT. Counted before the first call: the
