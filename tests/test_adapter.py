@@ -163,6 +163,63 @@ def test_the_loser_of_a_first_sign_in_race_continues_as_the_winners_user(
     assert User.objects.count() == 3
 
 
+def integrity_error_every_time(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """create_user hits a unique key at every try: an IntegrityError that is no race (a
+    project's user model with a unique e-mail, say). The calls are counted."""
+    from django.db import IntegrityError
+
+    calls: list[int] = []
+
+    def create_user(self: Any, grant: Any) -> Any:
+        calls.append(1)
+        raise IntegrityError("duplicate key value violates unique constraint (e-mail)")
+
+    monkeypatch.setattr(DefaultConsentAdapter, "create_user", create_user)
+    return calls
+
+
+def test_a_first_sign_in_that_keeps_failing_is_retried_once_and_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """in_one_transaction runs the grant's transaction twice at most: a second loss is no
+    race; the client gets temporarily_unavailable (never a 500), and nothing is left."""
+    from mcp_consent.models import Consent, UpstreamIdentity
+    from tests.browser_client import query_of
+    from tests.test_faults import AtCallback
+
+    flow = AtCallback()
+    calls = integrity_error_every_time(monkeypatch)
+    response = flow.finish()
+    assert len(calls) == 2
+    assert response.status_code == 302
+    assert query_of(response["Location"])["error"] == ["temporarily_unavailable"]
+    assert not Consent.objects.exists()
+    assert not UpstreamIdentity.objects.exists()
+
+
+def test_a_connected_apps_sign_in_that_cannot_be_recorded_shows_a_page(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Connected apps sign-in in the same case: a styled 503 page, nobody signed in, the
+    transaction failed with its reason (it was a bare 500)."""
+    from django.contrib.auth import SESSION_KEY
+
+    from mcp_consent.models import AuthorizationTransaction, UpstreamIdentity
+
+    browser = Browser()
+    callback = browser.connected_apps_sign_in()
+    calls = integrity_error_every_time(monkeypatch)
+    browser.client.raise_request_exception = False
+    response = browser.get(callback)
+    assert len(calls) == 2
+    assert response.status_code == 503
+    assert "Temporarily unavailable" in response.content.decode()
+    assert SESSION_KEY not in browser.client.session
+    assert not UpstreamIdentity.objects.exists()
+    tx = AuthorizationTransaction.objects.get()
+    assert (tx.outcome, tx.failure_reason) == ("failed", "database error while signing in")
+
+
 def test_update_user_gets_the_user_and_the_upstream_grant_at_every_sign_in(
     recording: Any,
 ) -> None:

@@ -390,6 +390,55 @@ def test_parallel_first_sign_ins_give_one_user_identity_and_consent() -> None:
     assert get_user_model().objects.filter(upstream_identities__isnull=False).count() == 1
 
 
+CLIENTS = 6
+
+
+@pytest.mark.parametrize("atomic_requests", [False, True])
+def test_parallel_first_sign_ins_at_different_clients_give_one_person(
+    monkeypatch: pytest.MonkeyPatch, atomic_requests: bool
+) -> None:
+    """CD-01: a person new to the proxy authorizes six clients at once. The client lock does
+    not serialise these (six clients), so the first sign-ins race for the person's user and
+    identity: the losers run their grant's transaction again (identities.in_one_transaction)
+    and continue as the winner's user. Every tab gets its code; one user, one identity, six
+    consents, upstream tokens and codes, all the person's; with ATOMIC_REQUESTS too (the
+    grant's transaction then a savepoint of the request's)."""
+    from django.contrib.auth import get_user_model
+    from django.db import connections
+
+    from mcp_consent.models import AuditEvent
+
+    monkeypatch.setitem(connections.settings["default"], "ATOMIC_REQUESTS", atomic_requests)
+    browser = Browser()
+    preapprove_upstream(browser)
+    clients_ = [MCPClientFactory(redirect_uris=[REDIRECT_URI]) for _ in range(CLIENTS)]
+    cookies = {key: morsel.value for key, morsel in browser.client.cookies.items()}
+
+    def prepare(i: int) -> tuple[Browser, str]:
+        tab = Browser()
+        tab.client.raise_request_exception = False
+        for key, value in cookies.items():
+            tab.client.cookies[key] = value
+        page = tab.authorize(authorize_params(clients_[i]))
+        html = page.content.decode()
+        approved = tab.client.post(
+            form_action(html), {**form_fields(html), "decision": "approve"}, HTTP_HOST=PROXY_HOST
+        )
+        assert approved.status_code == 303
+        return tab, tab.through_upstream(approved["Location"])["Location"]
+
+    results = race(CLIENTS, prepare, lambda i, tab: Outcome.of(tab[0].get(tab[1])))
+    assert [r.status for r in results] == [302] * CLIENTS
+    assert all("code" in query_of(r.location) for r in results), [r.location for r in results]
+    user = get_user_model().objects.get(upstream_identities__isnull=False)
+    assert UpstreamIdentity.objects.get().user == user
+    assert Consent.objects.filter(user=user).count() == CLIENTS == Consent.objects.count()
+    assert UpstreamToken.objects.count() == CLIENTS
+    assert Grant.objects.filter(user=user).count() == CLIENTS == Grant.objects.count()
+    granted = AuditEvent.objects.filter(action=AuditEvent.Action.CONSENT_GRANTED)
+    assert [e.actor_label for e in granted] == [user.get_username()] * CLIENTS
+
+
 # --- 5. refreshes against revocation and disable: one lock order (SEC-12) -------------------
 
 FAMILIES = 6

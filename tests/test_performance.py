@@ -480,6 +480,68 @@ def test_mcp_requests_reuse_their_threads() -> None:
     assert a != b, "two requests at once shared one thread"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_under_a_server_verification_and_tools_share_the_requests_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a server (an event loop with no sync caller above it, as uvicorn runs it, where
+    the verification's hop goes straight to the request's thread): the verification and a
+    tool's ORM work of each request run on one thread, the same for consecutive requests,
+    and over three tool calls the process opens one database connection."""
+    import asyncio
+    import threading
+
+    from django.db.backends.signals import connection_created
+
+    from mcp_consent.integrations.mcp_sdk import tools
+    from mcp_consent.resource import request as bearer_request
+    from project.demo_upstream.seed import seed_demo_data
+
+    seed_demo_data()  # transaction=True: an earlier such test may have flushed the tables
+    issued = issue_token()
+    seen: dict[str, list[int]] = {"verification": [], "tool": []}
+    verify, session = bearer_request.verify_token, tools.upstream_session
+
+    def verify_here(*args: Any, **kwargs: Any) -> Any:
+        seen["verification"].append(threading.get_ident())
+        return verify(*args, **kwargs)
+
+    def session_here(*args: Any, **kwargs: Any) -> Any:
+        seen["tool"].append(threading.get_ident())
+        return session(*args, **kwargs)
+
+    monkeypatch.setattr(bearer_request, "verify_token", verify_here)
+    monkeypatch.setattr(tools, "upstream_session", session_here)
+    whoami = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+    whoami["params"] = {"name": "whoami", "arguments": {}}  # type: ignore[assignment]
+
+    async def server() -> list[int]:
+        app = mcp_sdk.MCPRouter(django_asgi_app(), build_app(), paths=["/mcp"])
+        statuses = []
+        async with lifespan(app), http_client(app, issued.authorization) as http:
+            for _ in range(3):
+                response = await http.post(
+                    "/mcp", json=whoami, headers={"Accept": "application/json, text/event-stream"}
+                )
+                statuses.append(response.status_code)
+        return statuses
+
+    opened: list[int] = []
+    connection_created.connect(lambda **kwargs: opened.append(1), weak=False, dispatch_uid="t")
+    results: list[Any] = []
+    try:
+        runner = threading.Thread(target=lambda: results.append(asyncio.run(server())))
+        runner.start()
+        runner.join(60)
+    finally:
+        connection_created.disconnect(dispatch_uid="t")
+    assert results == [[200, 200, 200]]
+    assert seen["verification"] == seen["tool"]
+    assert len(set(seen["tool"])) == 1
+    assert threading.get_ident() not in seen["tool"]  # not the caller's: no async_to_sync here
+    assert opened == [1]
+
+
 def test_the_compiled_verification_query_refuses_parameters_frozen_at_compile_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -47,11 +47,15 @@ class RequestThread:
         """``fn(**kwargs)`` on this request's thread (where its ``thread_sensitive`` work runs),
         in a copy of the caller's context variables.
 
-        For sync code that neither calls back into async code nor sets a context variable
-        the caller reads (the token verification): submitted to the thread directly instead
-        of through ``sync_to_async``, whose bookkeeping for those two cases (the calling
-        loop recorded for ``async_to_sync``, every context variable copied back) cost ~80 µs
-        of each MCP call's ~400 µs over the unauthenticated floor (docs/performance.md).
+        For sync code that neither calls back into async code, nor sets a context variable
+        the caller reads, nor reads an asgiref ``Local`` the caller set (Django's active
+        translation, current timezone, urlconf: this thread sees its own) — the token
+        verification, whose answers are English constants and whose database connections
+        are per thread anyway. Submitted to the thread directly instead of through
+        ``sync_to_async``, whose bookkeeping for those cases (the calling loop recorded for
+        ``async_to_sync``, every context variable and ``Local`` carried over and back) cost
+        ~80 µs of each MCP call's ~400 µs over the unauthenticated floor
+        (docs/performance.md).
         """
         if self.executor is None:  # no thread of ours (under async_to_sync): asgiref's rules
             return cast(T, await sync_to_async(fn, thread_sensitive=True)(**kwargs))

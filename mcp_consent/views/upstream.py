@@ -347,6 +347,26 @@ class UpstreamCallbackView(OAuthLibMixin, View):
                 _("Sign-in did not complete"),
                 _("%(reason)s Nothing was changed.") % {"reason": _(answer.description)},
             )
-        user = identities.complete_sign_in(tx, answer, request)
+        try:
+            user = identities.complete_sign_in(tx, answer, request)
+        except DatabaseError:
+            # Rolled back as one (a lost first sign-in race that did not resolve, or the
+            # database gone): nobody signed in, a clear page instead of a bare 500.
+            log.exception("upstream callback: database error while signing in")
+            try:
+                authorization.fail_transaction(
+                    tx, Outcome.FAILED, "database error while signing in", request
+                )
+            except DatabaseError:
+                pass
+            return error_page(
+                request,
+                _("Temporarily unavailable"),
+                _(
+                    "This service cannot complete sign-ins right now. Nothing was changed. "
+                    "Try again in a few minutes."
+                ),
+                status=503,
+            )
         get_adapter(request).login(request, user)
         return HttpResponseRedirect(reverse("mcp_consent:connections"))
