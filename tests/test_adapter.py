@@ -185,11 +185,15 @@ def test_a_first_sign_in_that_keeps_failing_is_retried_once_and_writes_nothing(
     race; the client gets temporarily_unavailable (never a 500), and nothing is left."""
     from mcp_consent.models import Consent, UpstreamIdentity
     from tests.browser_client import query_of
-    from tests.test_faults import AtCallback
 
-    flow = AtCallback()
+    client = MCPClientFactory(redirect_uris=["https://app.example/cb"])
+    browser = Browser()
+    browser.login_upstream()
+    to_upstream = browser.post_form(browser.authorize(authorize_params(client)), "approve")
+    callback = browser.through_upstream(to_upstream["Location"])["Location"]
     calls = integrity_error_every_time(monkeypatch)
-    response = flow.finish()
+    browser.client.raise_request_exception = False
+    response = browser.get(callback)
     assert len(calls) == 2
     assert response.status_code == 302
     assert query_of(response["Location"])["error"] == ["temporarily_unavailable"]
