@@ -36,6 +36,38 @@ def test_a_new_session_is_one_insert() -> None:
     assert SessionStore(store.session_key).load() == {"who": "octocat"}
 
 
+def drawing(monkeypatch: pytest.MonkeyPatch, keys: list[str]) -> None:
+    """The CSPRNG's next session keys, as given."""
+    draws = iter(keys)
+    monkeypatch.setattr(sessions, "get_random_string", lambda *args: next(draws))
+
+
+def test_a_new_sessions_key_is_djangos_kind() -> None:
+    """32 characters of Django's session-key alphabet (lowercase letters and digits) from the
+    CSPRNG, as Django's own backend draws them."""
+    import re
+
+    keys = set()
+    for _ in range(20):
+        store = SessionStore()
+        store.create()
+        assert re.fullmatch(r"[a-z0-9]{32}", store.session_key or "")
+        keys.add(store.session_key)
+    assert len(keys) == 20
+
+
+def test_creating_a_session_never_read_keeps_the_key_it_drew(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new key is not looked up as an old session: Django's load of a key it cannot find
+    drops the key, and the session would be stored under yet another one."""
+    drawing(monkeypatch, ["a" * 32, "b" * 32])
+    store = SessionStore()
+    store.create()  # never read nor written before
+    assert store.session_key == "a" * 32
+    assert list(Session.objects.values_list("session_key", flat=True)) == ["a" * 32]
+
+
 def test_a_changed_session_is_one_update() -> None:
     store = SessionStore()
     store["who"] = "octocat"
@@ -46,12 +78,6 @@ def test_a_changed_session_is_one_update() -> None:
         again.save()
     assert statements(ctx) == ["UPDATE"]
     assert SessionStore(store.session_key).load() == {"who": "octocat", "seen": 2}
-
-
-def drawing(monkeypatch: pytest.MonkeyPatch, keys: list[str]) -> None:
-    """The CSPRNG's next session keys, as given."""
-    draws = iter(keys)
-    monkeypatch.setattr(sessions, "get_random_string", lambda *args: next(draws))
 
 
 def test_a_key_already_taken_never_overwrites_that_session(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -90,8 +90,9 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "identities": (
         ["mcp_consent/flows/identities.py"],
-        ["test_upstream_callback", "test_faults", "test_revocation"],
+        ["test_upstream_callback", "test_faults", "test_revocation", "test_adapter"],
     ),
+    "sessions": (["mcp_consent/integrations/sessions.py"], ["test_sessions"]),
     "upstream_tokens": (
         ["mcp_consent/flows/upstream_tokens.py"],
         ["test_upstream_callback", "test_upstream_api", "test_faults", "test_revocation"],
