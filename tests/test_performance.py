@@ -283,6 +283,7 @@ def test_a_verification_after_the_first_parses_no_resource_uri(
     of another type is refused before the cache (never a TypeError)."""
     from mcp_consent import app_settings
 
+    app_settings._canonical_resource.cache_clear()  # a process that ran this test before
     issued = issue_token()
     resource.verify_token(issued.access_token, resource=RESOURCE)
     parsed: list[str] = []
