@@ -399,6 +399,34 @@ def test_as44_refresh_rotates_and_replay_revokes_the_family(issued) -> None:
     assert row is None or not row.is_valid()
 
 
+def reuse_events() -> list[Any]:
+    from mcp_consent.models import AuditEvent
+
+    return list(
+        AuditEvent.objects.filter(action=AuditEvent.Action.REFRESH_TOKEN_REUSE).values_list(
+            "client_id", "subject_user_id"
+        )
+    )
+
+
+def test_as44_only_a_rotated_token_of_this_client_is_audited_as_reused(issued) -> None:
+    """AS-44's audit names a reuse only when this client presents one of its own rotated
+    refresh tokens. A made-up token, or another client's rotated one, is refused with no
+    REFRESH_TOKEN_REUSE event: an attacker's junk must not write a reuse (with "family
+    revoked") against a real person, nor against a client that did not do it."""
+    code, first = issued
+    assert tokens(refresh(first["refresh_token"], code.client_id))["refresh_token"]
+    other = MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    assert_token_error(refresh("made-up-refresh-token", code.client_id), "invalid_grant")
+    assert_token_error(
+        refresh(first["refresh_token"], other.application.client_id), "invalid_grant"
+    )
+    assert reuse_events() == []
+    assert_token_error(refresh(first["refresh_token"], code.client_id), "invalid_grant")
+    person = Consent.objects.get(client=code.client).user_id
+    assert reuse_events() == [(code.client_id, person)]
+
+
 def test_as44_an_orphaned_refresh_token_refreshes_nothing(issued) -> None:
     """AS-44 / AS-46: a live refresh token whose access token was deleted out of band (a
     cleanup) has nothing to refresh against: invalid_grant, no 500 and nothing minted."""
@@ -482,6 +510,27 @@ def test_sec01_no_other_live_consent_keeps_an_expired_one_alive() -> None:
     assert_token_error(mine.refresh(), "invalid_grant")
     assert access_token_valid(theirs.access_token)
     assert access_token_valid(elsewhere.access_token)
+    assert theirs.refresh().status_code == 200
+    assert elsewhere.refresh().status_code == 200
+
+
+def test_sec01_a_refresh_right_after_expiry_is_refused_whatever_else_is_live() -> None:
+    """SEC-01 at the token endpoint alone: the first thing after a consent's expiry is its
+    client's refresh (no verification ran to retire the consent). Refused and the consent
+    retired, although this person has a live consent at another client and another person
+    one at this client; theirs keep working."""
+    from tests.mcp_tokens import issue_token
+
+    mine = issue_token(username="octocat")
+    my_consent = Consent.objects.get()
+    theirs = issue_token(client=mine.client, username="hubot")
+    elsewhere = issue_token(username="octocat")
+    Consent.objects.filter(pk=my_consent.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert_token_error(mine.refresh(), "invalid_grant")
+    my_consent.refresh_from_db()
+    assert my_consent.expired_at is not None
     assert theirs.refresh().status_code == 200
     assert elsewhere.refresh().status_code == 200
 
@@ -686,6 +735,32 @@ def test_rev03_unknown_token_is_200(hint: str | None) -> None:
     """REV-03: RFC 7009 §2.2 answers 200 for invalid tokens too (no token oracle)."""
     client = MCPClientFactory(redirect_uris=[REDIRECT_URI])
     assert revoke("no-such-token", client.application.client_id, hint).status_code == 200
+
+
+def revoked_events() -> list[Any]:
+    from mcp_consent.models import AuditEvent
+
+    return list(
+        AuditEvent.objects.filter(action=AuditEvent.Action.TOKEN_REVOKED).values_list(
+            "client_id", "subject_user_id"
+        )
+    )
+
+
+def test_rev02_a_revocation_of_no_token_of_this_client_ends_nothing(issued) -> None:
+    """UP-09's cascade follows only a token of the revoking client: a made-up token, or
+    another client's real one, sent to /revoke/ is answered 200 (REV-03) and records no
+    revocation against anyone, nor ends any consent, at either client."""
+    code, body = issued
+    other = MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    assert revoke("made-up-token", code.client_id).status_code == 200
+    assert revoke(body["refresh_token"], other.application.client_id).status_code == 200
+    assert revoke(body["access_token"], other.application.client_id).status_code == 200
+    assert revoked_events() == []
+    assert Consent.objects.get(client=code.client).status == Consent.Status.ACTIVE
+    assert revoke(body["refresh_token"], code.client_id).status_code == 200
+    person = Consent.objects.get(client=code.client).user_id
+    assert revoked_events() == [(code.client_id, person)]
 
 
 def test_rev02_another_client_cannot_revoke_my_token(issued) -> None:

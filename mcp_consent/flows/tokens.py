@@ -165,7 +165,7 @@ def record_token_revoked(user: Any, application: Any) -> None:
         )
 
 
-def revoke_tokens_of_reused_code(hashed_code: str, application: Any) -> bool:
+def revoke_tokens_of_reused_code(hashed_code: str, application: Any) -> None:
     """AS-41: a second redemption of a code revokes the tokens issued for the first."""
     tx = (
         AuthorizationTransaction.objects.filter(
@@ -175,7 +175,7 @@ def revoke_tokens_of_reused_code(hashed_code: str, application: Any) -> bool:
         .first()
     )
     if tx is None:
-        return False
+        return
     with transaction.atomic():
         get_refresh_token_model().revoke_family(tx.token_family)
         audit.record(
@@ -185,7 +185,6 @@ def revoke_tokens_of_reused_code(hashed_code: str, application: Any) -> bool:
             subject_user_id=tx.user_id,
             details={"correlation_id": tx.pk, "tokens_revoked": True},
         )
-    return True
 
 
 def retire_rotated_refresh_token(previous: Any) -> bool:
