@@ -535,6 +535,21 @@ def test_sec01_a_refresh_right_after_expiry_is_refused_whatever_else_is_live() -
     assert elsewhere.refresh().status_code == 200
 
 
+def test_sec01_a_person_with_two_live_consents_at_one_client_uses_both() -> None:
+    """Two consents of one person at one client (CD-04: other scopes, another consent): each
+    token verifies and refreshes. The SEC-01 subquery takes the latest expiry of the two, one
+    value (on PostgreSQL a subquery of two rows would be an error, not a token refused)."""
+    from tests.mcp_tokens import access_token_valid, issue_token
+
+    reader = issue_token(username="octocat", scope="items:read")
+    writer = issue_token(client=reader.client, username="octocat", scope="items:write")
+    assert Consent.objects.filter(client=reader.client).count() == 2
+    assert access_token_valid(reader.access_token)
+    assert access_token_valid(writer.access_token)
+    assert reader.refresh().status_code == 200
+    assert writer.refresh().status_code == 200
+
+
 def test_as44_a_rotation_retires_only_the_refresh_token_presented() -> None:
     """AS-44: rotating one person's refresh token retires that one: another person's at the
     same client stays live and rotates in turn."""
