@@ -285,6 +285,46 @@ def test_rfc7009_revoking_the_last_token_ends_the_consent() -> None:
     assert AuditEvent.objects.filter(action=A.TOKEN_REVOKED).count() == 1
 
 
+def test_rfc7009_only_this_persons_live_tokens_here_keep_their_consent() -> None:
+    """UP-09: revoking a person's last live token at a client ends their consent there, the
+    audit event naming them with no grant still active. Another person's live tokens at the
+    client, or this person's at another client, keep nothing alive; a second token family of
+    this person at this client does (grant still active, the consent kept)."""
+    from tests.mcp_tokens import issue_token
+
+    def revoke(connected: Any, token: str) -> None:
+        client_id = connected.client.application.client_id
+        response = Client().post(
+            "/revoke/", {"token": token, "client_id": client_id}, HTTP_HOST=PROXY_HOST
+        )
+        assert response.status_code == 200
+
+    mine = issue_token(username="octocat")
+    my_consent = Consent.objects.get()
+    issue_token(client=mine.client, username="hubot")  # another person, same client
+    issue_token(username="octocat")  # this person, another client
+    second_family = issue_token(client=mine.client, username="octocat", browser=mine.browser)
+    assert Consent.objects.count() == 3  # the second family renewed my consent
+    assert get_refresh_token_model().objects.filter(user=my_consent.user).count() == 3
+
+    revoke(mine, mine.refresh_token)
+    event = AuditEvent.objects.filter(action=A.TOKEN_REVOKED).get()
+    assert event.subject_user_id == my_consent.user_id
+    assert event.client_id == mine.client.application.client_id
+    assert (event.actor_type, event.actor_label) == ("client", event.client_id)
+    assert event.details == {"grant_still_active": True}
+    my_consent.refresh_from_db()
+    assert my_consent.revoked_at is None  # the second family is live
+
+    revoke(second_family, second_family.refresh_token)
+    last = AuditEvent.objects.filter(action=A.TOKEN_REVOKED).latest("pk")
+    assert last.details == {"grant_still_active": False}
+    assert last.subject_user_id == my_consent.user_id
+    my_consent.refresh_from_db()
+    assert my_consent.revoked_at is not None
+    assert Consent.objects.filter(revoked_at__isnull=True).count() == 2  # hubot's, and elsewhere
+
+
 def test_rfc7009_other_clients_token_is_untouched() -> None:
     """REV-02: client B cannot revoke client A's token (200 by RFC 7009, but nothing happens)."""
     victim = issue_token()
