@@ -10,6 +10,7 @@ log the person in with a fresh session and redirect to the client with code, sta
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -216,6 +217,13 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         get_adapter(request).login(request, user)
         return redirect_to_client(uri, {}, post=False)
 
+    def fail_if_possible(
+        self, request: HttpRequest, tx: AuthorizationTransaction, reason: str
+    ) -> None:
+        """The transaction failed with ``reason``, audited, if the database still answers."""
+        with suppress(DatabaseError):
+            authorization.fail_transaction(tx, Outcome.FAILED, reason, request)
+
     def grant_not_recorded(
         self,
         request: HttpRequest,
@@ -229,12 +237,7 @@ class UpstreamCallbackView(OAuthLibMixin, View):
         instead of the person meeting a bare 500.
         """
         upstream_tokens.revoke_upstream_grant(answer.access_token, answer.refresh_token)
-        try:
-            authorization.fail_transaction(
-                tx, Outcome.FAILED, "database error while recording the grant", request
-            )
-        except DatabaseError:
-            pass
+        self.fail_if_possible(request, tx, "database error while recording the grant")
         return redirect_to_client(
             tx.redirect_uri,
             {
@@ -353,12 +356,7 @@ class UpstreamCallbackView(OAuthLibMixin, View):
             # Rolled back as one (a lost first sign-in race that did not resolve, or the
             # database gone): nobody signed in, a clear page instead of a bare 500.
             log.exception("upstream callback: database error while signing in")
-            try:
-                authorization.fail_transaction(
-                    tx, Outcome.FAILED, "database error while signing in", request
-                )
-            except DatabaseError:
-                pass
+            self.fail_if_possible(request, tx, "database error while signing in")
             return error_page(
                 request,
                 _("Temporarily unavailable"),
