@@ -313,23 +313,21 @@ def test_an_upstream_session_costs_one_statement() -> None:
         assert api.get("user").status_code == 200
 
 
+async def tools_list(authorization: str) -> int:
+    """One tools/list at /mcp of the demo's ASGI application, in-process: its status."""
+    app = mcp_sdk.MCPRouter(django_asgi_app(), build_app(), paths=["/mcp"])
+    async with lifespan(app), http_client(app, authorization) as http:
+        response = await http.post(
+            "/mcp", json=TOOLS_LIST, headers={"Accept": "application/json, text/event-stream"}
+        )
+        return response.status_code
+
+
 def test_an_mcp_call_costs_one_statement_end_to_end() -> None:
     """tools/list at /mcp: the ProtectedMCPApp check and the SDK's verifier share one query."""
     issued = issue_token()
-
-    async def scenario() -> int:
-        app = mcp_sdk.MCPRouter(django_asgi_app(), build_app(), paths=["/mcp"])
-        async with lifespan(app):
-            async with http_client(app, issued.authorization) as http:
-                response = await http.post(
-                    "/mcp",
-                    json=TOOLS_LIST,
-                    headers={"Accept": "application/json, text/event-stream"},
-                )
-                return response.status_code
-
     with CaptureQueriesContext(connection) as ctx:
-        status = async_to_sync(scenario)()
+        status = async_to_sync(tools_list)(issued.authorization)
     assert status == 200
     assert len(ctx.captured_queries) == VERIFY_MAX, sql_of(ctx)
 
@@ -349,19 +347,7 @@ def test_an_mcp_call_reads_its_authorization_header_once(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(bearer_request, "bearer_token", counting)
     monkeypatch.setattr(resource, "bearer_token", counting)
-
-    async def scenario() -> int:
-        app = mcp_sdk.MCPRouter(django_asgi_app(), build_app(), paths=["/mcp"])
-        async with lifespan(app):
-            async with http_client(app, issued.authorization) as http:
-                response = await http.post(
-                    "/mcp",
-                    json=TOOLS_LIST,
-                    headers={"Accept": "application/json, text/event-stream"},
-                )
-                return response.status_code
-
-    assert async_to_sync(scenario)() == 200
+    assert async_to_sync(tools_list)(issued.authorization) == 200
     assert reads == [issued.authorization]
 
 

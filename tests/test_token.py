@@ -493,11 +493,10 @@ def test_sec01_a_consent_past_its_expiry_refreshes_nothing(issued) -> None:
     assert not DemoHubToken.objects.filter(revoked_at__isnull=True).exists()
 
 
-def test_sec01_no_other_live_consent_keeps_an_expired_one_alive() -> None:
-    """SEC-01: a consent's expiry is its own. Another person's live consent at the same
-    client, or the same person's live consent at another client, keeps neither the access
-    token nor the refresh grant of the expired one alive; theirs keep working."""
-    from tests.mcp_tokens import access_token_valid, issue_token
+def expired_beside_live_consents() -> tuple[Any, Consent, Any, Any]:
+    """octocat's consent at a client, just expired; hubot's live one at that client and
+    octocat's live one at another: (mine, my consent, theirs, elsewhere)."""
+    from tests.mcp_tokens import issue_token
 
     mine = issue_token(username="octocat")
     my_consent = Consent.objects.get()
@@ -506,6 +505,16 @@ def test_sec01_no_other_live_consent_keeps_an_expired_one_alive() -> None:
     Consent.objects.filter(pk=my_consent.pk).update(
         expires_at=timezone.now() - timedelta(seconds=1)
     )
+    return mine, my_consent, theirs, elsewhere
+
+
+def test_sec01_no_other_live_consent_keeps_an_expired_one_alive() -> None:
+    """SEC-01: a consent's expiry is its own. Another person's live consent at the same
+    client, or the same person's live consent at another client, keeps neither the access
+    token nor the refresh grant of the expired one alive; theirs keep working."""
+    from tests.mcp_tokens import access_token_valid
+
+    mine, _my_consent, theirs, elsewhere = expired_beside_live_consents()
     assert not access_token_valid(mine.access_token)
     assert_token_error(mine.refresh(), "invalid_grant")
     assert access_token_valid(theirs.access_token)
@@ -519,15 +528,7 @@ def test_sec01_a_refresh_right_after_expiry_is_refused_whatever_else_is_live() -
     client's refresh (no verification ran to retire the consent). Refused and the consent
     retired, although this person has a live consent at another client and another person
     one at this client; theirs keep working."""
-    from tests.mcp_tokens import issue_token
-
-    mine = issue_token(username="octocat")
-    my_consent = Consent.objects.get()
-    theirs = issue_token(client=mine.client, username="hubot")
-    elsewhere = issue_token(username="octocat")
-    Consent.objects.filter(pk=my_consent.pk).update(
-        expires_at=timezone.now() - timedelta(seconds=1)
-    )
+    mine, my_consent, theirs, elsewhere = expired_beside_live_consents()
     assert_token_error(mine.refresh(), "invalid_grant")
     my_consent.refresh_from_db()
     assert my_consent.expired_at is not None
