@@ -438,6 +438,22 @@ def test_sm04_issue_and_refresh_record_the_client_the_person_and_the_token_famil
     assert Consent.objects.get().last_used_at >= used_at_issue
 
 
+def test_a_token_marks_only_this_persons_consent_at_this_client_used() -> None:
+    """The consent's ``last_used_at`` (what Connected apps and the admin show as last used)
+    moves for the person and client a token was issued to: not for another person at the
+    same client, nor for this person at another client."""
+    from tests.mcp_tokens import issue_token
+
+    mine = issue_token(username="octocat")
+    issue_token(client=mine.client, username="hubot")  # another person, same client
+    elsewhere = issue_token(username="octocat")  # this person, another client
+    Consent.objects.update(last_used_at=None)
+    assert mine.refresh().status_code == 200
+    (used,) = Consent.objects.exclude(last_used_at=None)
+    assert used.client == mine.client
+    assert used.user == Consent.objects.get(client=elsewhere.client).user
+
+
 def test_as44_a_reused_refresh_token_is_audited_with_its_family_revoked() -> None:
     """AS-44: a rotated refresh token presented again: its family is revoked, and the event
     names the person and the family."""

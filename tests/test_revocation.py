@@ -322,6 +322,9 @@ def test_rfc7009_only_this_persons_live_tokens_here_keep_their_consent() -> None
     assert last.subject_user_id == my_consent.user_id
     my_consent.refresh_from_db()
     assert my_consent.revoked_at is not None
+    ended = AuditEvent.objects.filter(action=A.CONSENT_REVOKED).get()
+    assert (ended.actor_type, ended.actor_label) == ("client", event.client_id)
+    assert ended.consent_id == my_consent.pk
     assert Consent.objects.filter(revoked_at__isnull=True).count() == 2  # hubot's, and elsewhere
 
 

@@ -562,6 +562,43 @@ def test_as44_a_rotation_retires_only_the_refresh_token_presented() -> None:
     assert theirs.refresh().status_code == 200
 
 
+def test_as41_a_replayed_code_revokes_what_it_bought_not_another_codes() -> None:
+    """AS-41: two codes pending at one client (two people). Redeeming the first marks only
+    its own transaction as redeemed, so a replay of the second, later, revokes the second's
+    tokens and leaves the first's working."""
+    from mcp_consent.models import AuthorizationTransaction
+
+    client = MCPClientFactory(redirect_uris=[REDIRECT_URI])
+    hubot = Browser()
+    hubot.login_upstream("hubot")
+    first, second = authorized(client), authorized(client, browser=hubot)
+    first_tokens = first.redeem().json()
+    octocat = access_token_row(first_tokens["access_token"]).user_id
+    pending = AuthorizationTransaction.objects.filter(code_redeemed_at__isnull=True)
+    assert list(pending.values_list("user_id", flat=True)) == [
+        Consent.objects.exclude(user_id=octocat).get().user_id
+    ]
+    second_tokens = second.redeem().json()
+
+    assert_token_error(second.redeem(), "invalid_grant")  # the second code, replayed
+    assert_token_error(refresh(second_tokens["refresh_token"], first.client_id), "invalid_grant")
+    assert refresh(first_tokens["refresh_token"], first.client_id).status_code == 200
+
+
+def test_as44_a_rotated_refresh_token_records_when_it_was_retired(issued) -> None:
+    """AS-44: the rotated row says when it was revoked (``revoked`` and ``updated``, as DOT's
+    revoke() leaves it) and no longer points at its access token, which is gone."""
+    code, first = issued
+    before = RefreshToken.objects.get(token_checksum=checksum(first["refresh_token"]))
+    assert refresh(first["refresh_token"], code.client_id).status_code == 200
+    after = RefreshToken.objects.get(pk=before.pk)
+    assert after.revoked is not None
+    assert after.updated == after.revoked
+    assert after.updated > before.updated
+    assert after.access_token_id is None
+    assert not AccessToken.objects.filter(pk=before.access_token_id).exists()
+
+
 def test_as41_an_unknown_code_revokes_nothing_already_issued() -> None:
     """AS-41: only the replay of a redeemed code revokes what it bought; a made-up code
     sent by the same client is just invalid_grant, and the tokens issued stay live."""
@@ -860,6 +897,8 @@ def test_as46_refresh_token_expires_after_its_lifetime(issued) -> None:
     )
     RefreshToken.objects.filter(token_checksum=checksum(body["refresh_token"])).update(created=old)
     assert_token_error(refresh(body["refresh_token"], flow.client_id), "invalid_grant")
+    # An expired token is not a stolen one: no AS-44 reuse alarm ("family revoked") for it.
+    assert reuse_events() == []
 
 
 def test_bcp09_access_token_is_audience_restricted(issued) -> None:

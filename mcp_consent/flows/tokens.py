@@ -61,19 +61,13 @@ def mark_client_used(client: MCPClient, now: Any) -> None:
 def record_token_issued(token: dict[str, Any], request: Request) -> None:
     """Called inside DOT's save transaction for every issued token pair."""
     application = request.client
-    refresh = token.get("refresh_token")
     now = timezone.now()
-    family = None
-    issued = getattr(request, "issued_refresh_token", None)  # set by the validator
-    if issued is not None:
-        family = issued.token_family
-    elif refresh:
-        family = (
-            get_refresh_token_model()
-            .objects.filter(token_checksum=secret_hash(refresh))
-            .values_list("token_family", flat=True)
-            .first()
-        )
+    # Every token response here carries a new refresh token (oauthlib issues one with each
+    # code and, rotation being enforced, each refresh: AS-44, check E006), created by the
+    # validator's _create_refresh_token, which keeps it on the request: its family is known
+    # without reading it back. A refresh token that was not rotated (rotation off) would
+    # leave nothing there; E006 refuses to run that way.
+    family = request.issued_refresh_token.token_family
     if request.grant_type == "authorization_code":
         # AS-41: remember which family this code bought, to revoke it if the code comes back.
         AuthorizationTransaction.objects.filter(
